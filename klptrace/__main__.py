@@ -1,0 +1,5 @@
+import sys
+
+from klptrace.cli import main
+
+sys.exit(main())
