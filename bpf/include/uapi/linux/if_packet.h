@@ -1,0 +1,1 @@
+/* Intentionally empty: bcc includes this file; klptrace needs nothing from it. */

@@ -1,0 +1,477 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * klptrace: probes on the livepatch core, on module loading and on the
+ * callbacks of named livepatch modules.
+ *
+ * No kernel structure is defined here: the offsets of the few fields read
+ * (OFF_*) come from the running kernel's BTF as -D flags, and so do the
+ * addresses of the core's two transition globals (ADDR_*). That keeps the
+ * compile cheap enough for an emulated guest.
+ */
+#include <uapi/linux/ptrace.h>
+
+#include "klptrace.h"
+
+#ifndef KLPT_RINGBUF_PAGES
+#define KLPT_RINGBUF_PAGES 64
+#endif
+#ifndef KLPT_MAX_OBJS
+#define KLPT_MAX_OBJS 16
+#endif
+
+BPF_RINGBUF_OUTPUT(events, KLPT_RINGBUF_PAGES);
+BPF_ARRAY(lost, u64, 1);
+
+struct klpt_name { char s[KLPT_NAME_LEN]; };
+
+struct klpt_stash {
+	u64 ptr;
+	u64 sp;
+	s32 state;
+	u32 role;
+	char patch[KLPT_NAME_LEN];
+	char object[KLPT_NAME_LEN];
+};
+
+/* struct klp_object * -> name of the livepatch module it belongs to */
+BPF_HASH(obj_patch, u64, struct klpt_name, 1024);
+/* entry -> return, keyed by pid_tgid: one map per probed function */
+BPF_HASH(enable_stash, u64, struct klpt_stash, 256);
+BPF_HASH(complete_stash, u64, struct klpt_stash, 256);
+BPF_HASH(patch_obj_stash, u64, struct klpt_stash, 256);
+BPF_HASH(coming_stash, u64, struct klpt_stash, 256);
+BPF_HASH(init_stash, u64, struct klpt_stash, 256);
+BPF_HASH(cb_stash, u64, struct klpt_stash, 256);
+
+static __always_inline void *read_ptr(const void *base, long off)
+{
+	void *p = 0;
+
+	if (base)
+		bpf_probe_read_kernel(&p, sizeof(p), (const char *)base + off);
+	return p;
+}
+
+static __always_inline s32 read_s32(const void *base, long off)
+{
+	s32 v = -1;
+
+	if (base)
+		bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+	return v;
+}
+
+static __always_inline void mod_name(char *dst, const void *mod)
+{
+	if (mod)
+		bpf_probe_read_kernel_str(dst, KLPT_NAME_LEN, (const char *)mod + OFF_MODULE_NAME);
+}
+
+static __always_inline void patch_name(char *dst, const void *patch)
+{
+	mod_name(dst, read_ptr(patch, OFF_KLP_PATCH_MOD));
+}
+
+/* klp_object->name, or "vmlinux" for the NULL name */
+static __always_inline void obj_name(char *dst, const void *obj)
+{
+	const char *name = read_ptr(obj, OFF_KLP_OBJECT_NAME);
+
+	if (name) {
+		bpf_probe_read_kernel_str(dst, KLPT_NAME_LEN, name);
+	} else {
+		dst[0] = 'v'; dst[1] = 'm'; dst[2] = 'l'; dst[3] = 'i';
+		dst[4] = 'n'; dst[5] = 'u'; dst[6] = 'x'; dst[7] = 0;
+	}
+}
+
+static __always_inline void *transition_patch(void)
+{
+	return read_ptr((void *)ADDR_KLP_TRANSITION_PATCH, 0);
+}
+
+static __always_inline s32 target_state(void)
+{
+	return read_s32((void *)ADDR_KLP_TARGET_STATE, 0);
+}
+
+/* The livepatch an object belongs to: known from klp_enable_patch, else the one in transition. */
+static __always_inline void obj_patch_name(char *dst, const void *obj)
+{
+	u64 key = (u64)obj;
+	struct klpt_name *n = obj_patch.lookup(&key);
+
+	if (n)
+		__builtin_memcpy(dst, n->s, KLPT_NAME_LEN);
+	else
+		patch_name(dst, transition_patch());
+}
+
+static __always_inline struct klpt_event *ev_new(u32 kind)
+{
+	struct klpt_event *e = events.ringbuf_reserve(sizeof(struct klpt_event));
+	u64 id;
+
+	if (!e) {
+		int zero = 0;
+		u64 *n = lost.lookup(&zero);
+
+		if (n)
+			__sync_fetch_and_add(n, 1);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	id = bpf_get_current_pid_tgid();
+	e->ts_ns = bpf_ktime_get_ns();
+	e->pid = id >> 32;
+	e->tid = (u32)id;
+	e->kind = kind;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+static __always_inline void ev_send(struct klpt_event *e)
+{
+	events.ringbuf_submit(e, 0);
+}
+
+/* ---- the livepatch core ------------------------------------------------ */
+
+int klp_enable_patch_entry(struct pt_regs *ctx)
+{
+	void *patch = (void *)PT_REGS_PARM1(ctx);
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash st = {};
+	struct klpt_event *e;
+	char *objs;
+
+	patch_name(st.patch, patch);
+	st.ptr = (u64)patch;
+	enable_stash.update(&id, &st);
+
+	/* Remember which patch each static klp_object belongs to. */
+	objs = read_ptr(patch, OFF_KLP_PATCH_OBJS);
+	if (objs) {
+		struct klpt_name n = {};
+
+		__builtin_memcpy(n.s, st.patch, KLPT_NAME_LEN);
+#pragma unroll
+		for (int i = 0; i < KLPT_MAX_OBJS; i++) {
+			char *obj = objs + i * SIZE_KLP_OBJECT;
+			u64 key = (u64)obj;
+
+			if (!read_ptr(obj, OFF_KLP_OBJECT_NAME) && !read_ptr(obj, OFF_KLP_OBJECT_FUNCS))
+				break;
+			obj_patch.update(&key, &n);
+		}
+	}
+
+	e = ev_new(KLPT_ENABLE);
+	if (!e)
+		return 0;
+	__builtin_memcpy(e->patch, st.patch, KLPT_NAME_LEN);
+	ev_send(e);
+	return 0;
+}
+
+int klp_enable_patch_return(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash *st = enable_stash.lookup(&id);
+	struct klpt_event *e = ev_new(KLPT_ENABLE_RET);
+
+	if (e) {
+		if (st)
+			__builtin_memcpy(e->patch, st->patch, KLPT_NAME_LEN);
+		e->ret = PT_REGS_RC(ctx);
+		ev_send(e);
+	}
+	if (st)
+		enable_stash.delete(&id);
+	return 0;
+}
+
+int klp_init_transition_entry(struct pt_regs *ctx)
+{
+	struct klpt_event *e = ev_new(KLPT_TRANSITION_INIT);
+
+	if (!e)
+		return 0;
+	patch_name(e->patch, (void *)PT_REGS_PARM1(ctx));
+	e->state = PT_REGS_PARM2(ctx);
+	ev_send(e);
+	return 0;
+}
+
+/* start, try, cancel, reverse and force act on the patch in transition */
+static __always_inline int transition_event(u32 kind)
+{
+	struct klpt_event *e = ev_new(kind);
+
+	if (!e)
+		return 0;
+	patch_name(e->patch, transition_patch());
+	e->state = target_state();
+	ev_send(e);
+	return 0;
+}
+
+int klp_start_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_START); }
+int klp_try_complete_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_TRY); }
+int klp_cancel_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_CANCEL); }
+int klp_reverse_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_REVERSE); }
+int klp_force_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_FORCE); }
+
+int klp_complete_transition_entry(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash st = {};
+	struct klpt_event *e;
+
+	patch_name(st.patch, transition_patch());
+	st.state = target_state();
+	complete_stash.update(&id, &st);
+
+	e = ev_new(KLPT_TRANSITION_COMPLETE);
+	if (!e)
+		return 0;
+	__builtin_memcpy(e->patch, st.patch, KLPT_NAME_LEN);
+	e->state = st.state;
+	ev_send(e);
+	return 0;
+}
+
+/* After the post callbacks: the kernel's "'%s': %s complete" */
+int klp_complete_transition_return(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash *st = complete_stash.lookup(&id);
+	struct klpt_event *e;
+
+	if (!st)
+		return 0;
+	e = ev_new(KLPT_TRANSITION_DONE);
+	if (e) {
+		__builtin_memcpy(e->patch, st->patch, KLPT_NAME_LEN);
+		e->state = st->state;
+		ev_send(e);
+	}
+	complete_stash.delete(&id);
+	return 0;
+}
+
+int klp_patch_object_entry(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash st = {};
+	void *obj = (void *)PT_REGS_PARM1(ctx);
+
+	st.ptr = (u64)obj;
+	obj_name(st.object, obj);
+	obj_patch_name(st.patch, obj);
+	patch_obj_stash.update(&id, &st);
+	return 0;
+}
+
+int klp_patch_object_return(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash *st = patch_obj_stash.lookup(&id);
+	struct klpt_event *e;
+
+	if (!st)
+		return 0;
+	e = ev_new(KLPT_PATCH_OBJECT);
+	if (e) {
+		__builtin_memcpy(e->patch, st->patch, KLPT_NAME_LEN);
+		__builtin_memcpy(e->object, st->object, KLPT_NAME_LEN);
+		e->ret = PT_REGS_RC(ctx);
+		ev_send(e);
+	}
+	patch_obj_stash.delete(&id);
+	return 0;
+}
+
+int klp_unpatch_object_entry(struct pt_regs *ctx)
+{
+	void *obj = (void *)PT_REGS_PARM1(ctx);
+	struct klpt_event *e = ev_new(KLPT_UNPATCH_OBJECT);
+
+	if (!e)
+		return 0;
+	obj_name(e->object, obj);
+	obj_patch_name(e->patch, obj);
+	ev_send(e);
+	return 0;
+}
+
+int klp_unpatch_objects_entry(struct pt_regs *ctx)
+{
+	struct klpt_event *e = ev_new(KLPT_UNPATCH_OBJECTS);
+
+	if (!e)
+		return 0;
+	patch_name(e->patch, (void *)PT_REGS_PARM1(ctx));
+	ev_send(e);
+	return 0;
+}
+
+/* ---- modules ------------------------------------------------------------- */
+
+static __always_inline int module_event(u32 kind, void *mod)
+{
+	struct klpt_event *e = ev_new(kind);
+
+	if (!e)
+		return 0;
+	mod_name(e->object, mod);
+	e->state = read_s32(mod, OFF_MODULE_STATE);
+	ev_send(e);
+	return 0;
+}
+
+
+int klp_module_coming_entry(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	void *mod = (void *)PT_REGS_PARM1(ctx);
+	struct klpt_stash st = {};
+
+	mod_name(st.object, mod);
+	coming_stash.update(&id, &st);
+	return module_event(KLPT_MODULE_COMING, mod);
+}
+
+int klp_module_coming_return(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash *st = coming_stash.lookup(&id);
+	struct klpt_event *e;
+
+	if (!st)
+		return 0;
+	e = ev_new(KLPT_MODULE_COMING_RET);
+	if (e) {
+		__builtin_memcpy(e->object, st->object, KLPT_NAME_LEN);
+		e->ret = PT_REGS_RC(ctx);
+		ev_send(e);
+	}
+	coming_stash.delete(&id);
+	return 0;
+}
+
+int klp_module_going_entry(struct pt_regs *ctx)
+{
+	return module_event(KLPT_MODULE_GOING, (void *)PT_REGS_PARM1(ctx));
+}
+
+int do_init_module_entry(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	void *mod = (void *)PT_REGS_PARM1(ctx);
+	struct klpt_stash st = {};
+
+	mod_name(st.object, mod);
+	init_stash.update(&id, &st);
+	return module_event(KLPT_MODULE_INIT, mod);
+}
+
+/* The module may be freed by now: use the name taken on entry. */
+int do_init_module_return(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash *st = init_stash.lookup(&id);
+	struct klpt_event *e;
+
+	if (!st)
+		return 0;
+	e = ev_new(KLPT_MODULE_INIT_RET);
+	if (e) {
+		__builtin_memcpy(e->object, st->object, KLPT_NAME_LEN);
+		e->ret = PT_REGS_RC(ctx);
+		ev_send(e);
+	}
+	init_stash.delete(&id);
+	return 0;
+}
+
+/* free_module(): the last step of an unload, after the module's exit and klp_module_going */
+int free_module_entry(struct pt_regs *ctx)
+{
+	return module_event(KLPT_MODULE_FREE, (void *)PT_REGS_PARM1(ctx));
+}
+
+int module_load_entry(struct pt_regs *ctx)
+{
+	return module_event(KLPT_MODULE_LOAD, (void *)PT_REGS_PARM1(ctx));
+}
+
+/* ---- callbacks in livepatch modules ---------------------------------------
+ * Attached to kprobe events on every function of a named livepatch module.
+ * A function is a callback only when its address is one of its first
+ * argument's (a struct klp_object *) callbacks; its role is which one.
+ */
+
+static __always_inline int near(u64 ip, u64 fn)
+{
+	/* the probe may sit past an ENDBR instruction at the function's start */
+	return fn && ip >= fn && ip < fn + 16;
+}
+
+int callback_entry(struct pt_regs *ctx)
+{
+	void *obj = (void *)PT_REGS_PARM1(ctx);
+	u64 ip = bpf_get_func_ip(ctx);
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash st = {};
+	u32 role = 0;
+
+	if (near(ip, (u64)read_ptr(obj, OFF_KLP_OBJECT_CB_PRE_PATCH)))
+		role = KLPT_CB_PRE_PATCH;
+	else if (near(ip, (u64)read_ptr(obj, OFF_KLP_OBJECT_CB_POST_PATCH)))
+		role = KLPT_CB_POST_PATCH;
+	else if (near(ip, (u64)read_ptr(obj, OFF_KLP_OBJECT_CB_PRE_UNPATCH)))
+		role = KLPT_CB_PRE_UNPATCH;
+	else if (near(ip, (u64)read_ptr(obj, OFF_KLP_OBJECT_CB_POST_UNPATCH)))
+		role = KLPT_CB_POST_UNPATCH;
+	if (!role)
+		return 0;
+
+	st.ptr = ip;
+	st.sp = PT_REGS_SP(ctx);
+	st.role = role;
+	obj_name(st.object, obj);
+	obj_patch_name(st.patch, obj);
+	st.state = read_s32(read_ptr(obj, OFF_KLP_OBJECT_MOD), OFF_MODULE_STATE);
+	cb_stash.update(&id, &st);
+	return 0;
+}
+
+int callback_return(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash *st = cb_stash.lookup(&id);
+	struct klpt_event *e;
+
+	/*
+	 * Every function of the module has a return probe: only the callback's
+	 * own return is above the stack pointer its entry saw; a helper it
+	 * called returns deeper.
+	 */
+	if (!st || PT_REGS_SP(ctx) < st->sp)
+		return 0;
+	e = ev_new(KLPT_CALLBACK);
+	if (e) {
+		__builtin_memcpy(e->patch, st->patch, KLPT_NAME_LEN);
+		__builtin_memcpy(e->object, st->object, KLPT_NAME_LEN);
+		e->callback = st->role;
+		e->state = st->state;
+		e->ip = st->ptr;
+		/* only pre_patch returns a value */
+		if (st->role == KLPT_CB_PRE_PATCH)
+			e->ret = PT_REGS_RC(ctx);
+		ev_send(e);
+	}
+	cb_stash.delete(&id);
+	return 0;
+}
