@@ -61,6 +61,14 @@ static __always_inline s32 read_s32(const void *base, long off)
 	return v;
 }
 
+static __always_inline u8 read_u8(const void *base, long off)
+{
+	u8 v = 0;
+
+	bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+	return v;
+}
+
 static __always_inline void mod_name(char *dst, const void *mod)
 {
 	if (mod)
@@ -326,6 +334,8 @@ static __always_inline int module_event(u32 kind, void *mod)
 		return 0;
 	mod_name(e->object, mod);
 	e->state = read_s32(mod, OFF_MODULE_STATE);
+	if (mod && read_u8(mod, OFF_MODULE_KLP))
+		e->flags |= KLPT_F_LIVEPATCH;
 	ev_send(e);
 	return 0;
 }
@@ -372,6 +382,7 @@ int do_init_module_entry(struct pt_regs *ctx)
 	struct klpt_stash st = {};
 
 	mod_name(st.object, mod);
+	st.role = read_u8(mod, OFF_MODULE_KLP);
 	init_stash.update(&id, &st);
 	return module_event(KLPT_MODULE_INIT, mod);
 }
@@ -388,6 +399,8 @@ int do_init_module_return(struct pt_regs *ctx)
 	e = ev_new(KLPT_MODULE_INIT_RET);
 	if (e) {
 		__builtin_memcpy(e->object, st->object, KLPT_NAME_LEN);
+		if (st->role)
+			e->flags |= KLPT_F_LIVEPATCH;
 		e->ret = PT_REGS_RC(ctx);
 		ev_send(e);
 	}

@@ -40,6 +40,9 @@
 #define KLPT_CB_PRE_UNPATCH	3
 #define KLPT_CB_POST_UNPATCH	4
 
+/* flags */
+#define KLPT_F_LIVEPATCH	1	/* the module is a livepatch (mod->klp) */
+
 struct klpt_event {
 	__u64 ts_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u64 ip;
@@ -49,6 +52,8 @@ struct klpt_event {
 	__s32 ret;
 	__s32 state;		/* module state, or target patch state */
 	__u32 callback;
+	__u32 flags;		/* KLPT_F_* */
+	__u32 pad;
 	char comm[KLPT_COMM_LEN];
 	char patch[KLPT_NAME_LEN];
 	char object[KLPT_NAME_LEN];

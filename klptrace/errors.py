@@ -22,3 +22,9 @@ class NotSupported(KlptraceError):
     """This machine cannot run what was asked (no root, no livepatch, ...): a skip."""
 
     status = 4
+
+
+class UsageError(KlptraceError):
+    """The command line asks for something that does not exist (exit 2, like argparse)."""
+
+    status = 2

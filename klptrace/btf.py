@@ -1,0 +1,176 @@
+"""Struct layouts from the kernel's BTF (/sys/kernel/btf/vmlinux).
+
+klptrace's BPF C defines no kernel structures: it gets the offsets of the few
+fields it reads as -D flags computed here, which keeps the compile fast and
+follows the running kernel's real layout instead of a header's.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+from klptrace.errors import KlptraceError
+
+VMLINUX_BTF = "/sys/kernel/btf/vmlinux"
+
+_BTF_MAGIC = 0xEB9F
+# BTF kinds (include/uapi/linux/btf.h)
+_INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF = 1, 2, 3, 4, 5, 6, 7, 8
+_VOLATILE, _CONST, _RESTRICT, _FUNC, _FUNC_PROTO, _VAR, _DATASEC = 9, 10, 11, 12, 13, 14, 15
+_FLOAT, _DECL_TAG, _TYPE_TAG, _ENUM64 = 16, 17, 18, 19
+_MODIFIERS = (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG)
+# bytes that follow the 12-byte common header, per kind: (fixed, per vlen item)
+_TAIL = {
+    _INT: (4, 0), _ARRAY: (12, 0), _STRUCT: (0, 12), _UNION: (0, 12), _ENUM: (0, 8),
+    _FUNC_PROTO: (0, 8), _VAR: (4, 0), _DATASEC: (0, 12), _DECL_TAG: (4, 0), _ENUM64: (0, 12),
+}
+
+
+class BTFError(KlptraceError):
+    """The kernel's BTF is missing, unreadable or lacks a needed field."""
+
+
+class BTF:
+    """The struct and union types of one BTF blob, looked up by name."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) < 24:
+            raise BTFError("BTF data is truncated")
+        magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        if magic != _BTF_MAGIC:
+            raise BTFError("not BTF data (bad magic)")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        self._data = data
+        self._types_start = hdr_len + type_off
+        self._types_end = self._types_start + type_len
+        self._str_start = hdr_len + str_off
+        self._str_end = self._str_start + str_len
+        if self._types_end > len(data) or self._str_end > len(data):
+            raise BTFError("BTF data is truncated")
+        self._offsets: list[int] = [0]  # type id -> offset of its record (id 0 is void)
+        self._structs: dict[str, int] = {}
+        self._index()
+
+    @classmethod
+    def load(cls, path: str = VMLINUX_BTF) -> BTF:
+        """Read a BTF file, by default the running kernel's."""
+        try:
+            with open(path, "rb") as f:
+                return cls(f.read())
+        except OSError as e:
+            raise BTFError(
+                f"cannot read the kernel's BTF at {path}: {e.strerror}",
+                "klptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+            ) from e
+
+    def _name(self, off: int) -> str:
+        start = self._str_start + off
+        end = self._data.index(b"\0", start, self._str_end)
+        return self._data[start:end].decode("ascii", "replace")
+
+    def _index(self) -> None:
+        data, pos, end = self._data, self._types_start, self._types_end
+        offsets, structs = self._offsets, self._structs
+        unpack = struct.unpack_from
+        tail = _TAIL
+        tid = 0
+        while pos < end:
+            tid += 1
+            offsets.append(pos)
+            name_off, info = unpack("<II", data, pos)
+            kind = (info >> 24) & 0x1F
+            fixed, per = tail.get(kind, (0, 0))
+            if kind in (_STRUCT, _UNION) and name_off:
+                name = self._name(name_off)
+                # the first definition with members wins over later duplicates
+                if name not in structs or (info & 0xFFFF):
+                    structs.setdefault(name, tid)
+            pos += 12 + fixed + per * (info & 0xFFFF)
+
+    def _record(self, tid: int) -> tuple[int, int, int, int]:
+        pos = self._offsets[tid]
+        name_off, info, size_or_type = struct.unpack_from("<III", self._data, pos)
+        return pos, name_off, info, size_or_type
+
+    def _resolve(self, tid: int) -> int:
+        """Skip typedefs and qualifiers."""
+        for _ in range(64):
+            _pos, _n, info, size_or_type = self._record(tid)
+            if (info >> 24) & 0x1F not in _MODIFIERS:
+                return tid
+            tid = size_or_type
+        raise BTFError(f"type {tid}: typedef loop")
+
+    def _struct_id(self, name: str) -> int:
+        try:
+            return self._structs[name]
+        except KeyError:
+            raise BTFError(
+                f"struct {name} is not in this kernel's BTF",
+                "is the kernel built with CONFIG_LIVEPATCH=y?",
+            ) from None
+
+    def _members(self, tid: int) -> Iterable[tuple[str, int, int]]:
+        pos, _n, info, _size = self._record(tid)
+        kflag = info >> 31
+        for i in range(info & 0xFFFF):
+            m_name, m_type, m_off = struct.unpack_from("<III", self._data, pos + 12 + 12 * i)
+            bit_off = m_off & 0xFFFFFF if kflag else m_off
+            yield self._name(m_name) if m_name else "", m_type, bit_off
+
+    def sizeof(self, struct_name: str) -> int:
+        """sizeof(struct struct_name)."""
+        return self._record(self._struct_id(struct_name))[3]
+
+    def offsetof(self, struct_name: str, path: str) -> int:
+        """offsetof(struct struct_name, a.b.c), through nested and anonymous members."""
+        tid = self._struct_id(struct_name)
+        total = 0
+        for part in path.split("."):
+            found = self._find_member(tid, part)
+            if found is None:
+                raise BTFError(f"struct {struct_name} has no member {path} in this kernel")
+            bits, tid = found
+            if bits % 8:
+                raise BTFError(f"{struct_name}.{path} is a bit field")
+            total += bits // 8
+        return total
+
+    def _find_member(self, tid: int, name: str) -> tuple[int, int] | None:
+        tid = self._resolve(tid)
+        for m_name, m_type, bits in self._members(tid):
+            if m_name == name:
+                return bits, m_type
+            if not m_name:  # anonymous struct or union: search inside
+                inner = self._resolve(m_type)
+                if (self._record(inner)[2] >> 24) & 0x1F in (_STRUCT, _UNION):
+                    found = self._find_member(inner, name)
+                    if found is not None:
+                        return bits + found[0], found[1]
+        return None
+
+
+#: -D flag name -> (struct, member path); what bpf/klptrace.bpf.c reads
+FIELDS = {
+    "OFF_MODULE_NAME": ("module", "name"),
+    "OFF_MODULE_STATE": ("module", "state"),
+    "OFF_MODULE_KLP": ("module", "klp"),
+    "OFF_KLP_PATCH_MOD": ("klp_patch", "mod"),
+    "OFF_KLP_PATCH_OBJS": ("klp_patch", "objs"),
+    "OFF_KLP_OBJECT_NAME": ("klp_object", "name"),
+    "OFF_KLP_OBJECT_FUNCS": ("klp_object", "funcs"),
+    "OFF_KLP_OBJECT_MOD": ("klp_object", "mod"),
+    "OFF_KLP_OBJECT_CB_PRE_PATCH": ("klp_object", "callbacks.pre_patch"),
+    "OFF_KLP_OBJECT_CB_POST_PATCH": ("klp_object", "callbacks.post_patch"),
+    "OFF_KLP_OBJECT_CB_PRE_UNPATCH": ("klp_object", "callbacks.pre_unpatch"),
+    "OFF_KLP_OBJECT_CB_POST_UNPATCH": ("klp_object", "callbacks.post_unpatch"),
+}
+SIZES = {"SIZE_KLP_OBJECT": "klp_object"}
+
+
+def layout(btf: BTF) -> dict[str, int]:
+    """The offsets and sizes the BPF programs need, as -D name -> value."""
+    out = {name: btf.offsetof(s, path) for name, (s, path) in FIELDS.items()}
+    out.update({name: btf.sizeof(s) for name, s in SIZES.items()})
+    return out

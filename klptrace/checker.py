@@ -1,0 +1,126 @@
+"""Expected vs recorded: a pure function from a scenario's expectation and a
+Recording to a Verdict. Needs no kernel; the offline `check` command and most
+unit tests drive it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from klptrace.recorder import Recording
+from klptrace.transcript import render
+
+PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
+
+
+@dataclasses.dataclass
+class Verdict:
+    """The outcome of one check, and the evidence for it."""
+
+    status: str
+    expected: list[str]
+    recorded: list[str]
+    explanation: str = ""
+    diff: list[str] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# What a line says, to explain a divergence in the kernel's own terms.
+_MEANINGS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^(?P<p>\S+): (?P<r>pre_patch|post_patch|pre_unpatch|post_unpatch)_callback: "
+                r"(?P<o>\S+)(?: -> (?P<s>\[\w+\]))?"),
+     "{p}'s {r} callback for klp_object {o}{s_text}"),
+    (re.compile(r"^livepatch: enabling patch '(?P<p>[^']+)'"), "enabling {p}"),
+    (re.compile(r"^livepatch: '(?P<p>[^']+)': initializing (?P<d>\w+) transition"),
+     "the start of {p}'s {d} transition (klp_init_transition)"),
+    (re.compile(r"^livepatch: '(?P<p>[^']+)': starting (?P<d>\w+) transition"),
+     "{p}'s {d} transition starting (klp_start_transition)"),
+    (re.compile(r"^livepatch: '(?P<p>[^']+)': completing (?P<d>\w+) transition"),
+     "{p}'s {d} transition completing (klp_complete_transition): every task switched"),
+    (re.compile(r"^livepatch: '(?P<p>[^']+)': (?P<d>\w+) complete"),
+     "the end of {p}'s {d} transition"),
+    (re.compile(r"^livepatch: '(?P<p>[^']+)': canceling"), "{p}'s failed enable being cancelled"),
+    (re.compile(r"^livepatch: '(?P<p>[^']+)': reversing transition"), "{p}'s transition being reversed"),
+    (re.compile(r"^livepatch: applying patch '(?P<p>[^']+)' to loading module '(?P<m>[^']+)'"),
+     "module_coming applying {p} to {m}"),
+    (re.compile(r"^livepatch: reverting patch '(?P<p>[^']+)' on unloading module '(?P<m>[^']+)'"),
+     "module_going reverting {p} from {m}"),
+    (re.compile(r"^livepatch: pre-patch callback failed for object '(?P<o>[^']+)'"),
+     "a pre_patch callback failing for {o}"),
+    (re.compile(r"^livepatch: patch '(?P<p>[^']+)' failed for module '(?P<m>[^']+)'"),
+     "the kernel refusing to load {m} because {p} failed for it"),
+    (re.compile(r"^insmod: ERROR"), "the module load failing"),
+    (re.compile(r"^% (?P<c>.*)"), "the step `{c}`"),
+    (re.compile(r"^(?P<m>\S+): (?P=m)_init$"), "{m}'s init running"),
+    (re.compile(r"^(?P<m>\S+): (?P=m)_exit$"), "{m}'s exit running"),
+]
+
+
+def meaning(line: str) -> str:
+    """What a transcript line stands for, in a phrase."""
+    for pat, fmt in _MEANINGS:
+        m = pat.match(line)
+        if m:
+            g = {k: v or "" for k, v in m.groupdict().items()}
+            g["s_text"] = f" (its module {g['s']})" if g.get("s") else ""
+            return fmt.format(**g)
+    return f"`{line}`"
+
+
+def explain(expected: Sequence[str], recorded: Sequence[str]) -> str:
+    """The first divergence between two transcripts, and what it means."""
+    sm = difflib.SequenceMatcher(a=list(expected), b=list(recorded), autojunk=False)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag == "equal":
+            continue
+        after = f" after `{expected[i1 - 1]}`" if i1 > 0 else " at the start"
+        if tag == "delete":
+            line = expected[i1]
+            if line in recorded[j1:]:
+                return (f"line {i1 + 1}: {meaning(line)} happened later than expected{after}: "
+                        "the order differs from what the livepatch core promises")
+            return (f"line {i1 + 1}: expected {meaning(line)}{after}, but it was not recorded: "
+                    "the kernel did not do it (or a probe missed it)")
+        if tag == "insert":
+            line = recorded[j1]
+            if line in expected[i1:]:
+                return (f"line {i1 + 1}: {meaning(line)} happened earlier than expected{after}: "
+                        "the order differs from what the livepatch core promises")
+            return (f"line {i1 + 1}: recorded {meaning(line)}{after}, which the livepatch "
+                    "core must not do here")
+        exp, got = expected[i1], recorded[j1]
+        if got in expected[i1:] or exp in recorded[j1:]:
+            return (f"line {i1 + 1}: expected {meaning(exp)}, but {meaning(got)} came first: "
+                    "the order differs from what the livepatch core promises")
+        return f"line {i1 + 1}: expected {meaning(exp)}, but recorded {meaning(got)} instead"
+    return ""
+
+
+def integrity(rec: Recording) -> list[str]:
+    """Why a recording cannot be trusted: lost events, probes that did not attach."""
+    problems = []
+    if rec.lost:
+        problems.append(f"{rec.lost} events were lost (the BPF ring buffer was full)")
+    for p in rec.failed_probes:
+        problems.append(f"probe {p.get('name', '?')} did not attach: {p.get('reason') or 'unknown'}")
+    return problems
+
+
+def check(expected: Sequence[str], rec: Recording) -> Verdict:
+    """Compare a recording with the expected transcript. Exact order is a pass."""
+    recorded = render(rec.events)
+    problems = integrity(rec)
+    diff = list(difflib.unified_diff(list(expected), recorded, "expected", "recorded", lineterm=""))
+    if problems:
+        return Verdict(ERROR, list(expected), recorded,
+                       "the recording cannot be trusted: " + "; ".join(problems), diff, problems)
+    if list(expected) == recorded:
+        return Verdict(PASS, list(expected), recorded)
+    return Verdict(FAIL, list(expected), recorded, explain(expected, recorded), diff)

@@ -1,0 +1,189 @@
+"""The shared vocabulary: event kinds, callback roles and the Event record.
+
+bpf/klptrace.h defines the same kinds and numbers for the BPF side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class EventKind(enum.IntEnum):
+    """What happened. Values match the KLPT_* kinds of bpf/klptrace.h."""
+
+    ENABLE = 1  # klp_enable_patch() entered
+    ENABLE_RET = 2  # klp_enable_patch() returned ret
+    TRANSITION_INIT = 3  # klp_init_transition(patch, state)
+    TRANSITION_START = 4  # klp_start_transition()
+    TRANSITION_TRY = 5  # klp_try_complete_transition(): one try
+    TRANSITION_COMPLETE = 6  # klp_complete_transition() entered
+    TRANSITION_DONE = 7  # klp_complete_transition() returned: "... complete"
+    TRANSITION_CANCEL = 8  # klp_cancel_transition()
+    TRANSITION_REVERSE = 9  # klp_reverse_transition(); state is the old target
+    TRANSITION_FORCE = 10  # klp_force_transition()
+    PATCH_OBJECT = 11  # klp_patch_object(obj) returned ret
+    UNPATCH_OBJECT = 12  # klp_unpatch_object(obj)
+    UNPATCH_OBJECTS = 13  # klp_unpatch_objects(patch)
+    MODULE_COMING = 14  # klp_module_coming(mod)
+    MODULE_COMING_RET = 15  # klp_module_coming() returned ret (non-zero: refused)
+    MODULE_GOING = 16  # klp_module_going(mod)
+    MODULE_LOAD = 17  # reserved: module loaded (tracepoint module:module_load)
+    MODULE_INIT = 18  # do_init_module(mod): the module's init is about to run
+    MODULE_INIT_RET = 19  # do_init_module() returned ret
+    MODULE_FREE = 20  # free_module(mod): the module is gone
+    CALLBACK = 21  # a livepatch callback returned (ret is pre_patch's result)
+    # Written by klptrace itself, never by BPF:
+    STEP = 100  # a scenario step or traced command starts (text in `detail`)
+    STEP_RESULT = 101  # that step failed with errno `ret`
+
+
+class Callback(enum.IntEnum):
+    """Callback roles: the members of struct klp_callbacks."""
+
+    PRE_PATCH = 1
+    POST_PATCH = 2
+    PRE_UNPATCH = 3
+    POST_UNPATCH = 4
+
+    @property
+    def word(self) -> str:
+        """The role as the kernel spells it, e.g. "pre_patch"."""
+        return self.name.lower()
+
+
+class ModuleState(enum.IntEnum):
+    """enum module_state (include/linux/module.h)."""
+
+    LIVE = 0
+    COMING = 1
+    GOING = 2
+    UNFORMED = 3
+
+    @property
+    def text(self) -> str:
+        """The words the kernel selftests print for this state."""
+        return _MODULE_STATE_TEXT[self]
+
+
+_MODULE_STATE_TEXT = {
+    ModuleState.LIVE: "[MODULE_STATE_LIVE] Normal state",
+    ModuleState.COMING: "[MODULE_STATE_COMING] Full formed, running module_init",
+    ModuleState.GOING: "[MODULE_STATE_GOING] Going away",
+    ModuleState.UNFORMED: "[MODULE_STATE_UNFORMED] Still setting up",
+}
+
+#: klp_target_state values (kernel/livepatch/transition.h)
+KLP_UNPATCHED = 0
+KLP_PATCHED = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One recorded event. Fields that do not apply stay at their defaults."""
+
+    kind: EventKind
+    ts_ns: int
+    pid: int = 0
+    tid: int = 0
+    comm: str = ""
+    patch: str = ""
+    object: str = ""
+    callback: Callback | None = None
+    state: int | None = None  # module state, or the transition's target state
+    ret: int | None = None
+    detail: str = ""
+    livepatch: bool = False  # module events: the module is a livepatch
+
+    @property
+    def module_state(self) -> ModuleState | None:
+        """The module state of a callback's klp_object (None for vmlinux)."""
+        if self.kind not in (
+            EventKind.CALLBACK,
+            EventKind.MODULE_COMING,
+            EventKind.MODULE_GOING,
+            EventKind.MODULE_INIT,
+            EventKind.MODULE_FREE,
+        ):
+            return None
+        if self.object == "vmlinux" or self.state is None:
+            return None
+        try:
+            return ModuleState(self.state)
+        except ValueError:
+            return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as a JSON object (the `events` of a recording)."""
+        d: dict[str, Any] = {
+            "kind": self.kind.name.lower(),
+            "ts_ns": self.ts_ns,
+            "pid": self.pid,
+            "tid": self.tid,
+            "comm": self.comm,
+        }
+        if self.patch:
+            d["patch"] = self.patch
+        if self.object:
+            d["object"] = self.object
+        if self.callback is not None:
+            d["callback"] = self.callback.word
+        ms = self.module_state
+        if ms is not None:
+            d["module_state"] = ms.name
+        elif self.state is not None and self.kind.name.startswith("TRANSITION"):
+            d["target"] = "patched" if self.state == KLP_PATCHED else "unpatched"
+        elif self.state is not None:
+            d["state"] = self.state
+        if self.ret is not None:
+            d["ret"] = self.ret
+        if self.detail:
+            d["detail"] = self.detail
+        if self.livepatch:
+            d["livepatch"] = True
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Event:
+        """Inverse of to_json; raises ValueError/KeyError/TypeError on bad input."""
+        if not isinstance(d, dict):
+            raise TypeError(f"an event must be an object, not {type(d).__name__}")
+        kind = EventKind[str(d["kind"]).upper()]
+        cb = d.get("callback")
+        state: int | None = None
+        if "module_state" in d:
+            state = ModuleState[str(d["module_state"])].value
+        elif "target" in d:
+            if d["target"] not in ("patched", "unpatched"):
+                raise ValueError(f"bad target {d['target']!r}")
+            state = KLP_PATCHED if d["target"] == "patched" else KLP_UNPATCHED
+        elif "state" in d:
+            state = _int(d["state"], "state")
+        ret = d.get("ret")
+        return cls(
+            kind=kind,
+            ts_ns=_int(d["ts_ns"], "ts_ns"),
+            pid=_int(d.get("pid", 0), "pid"),
+            tid=_int(d.get("tid", 0), "tid"),
+            comm=_str(d.get("comm", ""), "comm"),
+            patch=_str(d.get("patch", ""), "patch"),
+            object=_str(d.get("object", ""), "object"),
+            callback=Callback[str(cb).upper()] if cb is not None else None,
+            state=state,
+            ret=_int(ret, "ret") if ret is not None else None,
+            detail=_str(d.get("detail", ""), "detail"),
+            livepatch=d.get("livepatch", False) is True,
+        )
+
+
+def _int(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{what} must be an integer, not {v!r}")
+    return v
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{what} must be a string, not {v!r}")
+    return v

@@ -1,0 +1,294 @@
+"""The BPF side: compile bpf/klptrace.bpf.c with bcc, attach it, read its events.
+
+This is the only module that imports bcc, and it does so lazily, so that the
+rest of klptrace runs (and is tested) on machines without bcc or root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import struct
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from klptrace import btf, elf
+from klptrace.errors import KlptraceError, NotSupported
+from klptrace.events import Callback, Event, EventKind
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+KPROBE_EVENTS = "/sys/kernel/tracing/kprobe_events"
+GROUP = "klptrace"
+
+# struct klpt_event (bpf/klptrace.h)
+_EVENT = struct.Struct("<QQIIIiiIII16s56s56s")
+F_LIVEPATCH = 1
+
+#: symbol -> (entry program, return program); all on vmlinux
+CORE_PROBES: dict[str, tuple[str | None, str | None]] = {
+    "klp_enable_patch": ("klp_enable_patch_entry", "klp_enable_patch_return"),
+    "klp_init_transition": ("klp_init_transition_entry", None),
+    "klp_start_transition": ("klp_start_transition_entry", None),
+    "klp_try_complete_transition": ("klp_try_complete_transition_entry", None),
+    "klp_complete_transition": ("klp_complete_transition_entry", "klp_complete_transition_return"),
+    "klp_cancel_transition": ("klp_cancel_transition_entry", None),
+    "klp_reverse_transition": ("klp_reverse_transition_entry", None),
+    "klp_force_transition": ("klp_force_transition_entry", None),
+    "klp_patch_object": ("klp_patch_object_entry", "klp_patch_object_return"),
+    "klp_unpatch_object": ("klp_unpatch_object_entry", None),
+    "klp_unpatch_objects": ("klp_unpatch_objects_entry", None),
+    "klp_module_coming": ("klp_module_coming_entry", "klp_module_coming_return"),
+    "klp_module_going": ("klp_module_going_entry", None),
+    "do_init_module": ("do_init_module_entry", "do_init_module_return"),
+    "free_module": ("free_module_entry", None),
+}
+#: the core's transition globals whose addresses the BPF reads
+GLOBALS = {"ADDR_KLP_TRANSITION_PATCH": "klp_transition_patch", "ADDR_KLP_TARGET_STATE": "klp_target_state"}
+
+
+class ProbeError(KlptraceError):
+    """The BPF programs could not be compiled or a probe could not be set up."""
+
+
+@dataclasses.dataclass
+class ProbeStatus:
+    """One probe: where it is, and whether it is attached (else the kernel's reason)."""
+
+    name: str
+    target: str
+    ok: bool
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "target": self.target, "ok": self.ok, "reason": self.reason}
+
+
+def check_kernel() -> None:
+    """Raise NotSupported unless this kernel can be traced: root, livepatch, kprobes."""
+    if os.geteuid() != 0:
+        raise NotSupported("klptrace needs root to load BPF programs and modules", "run it with sudo")
+    if not os.path.isdir("/sys/kernel/livepatch"):
+        raise NotSupported("this kernel has no livepatch support (/sys/kernel/livepatch is missing)",
+                           "use a kernel built with CONFIG_LIVEPATCH=y, or `klptrace run --vm`")
+    if not os.path.exists(KPROBE_EVENTS):
+        raise NotSupported(f"this kernel has no kprobe events ({KPROBE_EVENTS} is missing)",
+                           "use a kernel built with CONFIG_KPROBE_EVENTS=y, or `klptrace run --vm`")
+
+
+def decode(raw: bytes) -> Event:
+    """A struct klpt_event from the ring buffer as an Event."""
+    ts, _ip, pid, tid, kind, ret, state, cb, flags, _pad, comm, patch, obj = _EVENT.unpack_from(raw)
+    k = EventKind(kind)
+    has_ret = k in (EventKind.ENABLE_RET, EventKind.PATCH_OBJECT, EventKind.MODULE_COMING_RET,
+                    EventKind.MODULE_INIT_RET) or (k == EventKind.CALLBACK and cb == Callback.PRE_PATCH)
+    has_state = k not in (EventKind.ENABLE, EventKind.ENABLE_RET, EventKind.PATCH_OBJECT,
+                          EventKind.UNPATCH_OBJECT, EventKind.UNPATCH_OBJECTS,
+                          EventKind.MODULE_COMING_RET, EventKind.MODULE_INIT_RET)
+    return Event(
+        kind=k, ts_ns=ts, pid=pid, tid=tid,
+        comm=_s(comm), patch=_s(patch), object=_s(obj),
+        callback=Callback(cb) if cb else None,
+        state=state if has_state else None,
+        ret=ret if has_ret else None,
+        livepatch=bool(flags & F_LIVEPATCH),
+    )
+
+
+def _s(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _kallsyms(names: Iterable[str]) -> dict[str, int]:
+    want = set(names)
+    found: dict[str, int] = {}
+    with open("/proc/kallsyms") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] in want and len(parts) == 3:
+                found.setdefault(parts[2], int(parts[0], 16))
+                if len(found) == len(want):
+                    break
+    return found
+
+
+def cflags() -> list[str]:
+    """-D and -I flags for this kernel: field offsets from BTF, globals from kallsyms."""
+    flags = [f"-I{BPF_DIR}", "-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes"]
+    flags += [f"-D{k}={v}" for k, v in btf.layout(btf.BTF.load()).items()]
+    addrs = _kallsyms(GLOBALS.values())
+    for define, sym in GLOBALS.items():
+        if not addrs.get(sym):
+            raise ProbeError(f"kernel symbol {sym} not found in /proc/kallsyms",
+                             "klptrace needs CONFIG_KALLSYMS_ALL=y and root")
+        flags.append(f"-D{define}={addrs[sym]:#x}")
+    return flags
+
+
+class Probes:
+    """Compiled and attached BPF programs; use as a context manager."""
+
+    def __init__(self, livepatch_modules: Iterable[str] = ()) -> None:
+        """livepatch_modules: .ko paths whose callbacks are traced, loaded or not."""
+        self._ko = list(livepatch_modules)
+        self._bpf: Any = None
+        self._events_written: list[str] = []
+        self.status: list[ProbeStatus] = []
+        self.compile_s = 0.0
+        self.attach_s = 0.0
+        self._sink: Callable[[Event], None] | None = None
+
+    # -- set up -------------------------------------------------------------
+    def open(self, sink: Callable[[Event], None]) -> None:
+        """Compile, attach, and send every event to sink (from poll())."""
+        check_kernel()
+        self._sink = sink
+        t0 = time.monotonic()
+        os.environ["BCC_KERNEL_SOURCE"] = str(BPF_DIR)
+        try:
+            from bcc import BPF  # noqa: PLC0415  (bcc is imported here only)
+        except ImportError as e:
+            raise NotSupported("bcc's Python bindings are not importable",
+                               "install Debian's python3-bpfcc and use /usr/bin/python3 "
+                               "(or a venv made with --system-site-packages)") from e
+        self._BPF = BPF
+        flags = cflags()
+        try:
+            self._bpf = BPF(src_file=str(BPF_DIR / "klptrace.bpf.c").encode(), cflags=flags)
+        except Exception as e:  # bcc raises bare Exception
+            raise ProbeError(f"compiling the BPF programs failed: {e}",
+                             "run with BCC_DEBUG=1 for clang's output") from e
+        t1 = time.monotonic()
+        self.compile_s = t1 - t0
+        try:
+            self._attach_core()
+            self._attach_callbacks()
+            self._bpf["events"].open_ring_buffer(self._on_event)
+        except BaseException:
+            self.close()
+            raise
+        self.attach_s = time.monotonic() - t1
+
+    def _attach_core(self) -> None:
+        b = self._bpf
+        for sym, (entry, ret) in CORE_PROBES.items():
+            for fn, is_ret in ((entry, False), (ret, True)):
+                if fn is None:
+                    continue
+                name = f"{'kretprobe' if is_ret else 'kprobe'}:{sym}"
+                try:
+                    if is_ret:
+                        b.attach_kretprobe(event=sym, fn_name=fn)
+                    else:
+                        b.attach_kprobe(event=sym, fn_name=fn)
+                except Exception as e:
+                    reason = str(e)
+                    if self._BPF.ksymname(sym) < 0:
+                        reason = f"{sym} is not in this kernel's symbols (inlined or absent)"
+                    self.status.append(ProbeStatus(name, sym, False, reason))
+                else:
+                    self.status.append(ProbeStatus(name, sym, True))
+
+    def _attach_callbacks(self) -> None:
+        """kprobe events on every function of each livepatch module, armed at its load."""
+        b = self._bpf
+        b.load_func("callback_entry", self._BPF.KPROBE)
+        b.load_func("callback_return", self._BPF.KPROBE)
+        for i, ko in enumerate(self._ko):
+            modname, funcs = elf.read_module(ko)
+            for j, sym in enumerate(funcs):
+                if sym in ("init_module", "cleanup_module"):
+                    continue
+                for kind, fn in (("p", "callback_entry"), ("r", "callback_return")):
+                    ev = f"{kind}{i}_{j}_{sym}"[:60]
+                    target = f"{modname}:{sym}"
+                    name = f"{'kprobe' if kind == 'p' else 'kretprobe'}:{target}"
+                    try:
+                        self._write_event(f"{kind}:{GROUP}/{ev} {target}")
+                        b.attach_tracepoint(tp=f"{GROUP}:{ev}", fn_name=fn)
+                    except (OSError, Exception) as e:
+                        self.status.append(ProbeStatus(name, target, False, _reason(e)))
+                    else:
+                        self.status.append(ProbeStatus(name, target, True))
+
+    def _write_event(self, line: str) -> None:
+        # O_APPEND without seeking: open(..., "a") fails with EINVAL on tracefs
+        fd = os.open(KPROBE_EVENTS, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+        self._events_written.append(line.split()[0].split(":", 1)[1])
+
+    def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
+        import ctypes  # noqa: PLC0415
+
+        raw = ctypes.string_at(data, size)
+        if self._sink is not None:
+            self._sink(decode(raw))
+
+    # -- running ------------------------------------------------------------
+    def poll(self, timeout_ms: int = 100) -> None:
+        """Deliver pending events to the sink, waiting up to timeout_ms for one."""
+        if self._bpf is not None:
+            self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> None:
+        """Deliver every event already in the ring buffer."""
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()
+
+    def lost(self) -> int:
+        """Events the BPF side could not send (ring buffer full)."""
+        if self._bpf is None:
+            return 0
+        return int(sum(v.value for v in self._bpf["lost"].values()))
+
+    def close(self) -> list[str]:
+        """Detach everything; return what could not be removed, as commands that would."""
+        leftovers: list[str] = []
+        if self._bpf is not None:
+            try:
+                self._bpf.cleanup()
+            except Exception:  # noqa: BLE001  best effort: report below
+                pass
+            self._bpf = None
+        for ev in reversed(self._events_written):
+            try:
+                self._write_event_raw(f"-:{ev}")
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    leftovers.append(f"echo '-:{ev}' >> {KPROBE_EVENTS}  # {e.strerror}")
+        self._events_written = []
+        return leftovers
+
+    @staticmethod
+    def _write_event_raw(line: str) -> None:
+        fd = os.open(KPROBE_EVENTS, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> Probes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def leftover_events() -> list[str]:
+    """klptrace's kprobe events still registered in the kernel (for cleanup checks)."""
+    try:
+        with open(KPROBE_EVENTS) as f:
+            return [line.split()[0] for line in f if line.split() and f":{GROUP}/" in line.split()[0]]
+    except OSError:
+        return []

@@ -1,0 +1,157 @@
+"""Events as the lines the kernel selftests expect in dmesg.
+
+test-callbacks.sh compares dmesg with lines such as
+    livepatch: 'P': initializing patching transition
+    P: pre_patch_callback: M -> [MODULE_STATE_LIVE] Normal state
+so a recording rendered this way reads at once to anyone who knows them, and
+expectations are written in the same words. Every line comes from a recorded
+event; the kernel messages among them are worded as the kernel words them
+(kernel/livepatch/core.c, transition.c).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from klptrace.events import KLP_PATCHED, Callback, Event, EventKind
+
+
+def _dir(state: int | None) -> str:
+    return "patching" if state == KLP_PATCHED else "unpatching"
+
+
+def insmod_error(module_file: str, err: int) -> str:
+    """What insmod prints when the kernel refuses a module with errno err."""
+    return f"insmod: ERROR: could not insert module {module_file}: {os.strerror(err)}"
+
+
+def rmmod_error(module: str, err: int) -> str:
+    """What rmmod prints when the kernel refuses an unload with errno err."""
+    return f"rmmod: ERROR: could not remove module {module}: {os.strerror(err)}"
+
+
+def callback_line(ev: Event) -> str:
+    """"P: pre_patch_callback: vmlinux" or "P: ...: M -> [MODULE_STATE_...] ..."."""
+    role = ev.callback.word if ev.callback else "?"
+    head = f"{ev.patch}: {role}_callback: "
+    if ev.object == "vmlinux":
+        return head + "vmlinux"
+    st = ev.module_state
+    return head + f"{ev.object} -> {st.text if st is not None else '[?]'}"
+
+
+class _Renderer:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, Event]] = []
+        self.pending_enable: set[str] = set()
+        self.coming: str | None = None  # module inside klp_module_coming()
+        self.going: str | None = None  # module inside klp_module_going()
+        self.applied: set[tuple[str, str]] = set()
+        self.failed_patch = ""
+        self.init_failed: set[str] = set()
+
+    def out(self, line: str, ev: Event) -> None:
+        self.lines.append((line, ev))
+
+    def applying(self, ev: Event) -> None:
+        """The kernel announces each patch it applies to a coming module."""
+        if self.coming and ev.object == self.coming and (ev.patch, ev.object) not in self.applied:
+            self.applied.add((ev.patch, ev.object))
+            self.out(f"livepatch: applying patch '{ev.patch}' to loading module '{ev.object}'", ev)
+
+    def feed(self, ev: Event) -> None:
+        k, p = ev.kind, ev.patch
+        if k == EventKind.STEP:
+            self.out(f"% {ev.detail}", ev)
+        elif k == EventKind.STEP_RESULT:
+            self.out(ev.detail, ev)
+        elif k == EventKind.ENABLE:
+            self.pending_enable.add(p)
+        elif k == EventKind.ENABLE_RET:
+            self.pending_enable.discard(p)
+        elif k == EventKind.TRANSITION_INIT:
+            if ev.state == KLP_PATCHED and p in self.pending_enable:
+                self.pending_enable.discard(p)
+                self.out(f"livepatch: enabling patch '{p}'", ev)
+            self.out(f"livepatch: '{p}': initializing {_dir(ev.state)} transition", ev)
+        elif k == EventKind.TRANSITION_START:
+            self.out(f"livepatch: '{p}': starting {_dir(ev.state)} transition", ev)
+        elif k == EventKind.TRANSITION_COMPLETE:
+            self.out(f"livepatch: '{p}': completing {_dir(ev.state)} transition", ev)
+        elif k == EventKind.TRANSITION_DONE:
+            self.out(f"livepatch: '{p}': {_dir(ev.state)} complete", ev)
+        elif k == EventKind.TRANSITION_CANCEL:
+            self.out(f"livepatch: failed to enable patch '{p}'", ev)
+            self.out(f"livepatch: '{p}': canceling patching transition, going to unpatch", ev)
+        elif k == EventKind.TRANSITION_REVERSE:
+            how = "patching to unpatching" if ev.state == KLP_PATCHED else "unpatching to patching"
+            self.out(f"livepatch: '{p}': reversing transition from {how}", ev)
+        elif k == EventKind.TRANSITION_FORCE:
+            self.out("livepatch: forcing remaining tasks to the patched state", ev)
+        elif k == EventKind.CALLBACK:
+            self.applying(ev)
+            self.out(callback_line(ev), ev)
+            if ev.callback == Callback.PRE_PATCH and ev.ret:
+                self.failed_patch = p
+                self.out(f"livepatch: pre-patch callback failed for object '{ev.object}'", ev)
+        elif k == EventKind.PATCH_OBJECT:
+            self.applying(ev)
+            if ev.ret:
+                self.failed_patch = p
+                if self.coming:
+                    self.out(f"livepatch: failed to apply patch '{p}' to module "
+                             f"'{ev.object}' ({ev.ret})", ev)
+                else:
+                    self.out(f"livepatch: failed to patch object '{ev.object}'", ev)
+        elif k == EventKind.UNPATCH_OBJECT:
+            if self.going or self.coming:
+                self.out(f"livepatch: reverting patch '{p}' on unloading module '{ev.object}'", ev)
+        elif k == EventKind.MODULE_COMING:
+            self.coming, self.applied, self.failed_patch = ev.object, set(), ""
+        elif k == EventKind.MODULE_COMING_RET:
+            if ev.ret and self.failed_patch:
+                m = ev.object
+                self.out(f"livepatch: patch '{self.failed_patch}' failed for module '{m}', "
+                         f"refusing to load module '{m}'", ev)
+            self.coming = None
+        elif k == EventKind.MODULE_GOING:
+            # the module's exit has run (unless its init failed, when it never does)
+            if not ev.livepatch and ev.object not in self.init_failed:
+                self.out(f"{ev.object}: {ev.object}_exit", ev)
+            self.init_failed.discard(ev.object)
+            self.going = ev.object
+        elif k == EventKind.MODULE_FREE:
+            if self.going == ev.object:
+                self.going = None
+        elif k == EventKind.MODULE_INIT:
+            self.going = None
+        elif k == EventKind.MODULE_INIT_RET:
+            if ev.ret:
+                self.init_failed.add(ev.object)
+            elif not ev.livepatch:
+                self.out(f"{ev.object}: {ev.object}_init", ev)
+
+
+def render_pairs(events: Iterable[Event]) -> list[tuple[str, Event]]:
+    """Each transcript line with the event it came from."""
+    r = _Renderer()
+    for ev in events:
+        r.feed(ev)
+    return r.lines
+
+
+def render(events: Iterable[Event]) -> list[str]:
+    """The transcript lines of a sequence of events."""
+    return [line for line, _ev in render_pairs(events)]
+
+
+def parse_expectation(text: str) -> list[str]:
+    """Expected transcript lines from text: blank lines and # comments dropped."""
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            out.append(line)
+    return out
+
