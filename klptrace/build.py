@@ -129,7 +129,9 @@ def build(
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise KlptraceError("make not found", hint="apt-get install make gcc (make setup does)")
+        raise KlptraceError(
+            "make not found", hint="apt-get install make gcc (make setup does)"
+        ) from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise KlptraceError(

@@ -51,9 +51,7 @@ class Track:
 # Short names for --kernel. Issue 7 adds "6.12" from bookworm-backports here:
 # Track("6.12", ("bookworm-backports",), "linux-image-amd64").
 TRACKS: dict[str, Track] = {
-    "6.1": Track(
-        "6.1", ("bookworm", "bookworm-updates", "bookworm-security"), "linux-image-amd64"
-    ),
+    "6.1": Track("6.1", ("bookworm", "bookworm-updates", "bookworm-security"), "linux-image-amd64"),
 }
 
 
@@ -159,9 +157,7 @@ def parse_one_line_sources(text: str) -> list[AptEntry]:
         m = re.match(r"^deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)", line)
         if not m:
             continue
-        options = dict(
-            opt.split("=", 1) for opt in (m.group(1) or "").split() if "=" in opt
-        )
+        options = dict(opt.split("=", 1) for opt in (m.group(1) or "").split() if "=" in opt)
         entries.append(AptEntry((m.group(2),), (m.group(3),), options.get("signed-by")))
     return entries
 
@@ -180,7 +176,7 @@ def host_apt_entries(etc: Path = Path("/etc/apt")) -> list[AptEntry]:
 
 def _suite_kind(suite: str) -> str:
     """'' for a release suite (bookworm), else its suffix (-security, -backports)."""
-    return suite[suite.index("-"):] if "-" in suite else ""
+    return suite[suite.index("-") :] if "-" in suite else ""
 
 
 def derive_sources(host: Sequence[AptEntry], suites: Iterable[str]) -> str:
@@ -209,8 +205,12 @@ def derive_sources(host: Sequence[AptEntry], suites: Iterable[str]) -> str:
         groups.setdefault((source.uris, source.signed_by), []).append(suite)
     stanzas = []
     for (uris, signed_by), group in groups.items():
-        lines = ["Types: deb", f"URIs: {' '.join(uris)}", f"Suites: {' '.join(group)}",
-                 "Components: main"]
+        lines = [
+            "Types: deb",
+            f"URIs: {' '.join(uris)}",
+            f"Suites: {' '.join(group)}",
+            "Components: main",
+        ]
         if signed_by:
             if "\n" in signed_by:  # an inline key block keeps its continuation lines
                 signed_by = signed_by.replace("\n", "\n ")
@@ -286,7 +286,9 @@ class _Apt:
         try:
             proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
         except FileNotFoundError:
-            raise KlptraceError(f"{tool} not found", hint="klptrace fetches kernels with Debian's apt")
+            raise KlptraceError(
+                f"{tool} not found", hint="klptrace fetches kernels with Debian's apt"
+            ) from None
         if proc.returncode != 0:
             raise KlptraceError(
                 f"{tool} {' '.join(args[:2])} failed: {_last_lines(proc.stderr or proc.stdout)}",
@@ -374,9 +376,7 @@ def rewrite_headers_makefile(kdir: Path, root: Path) -> None:
         makefile.write_text(new)
 
 
-def _unpack(
-    apt: _Apt, release: str, dest: Path, progress: Progress
-) -> list[str]:
+def _unpack(apt: _Apt, release: str, dest: Path, progress: Progress) -> list[str]:
     """Download and unpack one release's packages into dest; return the .deb names."""
     packages = [f"linux-image-{release}", f"linux-headers-{release}"]
     packages += header_packages(apt.depends(f"linux-headers-{release}"))
@@ -406,9 +406,7 @@ def _finish(root: Path, release: str) -> None:
         raise KlptraceError(f"depmod failed for {release}: {_last_lines(proc.stderr)}")
 
 
-def _fetch(
-    apt: _Apt, release: str, base: Path, progress: Progress
-) -> Kernel:
+def _fetch(apt: _Apt, release: str, base: Path, progress: Progress) -> Kernel:
     """Fetch one release into base/kernels/<release>, atomically."""
     kernels = base / "kernels"
     kernels.mkdir(parents=True, exist_ok=True)

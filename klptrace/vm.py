@@ -116,9 +116,7 @@ def probe_kvm(image: Path, qemu: str, timeout: float = 30.0) -> bool:
         "-append", "console=ttyS0 panic=-1 loglevel=4",
     ]  # fmt: skip
     try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
-        )
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False  # e.g. stuck in the decompressor
     return bool(_BOOTED_RE.search(proc.stdout.decode(errors="replace")))
@@ -158,7 +156,8 @@ def needs_overlay(path: Path) -> bool:
 
 def guest_script(argv: Sequence[str], status_file: Path) -> str:
     """The shell line the guest runs: the command, then its status into status_file."""
-    return f"{shlex.join(argv)}; klptrace_status=$?; echo $klptrace_status > {shlex.quote(str(status_file))}; exit $klptrace_status"
+    status = shlex.quote(str(status_file))
+    return f"{shlex.join(argv)}; s=$?; echo $s > {status}; exit $s"
 
 
 def vng_argv(
@@ -225,9 +224,7 @@ def _find_vng() -> str:
     beside = Path(sys.executable).parent / "vng"
     found = str(beside) if beside.is_file() else shutil.which("vng")
     if not found:
-        raise KlptraceError(
-            "vng (virtme-ng) not found", hint="make setup installs it into .venv"
-        )
+        raise KlptraceError("vng (virtme-ng) not found", hint="make setup installs it into .venv")
     return found
 
 
@@ -337,8 +334,10 @@ def run(
     real_qemu = check_host()
     vng = _find_vng()
     accel = accel or choose_accel(kernel, real_qemu)
-    note(f"accel: {accel.name} ({'hardware' if accel.name == 'kvm' else 'software emulation'}): "
-         f"{accel.reason}")
+    note(
+        f"accel: {accel.name} ({'hardware' if accel.name == 'kvm' else 'software emulation'}): "
+        f"{accel.reason}"
+    )
     dirs = [Path(d).resolve() for d in rwdirs]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
