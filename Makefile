@@ -1,0 +1,62 @@
+# klptrace: `make run` and `make test` set up everything they need on a fresh
+# Debian 12 machine (as root), idempotently: a second run installs and rebuilds
+# nothing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+VENV := .venv
+KLPTRACE := $(VENV)/bin/klptrace
+
+# Debian packages: QEMU and virtme-ng's needs (busybox-static builds the guest's
+# initramfs; udev makes the guest's virtio-port links that carry the command's
+# I/O and status), bcc from Debian (never the unrelated PyPI package of that
+# name), and what kbuild needs to build modules against unpacked headers (the
+# headers call gcc-12; pahole for BTF; kmod's depmod indexes the modules).
+DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod \
+	python3-bpfcc bpfcc-tools python3-venv \
+	make gcc gcc-12 libc6-dev pahole
+
+.PHONY: setup deb-packages kernel modules run test lint
+
+setup: deb-packages $(VENV)/.installed kernel modules
+
+deb-packages:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed$$' || echo "$$p"; \
+	done); \
+	if [ -z "$$missing" ]; then \
+		echo "setup: Debian packages: all present, nothing to install"; \
+	else \
+		echo "setup: installing Debian packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "setup: need root to install them" >&2; exit 1; fi; \
+		apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/bin/python:
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+# Reinstall only when pyproject.toml changed.
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[lab,test]'
+	touch $@
+
+kernel: deb-packages $(VENV)/.installed
+	@rel=$$($(KLPTRACE) kernel | sed -n 's/^release *//p'); echo "setup: kernel $$rel ready"
+
+modules: kernel
+	@if [ -n "$(wildcard modules/Kbuild modules/Makefile)" ]; then \
+		$(KLPTRACE) build >/dev/null; \
+	else \
+		echo "setup: modules: none in modules/ yet"; \
+	fi
+
+# klptrace's main job. Until the scenarios land, a lab smoke run.
+run: setup
+	$(KLPTRACE) vm -- uname -r
+
+test: setup
+	$(VENV)/bin/pytest -v
+
+lint: setup
+	$(VENV)/bin/python -m ruff check klptrace tests || echo "lint: ruff not installed"
