@@ -16,9 +16,9 @@ DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod \
 	python3-bpfcc bpfcc-tools python3-venv \
 	make gcc gcc-12 libc6-dev pahole
 
-.PHONY: setup deb-packages kernel modules run test lint
+.PHONY: setup deb-packages venv kernel modules run test lint
 
-setup: deb-packages $(VENV)/.installed kernel modules
+setup: deb-packages venv kernel modules
 
 deb-packages:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -33,6 +33,9 @@ deb-packages:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+venv: $(VENV)/.installed
+	@echo "setup: $(VENV): up to date with pyproject.toml"
+
 $(VENV)/bin/python:
 	/usr/bin/python3 -m venv --system-site-packages $(VENV)
 
@@ -41,15 +44,11 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[lab,test]'
 	touch $@
 
-kernel: deb-packages $(VENV)/.installed
-	@rel=$$($(KLPTRACE) kernel | sed -n 's/^release *//p'); echo "setup: kernel $$rel ready"
+kernel: deb-packages venv
+	@$(KLPTRACE) kernel >/dev/null
 
 modules: kernel
-	@if [ -n "$(wildcard modules/Kbuild modules/Makefile)" ]; then \
-		$(KLPTRACE) build >/dev/null; \
-	else \
-		echo "setup: modules: none in modules/ yet"; \
-	fi
+	@$(KLPTRACE) build >/dev/null
 
 # klptrace's main job. Until the scenarios land, a lab smoke run.
 run: setup

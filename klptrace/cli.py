@@ -35,7 +35,15 @@ def _add_kernel_option(p: argparse.ArgumentParser) -> None:
 def _cmd_kernel(args: argparse.Namespace) -> int:
     from klptrace import kernels
 
-    k = kernels.ensure(args.kernel, refresh=args.refresh, progress=_say)
+    said: list[str] = []
+
+    def progress(msg: str) -> None:
+        said.append(msg)
+        _say(msg)
+
+    k = kernels.ensure(args.kernel, refresh=args.refresh, progress=progress)
+    if not said:
+        _say(f"kernel {k.release}: in the cache, nothing downloaded")
     print(f"release  {k.release}")
     print(f"image    {k.image}")
     print(f"modules  {k.modules_dir}")
