@@ -10,6 +10,7 @@ bootloader and its apt state are never touched.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -478,18 +479,25 @@ def ensure(
     if parsed.kind == "release" and (base / "kernels" / parsed.value / _MARKER).is_file():
         return _kernel_at(base / "kernels" / parsed.value, parsed.value)
 
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one apt and one unpack at a time per cache
+        return _from_archive(parsed, base, refresh, say)
+
+
+def _from_archive(parsed: KernelSpec, base: Path, refresh: bool, say: Progress) -> Kernel:
+    """Resolve a track or release against the package lists; fetch it unless cached."""
     tracks = [TRACKS[parsed.value]] if parsed.kind == "track" else list(TRACKS.values())
     for track in tracks:
         apt = _Apt(track, base)
-        updated = False
-        if apt.configure() or refresh:
+        fresh = apt.configure() or refresh
+        if fresh:
             say(f"updating package lists for {track.name} ({' '.join(track.suites)})")
             apt.update()
-            updated = True
         release = _release_in(apt, parsed)
-        if release is None and parsed.kind == "release" and not updated:
-            apt.update()  # lists may predate the release
-            updated = True
+        if release is None and not fresh:
+            apt.update()  # the lists may predate the release
+            fresh = True
             release = _release_in(apt, parsed)
         if release is None:
             continue
@@ -499,16 +507,11 @@ def ensure(
         try:
             return _fetch(apt, release, base, say)
         except KlptraceError:
-            if updated:
+            if fresh:
                 raise
-            # Old lists can name packages the archive has since dropped.
-            say("download failed; updating package lists and retrying")
-            apt.update()
-            release = _release_in(apt, parsed) or release
-            root = base / "kernels" / release
-            if (root / _MARKER).is_file():
-                return _kernel_at(root, release)
-            return _fetch(apt, release, base, say)
+            # Old lists can name packages that the archive has since dropped.
+            say("download failed; updating the package lists and trying again")
+            return _from_archive(parsed, base, True, say)
 
     known = sorted({r for t in tracks for r in _Apt(t, base).releases()}, key=_version_key)
     newest = ", ".join(known[-8:]) or "none"
