@@ -57,5 +57,11 @@ run: setup
 test: setup
 	$(VENV)/bin/pytest -v
 
-lint: setup
-	$(VENV)/bin/python -m ruff check klptrace tests || echo "lint: ruff not installed"
+# Optional: ruff and mypy are not among the dependencies (pip install ruff mypy).
+lint: venv
+	@if $(VENV)/bin/python -m ruff --version >/dev/null 2>&1; then \
+		$(VENV)/bin/python -m ruff check klptrace tests; \
+	else echo "lint: ruff is not installed in $(VENV), skipped"; fi
+	@if $(VENV)/bin/python -m mypy --version >/dev/null 2>&1; then \
+		$(VENV)/bin/python -m mypy --strict klptrace/kernels.py klptrace/vm.py klptrace/build.py; \
+	else echo "lint: mypy is not installed in $(VENV), skipped"; fi
