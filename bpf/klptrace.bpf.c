@@ -228,6 +228,8 @@ int klp_start_transition_entry(struct pt_regs *ctx) { return transition_event(KL
 int klp_try_complete_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_TRY); }
 int klp_cancel_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_CANCEL); }
 int klp_reverse_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_REVERSE); }
+/* klp_reverse_transition() ends by starting the reversed transition */
+int klp_reverse_transition_return(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_REVERSED); }
 int klp_force_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_FORCE); }
 
 int klp_complete_transition_entry(struct pt_regs *ctx)

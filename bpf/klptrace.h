@@ -33,6 +33,7 @@
 #define KLPT_MODULE_INIT_RET		19
 #define KLPT_MODULE_FREE		20
 #define KLPT_CALLBACK			21
+#define KLPT_TRANSITION_REVERSED	22
 
 /* callback roles (klp_callbacks members) */
 #define KLPT_CB_PRE_PATCH	1

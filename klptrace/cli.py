@@ -12,6 +12,11 @@ from klptrace.errors import KlptraceError
 
 EPILOG = """\
 examples:
+  sudo klptrace run                    run the 11 callback scenarios on this kernel
+  klptrace run --vm                    the same in the lab VM (Debian 12's stock 6.1)
+  klptrace run --vm --format json -o r.json busy-target-module
+  klptrace check r.json                re-check a saved run offline
+  klptrace list                        the scenario ids
   klptrace kernel                      fetch Debian 12's stock 6.1 kernel into the cache
   klptrace build                       build modules/ against it
   klptrace vm -- uname -r              boot it and run a command as root in the guest
@@ -86,6 +91,67 @@ def _cmd_vm(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    from klptrace import commands
+
+    sys.stdout.write(commands.list_text(commands.scenarios_for([], args.scenarios)))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from klptrace import commands
+
+    return commands.run_vm(args) if args.vm else commands.run_local(args)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from klptrace import commands
+
+    return commands.check(args)
+
+
+def _add_output_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "json", "ktap", "junit"), default="text",
+                   help="output format (default text)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE")
+    p.add_argument("--scenarios", metavar="DIR",
+                   help="a directory of scenario files instead of klptrace's own")
+
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("list", help="list the scenarios")
+    p.add_argument("--scenarios", metavar="DIR", help="a directory of scenario files")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser(
+        "run", help="run scenarios, record them with BPF and check them",
+        description="Drive the kernel through livepatch scenarios while BPF records the "
+        "livepatch core, and check the recorded order against the expected one. Exit "
+        "status: 0 all passed, 1 a scenario failed or errored, 4 nothing could run here.",
+        epilog="examples:\n  sudo klptrace run\n  klptrace run --vm --format ktap\n"
+        "  klptrace run --vm --kernel 6.1 -o r.json --format json atomic-replace\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ids", nargs="*", metavar="ID", help="scenario ids (default: all)")
+    _add_output_options(p)
+    p.add_argument("--record", metavar="FILE", help="also save the recording (JSON) to FILE")
+    p.add_argument("--vm", action="store_true", help="run in the lab VM, results brought back")
+    _add_kernel_option(p)
+    p.add_argument("--cpus", type=int, default=2, metavar="N", help="guest CPUs with --vm")
+    p.add_argument("--memory", default="4G", metavar="SIZE", help="guest memory with --vm")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="longest wait for one transition or unload (default 120)")
+    p.add_argument("--modules", metavar="DIR", help="built test modules (default: the cache)")
+    p.add_argument("--allow-replace", action="store_true",
+                   help="run atomic-replace even if other livepatches are enabled")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("check", help="re-check a saved recording offline (no root)")
+    p.add_argument("recording", metavar="RECORDING", help="a file from `run --record`")
+    _add_output_options(p)
+    p.add_argument("--record", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="klptrace",
@@ -127,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=_cmd_vm)
+    _add_run_commands(sub)
     return parser
 
 

@@ -34,6 +34,7 @@ class EventKind(enum.IntEnum):
     MODULE_INIT_RET = 19  # do_init_module() returned ret
     MODULE_FREE = 20  # free_module(mod): the module is gone
     CALLBACK = 21  # a livepatch callback returned (ret is pre_patch's result)
+    TRANSITION_REVERSED = 22  # klp_reverse_transition() returned; state is the new target
     # Written by klptrace itself, never by BPF:
     STEP = 100  # a scenario step or traced command starts (text in `detail`)
     STEP_RESULT = 101  # that step failed with errno `ret`

@@ -35,7 +35,7 @@ CORE_PROBES: dict[str, tuple[str | None, str | None]] = {
     "klp_try_complete_transition": ("klp_try_complete_transition_entry", None),
     "klp_complete_transition": ("klp_complete_transition_entry", "klp_complete_transition_return"),
     "klp_cancel_transition": ("klp_cancel_transition_entry", None),
-    "klp_reverse_transition": ("klp_reverse_transition_entry", None),
+    "klp_reverse_transition": ("klp_reverse_transition_entry", "klp_reverse_transition_return"),
     "klp_force_transition": ("klp_force_transition_entry", None),
     "klp_patch_object": ("klp_patch_object_entry", "klp_patch_object_return"),
     "klp_unpatch_object": ("klp_unpatch_object_entry", None),

@@ -110,6 +110,10 @@ class Recorder:
     def now(self) -> int:
         return time.monotonic_ns()
 
+    def lost(self) -> int:
+        self.drain()
+        return self.probes.lost()
+
     def recording(self, start_ns: int = 0, end_ns: int | None = None) -> Recording:
         """What was recorded between two times (all by default)."""
         self.drain()

@@ -50,6 +50,7 @@ class _Renderer:
         self.applied: set[tuple[str, str]] = set()
         self.failed_patch = ""
         self.init_failed: set[str] = set()
+        self.started: set[str] = set()  # patches whose transition start was recorded
 
     def out(self, line: str, ev: Event) -> None:
         self.lines.append((line, ev))
@@ -76,6 +77,7 @@ class _Renderer:
                 self.out(f"livepatch: enabling patch '{p}'", ev)
             self.out(f"livepatch: '{p}': initializing {_dir(ev.state)} transition", ev)
         elif k == EventKind.TRANSITION_START:
+            self.started.add(p)
             self.out(f"livepatch: '{p}': starting {_dir(ev.state)} transition", ev)
         elif k == EventKind.TRANSITION_COMPLETE:
             self.out(f"livepatch: '{p}': completing {_dir(ev.state)} transition", ev)
@@ -86,7 +88,14 @@ class _Renderer:
             self.out(f"livepatch: '{p}': canceling patching transition, going to unpatch", ev)
         elif k == EventKind.TRANSITION_REVERSE:
             how = "patching to unpatching" if ev.state == KLP_PATCHED else "unpatching to patching"
+            self.started.discard(p)
             self.out(f"livepatch: '{p}': reversing transition from {how}", ev)
+        elif k == EventKind.TRANSITION_REVERSED:
+            # klp_reverse_transition() ends with klp_start_transition(), which the
+            # compiler may inline there (it does in Debian's 6.1): then the start
+            # has no probe hit of its own, and the reversal's return stands for it.
+            if p not in self.started:
+                self.out(f"livepatch: '{p}': starting {_dir(ev.state)} transition", ev)
         elif k == EventKind.TRANSITION_FORCE:
             self.out("livepatch: forcing remaining tasks to the patched state", ev)
         elif k == EventKind.CALLBACK:

@@ -1,0 +1,195 @@
+"""What the list, run and check subcommands do; cli.py only parses and dispatches."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from klptrace import checker, kmod, report, results, scenario
+from klptrace.errors import KlptraceError, NotSupported, UsageError
+from klptrace.recorder import Recording, RecordingError
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def scenarios_for(ids: list[str], directory: str | None) -> list[scenario.Scenario]:
+    """The selected scenarios from klptrace's own set or a user's directory."""
+    return scenario.select(scenario.load_dir(directory or scenario.BUILTIN_DIR), ids)
+
+
+def list_text(scs: list[scenario.Scenario]) -> str:
+    width = max(len(s.id) for s in scs)
+    return "".join(f"{s.id:<{width}}  {s.title}\n" for s in scs)
+
+
+def module_dir(explicit: str | None, needed: list[str]) -> Path:
+    """Where the test modules for the running kernel are, building them if headers exist."""
+    from klptrace import build, kernels  # noqa: PLC0415
+
+    if explicit:
+        d = Path(explicit)
+    else:
+        rel = os.uname().release
+        kdir = Path(f"/lib/modules/{rel}/build")
+        d = kernels.cache_dir() / "modules" / rel
+        if not all((d / f"{m}.ko").is_file() for m in needed) and (kdir / "Makefile").is_file():
+            d = build.build(kdir=kdir).dir
+    missing = [m for m in needed if not (d / f"{m}.ko").is_file()]
+    if missing:
+        raise NotSupported(
+            f"no built test modules for this kernel in {d} (missing {', '.join(missing)})",
+            "install this kernel's headers and run `klptrace build`, or pass --modules DIR")
+    return d
+
+
+def _refuse_foreign(scs: list[scenario.Scenario], allow_replace: bool) -> list[str]:
+    """Reasons not to run on this machine: a module of ours already loaded, a foreign transition."""
+    ours = {m for s in scs for m in s.modules}
+    problems = [f"module {m} is already loaded and klptrace did not load it: "
+                f"unload it first (rmmod {m})" for m in sorted(ours) if kmod.is_loaded(m)]
+    foreign = [p for p in kmod.patches() if p not in ours]
+    for p in foreign:
+        if kmod.patch_attr(p, "transition") == "1":
+            problems.append(f"livepatch {p} is in transition: wait until "
+                            f"/sys/kernel/livepatch/{p}/transition reads 0")
+    return problems
+
+
+def run_local(args: Any) -> int:
+    """`klptrace run` on the running kernel."""
+    from klptrace import probes, runner  # noqa: PLC0415
+    from klptrace.recorder import Recorder  # noqa: PLC0415
+
+    scs = scenarios_for(args.ids, args.scenarios)
+    try:
+        probes.check_kernel()
+    except NotSupported as e:
+        _say(f"klptrace: skip: {e}")
+        return 4
+    problems = _refuse_foreign(scs, args.allow_replace)
+    if problems:
+        raise KlptraceError("refusing to run: " + "; ".join(problems))
+    foreign = [p for p in kmod.patches() if p not in {m for s in scs for m in s.modules}]
+    skipped: dict[str, str] = {}
+    if foreign and not args.allow_replace:
+        for s in scs:
+            if s.replaces_all:
+                skipped[s.id] = (f"would replace the livepatches already on this machine "
+                                 f"({', '.join(foreign)}); pass --allow-replace to run it anyway")
+    needed = sorted({m for s in scs for m in s.modules})
+    mods = module_dir(args.modules, needed)
+    kos = sorted({str(mods / f"{lp}.ko") for s in scs for lp in s.livepatches})
+    _say("Compiling and attaching klptrace's BPF probes...")
+    docs: list[dict[str, Any]] = []
+    with Recorder(kos) as rec:
+        p = rec.probes
+        _say(f"Tracing livepatch events (compile {p.compile_s:.1f} s, attach {p.attach_s:.1f} s).")
+        run = runner.Runner(rec, str(mods), timeout_s=args.timeout, log=_say)
+        for s in scs:
+            if s.id in skipped:
+                docs.append(_skipped(s, skipped[s.id]))
+                _say(f"  {s.id}: SKIP ({skipped[s.id]})")
+                continue
+            r = run.run(s)
+            docs.append(r.to_json())
+            _say(f"  {s.id}: {r.status.upper()} ({r.duration_s:.1f} s)")
+        lost = rec.lost()
+        status = [x.to_json() for x in p.status]
+        timing = {"compile_s": round(p.compile_s, 3), "attach_s": round(p.attach_s, 3)}
+    leftovers = getattr(rec, "leftovers", [])
+    doc = results.run_document(os.uname().release, docs, lost, status, timing=timing,
+                               leftovers=leftovers)
+    code = _emit(doc, args)
+    if leftovers:
+        _say("klptrace: could not remove: " + "; ".join(leftovers))
+        return 1
+    return code
+
+
+def _skipped(s: scenario.Scenario, why: str) -> dict[str, Any]:
+    return {"id": s.id, "status": checker.SKIP, "duration_s": 0.0, "lost_events": 0,
+            "events": [], "expected": list(s.expect), "recorded": [], "explanation": why,
+            "diff": [], "problems": [], "notes": []}
+
+
+def _emit(doc: dict[str, Any], args: Any) -> int:
+    if getattr(args, "record", None):
+        results_path = Path(args.record)
+        results_path.write_text(json.dumps(doc, indent=1) + "\n")
+    text = report.render(args.format, doc)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return results.exit_status(doc)
+
+
+def run_vm(args: Any) -> int:
+    """`klptrace run --vm`: the same run inside the lab VM, results rendered here."""
+    from klptrace import build, kernels, vm  # noqa: PLC0415
+
+    kernel = kernels.ensure(args.kernel, progress=_say)
+    built = build.build(kernel)
+    with tempfile.TemporaryDirectory(prefix="klptrace-results-", dir="/tmp") as rw:
+        out = Path(rw) / "run.json"
+        argv = [sys.executable, "-m", "klptrace", "run", *args.ids, "--format", "json",
+                "-o", str(out), "--modules", str(built.dir), "--timeout", str(args.timeout)]
+        if args.scenarios:
+            argv += ["--scenarios", str(Path(args.scenarios).resolve())]
+        if args.allow_replace:
+            argv.append("--allow-replace")
+        guest_status = vm.run(kernel, argv, cpus=args.cpus, memory=args.memory,
+                              rwdirs=[Path(rw)], say=_say)
+        if not out.is_file():
+            raise KlptraceError(f"the run in the guest wrote no results (exit status {guest_status})",
+                                "see the guest's output above")
+        doc = json.loads(out.read_text())
+    return _emit(doc, args)
+
+
+def check(args: Any) -> int:
+    """`klptrace check RECORDING`: re-check a saved run offline."""
+    try:
+        raw = Path(args.recording).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {args.recording}: {e.strerror}") from None
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise RecordingError(f"{args.recording}: not JSON (line {e.lineno}, column {e.colno}): "
+                             f"{e.msg}", "was the file truncated?") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("scenarios"), list):
+        raise RecordingError(f"{args.recording}: not a klptrace recording (no 'scenarios' list)",
+                             "write one with `klptrace run --record FILE`")
+    known = {s.id: s for s in scenario.load_dir(args.scenarios or scenario.BUILTIN_DIR)}
+    probes = doc.get("probes", [])
+    out = []
+    for i, sd in enumerate(doc["scenarios"]):
+        where = f"{args.recording}: scenarios[{i}]"
+        if not isinstance(sd, dict) or not isinstance(sd.get("id"), str):
+            raise RecordingError(f"{where}: needs an 'id'")
+        if sd["id"] not in known:
+            raise RecordingError(f"{where}: unknown scenario id {sd['id']!r}",
+                                 "pass --scenarios DIR for a user's scenarios")
+        if sd.get("status") == checker.SKIP:
+            out.append(sd)
+            continue
+        rec = Recording.from_json({"events": sd.get("events"), "lost_events":
+                                   sd.get("lost_events", 0), "probes": probes}, where)
+        v = checker.check(known[sd["id"]].expect, rec)
+        out.append({**sd, "status": v.status, "expected": v.expected, "recorded": v.recorded,
+                    "explanation": v.explanation, "diff": v.diff, "problems": v.problems})
+    kernel = doc.get("kernel", "?")
+    lost = doc.get("lost_events", 0)
+    if not isinstance(kernel, str) or isinstance(lost, bool) or not isinstance(lost, int):
+        raise RecordingError(f"{args.recording}: 'kernel' must be a string, 'lost_events' an integer")
+    new = results.run_document(kernel, out, lost, probes)
+    return _emit(new, args)
+
+

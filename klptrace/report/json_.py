@@ -1,0 +1,7 @@
+"""json: the run document as it is."""
+
+import json
+
+
+def render(run: dict) -> str:  # type: ignore[type-arg]
+    return json.dumps(run, indent=1) + "\n"

@@ -1,0 +1,228 @@
+"""Runs scenarios on the live kernel, recording them, and checks each one.
+
+Every scenario starts from a clean state and leaves one: whatever it loaded is
+disabled and unloaded afterwards, whatever happened (see cleanup()).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from klptrace import checker, kmod
+from klptrace.checker import Verdict
+from klptrace.errors import KlptraceError
+from klptrace.events import EventKind
+from klptrace.recorder import Recording
+from klptrace.scenario import Scenario, Step
+from klptrace.transcript import insmod_error, rmmod_error
+
+DEFAULT_TIMEOUT_S = 120.0
+
+
+class Rec(Protocol):
+    """What the runner needs of a recorder (recorder.Recorder, or a fake in tests)."""
+
+    def mark(self, kind: EventKind, detail: str, ret: int | None = None) -> Any: ...
+    def poll(self, timeout_ms: int = 50) -> None: ...
+    def now(self) -> int: ...
+    def recording(self, start_ns: int = 0, end_ns: int | None = None) -> Recording: ...
+    def lost(self) -> int: ...
+
+
+class StepTimeout(KlptraceError):
+    """A transition did not reach the state a step waits for in time."""
+
+
+@dataclasses.dataclass
+class Result:
+    """One scenario's outcome."""
+
+    id: str
+    status: str
+    duration_s: float
+    recording: Recording
+    verdict: Verdict
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "duration_s": round(self.duration_s, 3),
+            "lost_events": self.recording.lost,
+            "events": [e.to_json() for e in self.recording.events],
+            "expected": self.verdict.expected,
+            "recorded": self.verdict.recorded,
+            "explanation": self.verdict.explanation,
+            "diff": self.verdict.diff,
+            "problems": self.verdict.problems,
+            "notes": self.notes,
+        }
+
+
+class Runner:
+    """Executes the steps of scenarios with modules from one directory."""
+
+    def __init__(self, rec: Rec, module_dir: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.rec = rec
+        self.module_dir = module_dir
+        self.timeout_s = timeout_s
+        self.log = log or (lambda _msg: None)
+        self.loaded: list[str] = []  # modules this runner loaded and has not unloaded
+
+    def ko(self, module: str) -> str:
+        return os.path.join(self.module_dir, f"{module}.ko")
+
+    # -- steps ----------------------------------------------------------------
+    def step(self, s: Step) -> None:
+        """Perform one step, marking it in the recording like a selftest's `% cmd` line."""
+        if s.kind == "load":
+            cmd = f"insmod {s.module}.ko" + (f" {s.params}" if s.params else "")
+            self.rec.mark(EventKind.STEP, cmd)
+            err = kmod.load(self.ko(s.module), s.params)
+            if err:
+                self.rec.mark(EventKind.STEP_RESULT, insmod_error(f"{s.module}.ko", err), err)
+                return
+            self.loaded.append(s.module)
+            if s.wait and kmod.patch_attr(s.module, "transition") is not None:
+                self.wait_transition(s.module, 0)
+        elif s.kind == "unload":
+            self.rec.mark(EventKind.STEP, f"rmmod {s.module}")
+            err = self.unload(s.module)
+            if err:
+                self.rec.mark(EventKind.STEP_RESULT, rmmod_error(s.module, err), err)
+        elif s.kind == "disable":
+            path = f"/sys/kernel/livepatch/{s.patch}/enabled"
+            self.rec.mark(EventKind.STEP, f"echo 0 > {path}")
+            err = kmod.write(path, "0")
+            if err:
+                self.rec.mark(EventKind.STEP_RESULT,
+                              f"sh: write error: {os.strerror(err)}", err)
+            elif s.wait:
+                self.wait_transition(s.patch, 0)
+        elif s.kind == "set":
+            path = f"/sys/module/{s.module}/parameters/{s.param}"
+            self.rec.mark(EventKind.STEP, f"echo {s.value} > {path}")
+            err = kmod.write(path, s.value)
+            if err:
+                self.rec.mark(EventKind.STEP_RESULT, f"sh: write error: {os.strerror(err)}", err)
+        elif s.kind == "wait_transition":
+            self.wait_transition(s.patch, s.transition)
+        else:  # scenario.py validates kinds; this is a bug
+            raise AssertionError(f"unknown step kind {s.kind}")
+
+    def wait_transition(self, patch: str, want: int) -> None:
+        """Wait until the patch's transition file reads want (0: also when gone).
+
+        Waits on the recorder, which wakes as soon as an event arrives, rather
+        than sleeping between polls of sysfs.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            cur = kmod.patch_attr(patch, "transition")
+            if cur == str(want) or (want == 0 and cur is None):
+                return
+            if time.monotonic() > deadline:
+                raise StepTimeout(
+                    f"{patch}: transition still reads {cur} after {self.timeout_s:.0f} s "
+                    f"(waiting for {want})",
+                    f"see which task blocks it with `klptrace stall {patch}`")
+            self.rec.poll(100)
+
+    def unload(self, module: str) -> int:
+        """Unload a module: 0 or the errno.
+
+        A disabled livepatch keeps its module referenced until the kernel frees
+        the patch in a work item after the transition, so EBUSY is retried
+        while /sys/kernel/livepatch/<module> exists and is not enabled.
+        """
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            err = kmod.unload(module)
+            retry = (err in (errno.EBUSY, errno.EAGAIN)
+                     and kmod.patch_attr(module, "enabled") == "0"
+                     and time.monotonic() < deadline)
+            if not retry:
+                break
+            self.rec.poll(50)
+        if not err and module in self.loaded:
+            self.loaded.remove(module)
+        return err
+
+    # -- scenarios ------------------------------------------------------------
+    def run(self, sc: Scenario) -> Result:
+        """Run one scenario, clean up after it, and check its recording."""
+        notes: list[str] = []
+        start = self.rec.now()
+        lost0 = self.rec.lost()
+        t0 = time.monotonic()
+        error = ""
+        try:
+            for s in sc.steps:
+                self.step(s)
+        except KlptraceError as e:
+            error = str(e)
+        finally:
+            end = self.rec.now()
+            left = self.cleanup()
+            if left:
+                notes.append("could not clean up: " + "; ".join(left))
+        rec = self.rec.recording(start, end)
+        rec.lost = self.rec.lost() - lost0  # the counter is global: take this scenario's share
+        verdict = checker.check(sc.expect, rec)
+        status = verdict.status
+        if error:
+            status = checker.ERROR
+            verdict.problems.append(error)
+            verdict.explanation = error + ("; " + verdict.explanation if verdict.explanation else "")
+        if left:
+            status = checker.ERROR
+            verdict.problems.extend(left)
+        return Result(sc.id, status, time.monotonic() - t0, rec, verdict, notes)
+
+    def cleanup(self) -> list[str]:
+        """Disable and unload whatever this runner loaded; name what stays behind."""
+        left: list[str] = []
+        for module in reversed(list(self.loaded)):
+            if not kmod.is_loaded(module):
+                self.loaded.remove(module)
+                continue
+            try:
+                self._settle_patch(module)
+            except KlptraceError as e:
+                left.append(str(e))
+            err = self.unload(module)
+            if err and kmod.is_loaded(module):
+                left.append(f"{module} is still loaded ({os.strerror(err)}): run `rmmod {module}`")
+        return left
+
+    def _settle_patch(self, patch: str) -> None:
+        """Bring a livepatch of ours to disabled, reversing an unfinished transition."""
+        deadline = time.monotonic() + self.timeout_s
+        while os.path.isdir(f"/sys/kernel/livepatch/{patch}"):
+            enabled = kmod.patch_attr(patch, "enabled")
+            if enabled == "1":
+                kmod.write(f"/sys/kernel/livepatch/{patch}/enabled", "0")
+            if time.monotonic() > deadline:
+                raise KlptraceError(
+                    f"livepatch {patch} is still registered",
+                    f"echo 0 > /sys/kernel/livepatch/{patch}/enabled; then rmmod {patch}")
+            self.rec.poll(100)
+
+
+def run_all(runner: Runner, scenarios: Sequence[Scenario],
+            on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """Run scenarios in order; on_result is called after each."""
+    results = []
+    for sc in scenarios:
+        r = runner.run(sc)
+        results.append(r)
+        if on_result:
+            on_result(r)
+    return results

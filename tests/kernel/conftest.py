@@ -1,0 +1,59 @@
+"""Kernel tests: run as root inside the lab guest (see tests/test_kernel_vm.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from util import skip_or_fail  # noqa: E402
+
+from klptrace import commands, kmod  # noqa: E402
+from klptrace.errors import NotSupported  # noqa: E402
+
+_reason: list[str] = []
+
+
+def _why_not() -> str:
+    """Why this machine cannot run kernel tests ('' if it can); cached."""
+    if not _reason:
+        if os.geteuid() != 0:
+            _reason.append("kernel tests need root")
+        elif not os.path.isdir("/sys/kernel/livepatch"):
+            _reason.append("this kernel has no livepatch (/sys/kernel/livepatch is missing)")
+        elif not os.path.exists("/sys/kernel/tracing/kprobe_events"):
+            _reason.append("this kernel has no kprobe events")
+        else:
+            _reason.append("")
+    return _reason[0]
+
+
+@pytest.fixture(scope="session")
+def module_dir() -> Path:
+    """The test modules built for the running kernel."""
+    why = _why_not()
+    if why:
+        skip_or_fail(why)
+    try:
+        return commands.module_dir(os.environ.get("KLPTRACE_MODULES"),
+                                   ["klptrace_target", "klptrace_busy", "klptrace_lp",
+                                    "klptrace_lp2"])
+    except NotSupported as e:
+        skip_or_fail(str(e))
+        raise
+
+
+@pytest.fixture
+def clean_kernel(module_dir: Path):  # type: ignore[no-untyped-def]
+    """Fails the test if a klptrace module or patch is left behind; removes it."""
+    yield module_dir
+    left = [m for m in kmod.loaded_modules() if m.startswith("klptrace_")]
+    patches = [p for p in kmod.patches() if p.startswith("klptrace_")]
+    for p in patches:
+        kmod.write(f"/sys/kernel/livepatch/{p}/enabled", "0")
+    for m in left:
+        kmod.unload(m)
+    assert not left and not patches, f"left behind: modules {left}, patches {patches}"

@@ -1,0 +1,53 @@
+"""BTF parsing against a small hand-built BTF blob."""
+
+import struct
+
+import pytest
+
+from klptrace import btf
+
+
+def _blob() -> bytes:
+    """struct module { int state; char name[56]; } and a nested, anonymous-member struct."""
+    strings = b"\0int\0module\0state\0name\0cbs\0pre\0post\0klp_object\0char\0"
+    off = {s: strings.index(b"\0" + s.encode() + b"\0") + 1
+           for s in ["int", "module", "state", "name", "cbs", "pre", "post", "klp_object", "char"]}
+    types = b""
+    # 1: int
+    types += struct.pack("<III", off["int"], 1 << 24, 4) + struct.pack("<I", 32)
+    # 2: char
+    types += struct.pack("<III", off["char"], 1 << 24, 1) + struct.pack("<I", 8)
+    # 3: char[56]
+    types += struct.pack("<III", 0, 3 << 24, 0) + struct.pack("<III", 2, 1, 56)
+    # 4: struct module { int state @0; char name[56] @ 24 bytes }
+    types += struct.pack("<III", off["module"], (4 << 24) | 2, 80)
+    types += struct.pack("<III", off["state"], 1, 0) + struct.pack("<III", off["name"], 3, 24 * 8)
+    # 5: anonymous struct { int pre @0; int post @8 }
+    types += struct.pack("<III", 0, (4 << 24) | 2, 16)
+    types += struct.pack("<III", off["pre"], 1, 0) + struct.pack("<III", off["post"], 1, 64)
+    # 6: struct klp_object { int name @0; <anon 5> @16; }  (anonymous member)
+    types += struct.pack("<III", off["klp_object"], (4 << 24) | 2, 40)
+    types += struct.pack("<III", off["name"], 1, 0) + struct.pack("<III", 0, 5, 128)
+    hdr = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return hdr + types + strings
+
+
+def test_offsets_and_sizes() -> None:
+    b = btf.BTF(_blob())
+    assert b.offsetof("module", "name") == 24
+    assert b.offsetof("module", "state") == 0
+    assert b.sizeof("module") == 80
+    assert b.offsetof("klp_object", "post") == 16 + 8  # through the anonymous member
+
+
+def test_missing_struct_and_member_are_named() -> None:
+    b = btf.BTF(_blob())
+    with pytest.raises(btf.BTFError, match="struct klp_patch"):
+        b.offsetof("klp_patch", "mod")
+    with pytest.raises(btf.BTFError, match="no member nope"):
+        b.offsetof("module", "nope")
+
+
+def test_not_btf() -> None:
+    with pytest.raises(btf.BTFError):
+        btf.BTF(b"\0" * 64)

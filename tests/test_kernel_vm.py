@@ -1,0 +1,42 @@
+"""Boots the lab guest once and runs every kernel test (tests/kernel) inside it."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from util import REPO, skip_or_fail
+
+from klptrace import build, kernels, vm
+from klptrace.errors import KlptraceError
+
+
+def test_kernel_suite_in_guest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not shutil.which("qemu-system-x86_64"):
+        skip_or_fail("qemu-system-x86_64 is not installed (make setup installs it)")
+    try:
+        kernel = kernels.ensure(None)
+        built = build.build(kernel)
+    except KlptraceError as e:
+        skip_or_fail(f"no guest kernel or modules: {e}")
+    rw = Path("/tmp") / f"klptrace-kernel-tests-{tmp_path.name}"
+    rw.mkdir(exist_ok=True)
+    junit = rw / "junit.xml"
+    argv = ["env", "KLPTRACE_IN_GUEST=1", "KLPTRACE_REQUIRE_KERNEL=1",
+            f"KLPTRACE_MODULES={built.dir}", sys.executable, "-m", "pytest", "-v",
+            "-p", "no:cacheprovider", f"--junitxml={junit}", "--rootdir", str(REPO),
+            str(REPO / "tests" / "kernel")]
+    with capsys.disabled():
+        print(f"\n--- kernel tests in the guest ({kernel.release}) ---", flush=True)
+        status = vm.run(kernel, argv, rwdirs=[rw], cwd=REPO)
+        print("--- end of the guest's output ---", flush=True)
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite[0]
+    counts = {k: int(suite.get(k, "0")) for k in ("tests", "failures", "errors", "skipped")}
+    assert status == 0, counts
+    assert counts["tests"] >= 8 and counts["failures"] == counts["errors"] == 0, counts
+    assert counts["skipped"] == 0, counts
+    shutil.rmtree(rw, ignore_errors=True)

@@ -1,0 +1,26 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parent.parent
+REQUIRE_KERNEL = "KLPTRACE_REQUIRE_KERNEL"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a kernel test with its reason, or fail it when CI demands kernel tests run."""
+    if os.environ.get(REQUIRE_KERNEL):
+        pytest.fail(f"kernel test cannot run ({REQUIRE_KERNEL} is set): {reason}")
+    pytest.skip(reason)
+
+
+def saved_run() -> dict[str, Any]:
+    """A real run of all 11 scenarios recorded in the lab guest (6.1)."""
+    return json.loads((DATA / "run-6.1.json").read_text())
