@@ -178,13 +178,20 @@ def check(args: Any) -> int:
             raise RecordingError(f"{where}: unknown scenario id {sd['id']!r}",
                                  "pass --scenarios DIR for a user's scenarios")
         if sd.get("status") == checker.SKIP:
-            out.append(sd)
+            s = known[sd["id"]]
+            out.append(_skipped(s, str(sd.get("explanation", ""))))
             continue
         rec = Recording.from_json({"events": sd.get("events"), "lost_events":
                                    sd.get("lost_events", 0), "probes": probes}, where)
         v = checker.check(known[sd["id"]].expect, rec)
-        out.append({**sd, "status": v.status, "expected": v.expected, "recorded": v.recorded,
-                    "explanation": v.explanation, "diff": v.diff, "problems": v.problems})
+        dur = sd.get("duration_s", 0.0)
+        if isinstance(dur, bool) or not isinstance(dur, (int, float)):
+            raise RecordingError(f"{where}: 'duration_s' must be a number")
+        out.append({"id": sd["id"], "status": v.status, "duration_s": float(dur),
+                    "lost_events": rec.lost, "events": [e.to_json() for e in rec.events],
+                    "expected": v.expected, "recorded": v.recorded,
+                    "explanation": v.explanation, "diff": v.diff, "problems": v.problems,
+                    "notes": []})
     kernel = doc.get("kernel", "?")
     lost = doc.get("lost_events", 0)
     if not isinstance(kernel, str) or isinstance(lost, bool) or not isinstance(lost, int):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -25,7 +27,8 @@ def test_kernel_suite_in_guest(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rw = Path("/tmp") / f"klptrace-kernel-tests-{tmp_path.name}"
     rw.mkdir(exist_ok=True)
     junit = rw / "junit.xml"
-    argv = ["env", "KLPTRACE_IN_GUEST=1", "KLPTRACE_REQUIRE_KERNEL=1",
+    saved = rw / "run.json"
+    argv = ["env", "KLPTRACE_IN_GUEST=1", "KLPTRACE_REQUIRE_KERNEL=1", f"KLPTRACE_SAVE_RUN={saved}",
             f"KLPTRACE_MODULES={built.dir}", sys.executable, "-m", "pytest", "-v",
             "-p", "no:cacheprovider", f"--junitxml={junit}", "--rootdir", str(REPO),
             str(REPO / "tests" / "kernel")]
@@ -39,4 +42,10 @@ def test_kernel_suite_in_guest(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert status == 0, counts
     assert counts["tests"] >= 8 and counts["failures"] == counts["errors"] == 0, counts
     assert counts["skipped"] == 0, counts
+    doc = json.loads(saved.read_text())
+    with capsys.disabled():
+        print(f"guest run: {doc['totals']}, lost events {doc['lost_events']}, "
+              f"BPF compile {doc['timing']['compile_s']} s, attach {doc['timing']['attach_s']} s")
+    if os.environ.get("KLPTRACE_SAVE_RUN"):  # to refresh tests/data/run-6.1.json
+        shutil.copy(saved, os.environ["KLPTRACE_SAVE_RUN"])
     shutil.rmtree(rw, ignore_errors=True)

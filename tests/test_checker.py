@@ -1,0 +1,115 @@
+"""The checker on saved real recordings (tests/data/run-6.1.json, recorded in the
+lab guest on Debian's 6.1): it passes them as they are, and fails them when an
+event is dropped, two are swapped, or a value changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from util import saved_run
+
+from klptrace import checker, scenario
+from klptrace.events import Callback, Event, EventKind
+from klptrace.recorder import Recording
+
+SCENARIOS = {s.id: s for s in scenario.load_dir()}
+
+
+def _recording(sid: str) -> Recording:
+    sd = next(s for s in saved_run()["scenarios"] if s["id"] == sid)
+    return Recording.from_json({"events": sd["events"], "lost_events": sd["lost_events"],
+                                "probes": saved_run()["probes"]})
+
+
+def _check(sid: str, rec: Recording) -> checker.Verdict:
+    return checker.check(SCENARIOS[sid].expect, rec)
+
+
+@pytest.mark.parametrize("sid", list(SCENARIOS))
+def test_saved_recordings_pass(sid: str) -> None:
+    v = _check(sid, _recording(sid))
+    assert v.status == checker.PASS, v.explanation + "\n" + "\n".join(v.diff)
+
+
+def _index(rec: Recording, pred: Any) -> int:
+    return next(i for i, e in enumerate(rec.events) if pred(e))
+
+
+def test_dropped_callback_fails_and_is_named() -> None:
+    rec = _recording("target-module-before-livepatch")
+    i = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.callback == Callback.POST_PATCH
+               and e.object == "klptrace_target")
+    del rec.events[i]
+    v = _check("target-module-before-livepatch", rec)
+    assert v.status == checker.FAIL
+    assert "post_patch callback for klp_object klptrace_target" in v.explanation
+    assert "not recorded" in v.explanation
+    assert any(line.startswith("-klptrace_lp: post_patch_callback: klptrace_target")
+               for line in v.diff)
+
+
+def test_swapped_callbacks_fail_as_order() -> None:
+    rec = _recording("module-going-notifier")
+    i = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.callback == Callback.PRE_UNPATCH
+               and e.object == "klptrace_target")
+    j = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.callback == Callback.POST_UNPATCH
+               and e.object == "klptrace_target")
+    rec.events[i], rec.events[j] = rec.events[j], rec.events[i]
+    v = _check("module-going-notifier", rec)
+    assert v.status == checker.FAIL
+    assert "order differs" in v.explanation
+
+
+def test_changed_return_value_fails() -> None:
+    rec = _recording("pre-patch-callback-enodev")
+    i = _index(rec, lambda e: e.kind == EventKind.STEP_RESULT)
+    rec.events[i] = dataclasses.replace(
+        rec.events[i], detail=rec.events[i].detail.replace("No such device", "Invalid argument"))
+    assert _check("pre-patch-callback-enodev", rec).status == checker.FAIL
+    # and a pre_patch that returned 0 instead of -19 is a different story entirely
+    rec = _recording("pre-patch-callback-enodev")
+    i = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.ret == -19)
+    rec.events[i] = dataclasses.replace(rec.events[i], ret=0)
+    v = _check("pre-patch-callback-enodev", rec)
+    assert v.status == checker.FAIL
+    assert "pre_patch callback failing for vmlinux" in v.explanation
+
+
+def test_changed_module_state_fails() -> None:
+    rec = _recording("module-coming-notifier")
+    i = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.object == "klptrace_target")
+    rec.events[i] = dataclasses.replace(rec.events[i], state=0)  # LIVE instead of COMING
+    assert _check("module-coming-notifier", rec).status == checker.FAIL
+
+
+def test_lost_events_are_an_error_not_a_pass() -> None:
+    rec = _recording("target-module-not-present")
+    rec.lost = 3
+    v = _check("target-module-not-present", rec)
+    assert v.status == checker.ERROR and "3 events were lost" in v.explanation
+
+
+def test_probe_that_did_not_attach_is_an_error() -> None:
+    rec = _recording("target-module-not-present")
+    rec.probes = [*rec.probes, {"name": "kprobe:klp_force_transition", "ok": False,
+                                "reason": "not in this kernel's symbols"}]
+    v = _check("target-module-not-present", rec)
+    assert v.status == checker.ERROR and "klp_force_transition" in v.explanation
+
+
+def test_post_patch_during_busy_transition_would_fail() -> None:
+    """The kernel must not run post_patch while the patch is in transition."""
+    rec = _recording("busy-target-module")
+    i = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.object == "klptrace_target")
+    extra = dataclasses.replace(rec.events[i], callback=Callback.POST_PATCH, ret=None)
+    rec.events.insert(i + 1, extra)
+    v = _check("busy-target-module", rec)
+    assert v.status == checker.FAIL and "must not do here" in v.explanation
+
+
+def test_event_from_json_rejects_garbage() -> None:
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        Event.from_json({"kind": "callback", "ts_ns": "soon"})
