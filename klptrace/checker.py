@@ -124,3 +124,15 @@ def check(expected: Sequence[str], rec: Recording) -> Verdict:
     if list(expected) == recorded:
         return Verdict(PASS, list(expected), recorded)
     return Verdict(FAIL, list(expected), recorded, explain(expected, recorded), diff)
+
+
+def witness(recorded: Sequence[str], dmesg: Sequence[str]) -> str:
+    """'' when the kernel log shows the same witnessed lines as the BPF recording."""
+    from klptrace.kmsg import witnessed  # noqa: PLC0415
+
+    bpf = witnessed(recorded)
+    log = list(dmesg)
+    if bpf == log:
+        return ""
+    first = explain(log, bpf)
+    return f"dmesg disagrees with the BPF recording: {first} (dmesg as expected, BPF as recorded)"

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from klptrace import checker, kmod, report, results, scenario
+from klptrace import checker, kmod, kmsg, report, results, scenario
 from klptrace.errors import KlptraceError, NotSupported, UsageError
 from klptrace.recorder import Recording, RecordingError
 
@@ -87,10 +87,14 @@ def run_local(args: Any) -> int:
     kos = sorted({str(mods / f"{lp}.ko") for s in scs for lp in s.livepatches})
     _say("Compiling and attaching klptrace's BPF probes...")
     docs: list[dict[str, Any]] = []
-    with Recorder(kos) as rec:
+    with kmsg.livepatch_debug() as debug, Recorder(kos) as rec:
+        klog = kmsg.KernelLog() if debug else None
+        if not debug:
+            _say("klptrace: dynamic debug is not available: dmesg is not compared")
         p = rec.probes
-        _say(f"Tracing livepatch events (compile {p.compile_s:.1f} s, attach {p.attach_s:.1f} s).")
-        run = runner.Runner(rec, str(mods), timeout_s=args.timeout, log=_say)
+        _say(f"Tracing livepatch events (bcc import {p.import_s:.1f} s, layout {p.layout_s:.1f} s, "
+             f"compile {p.compile_s:.1f} s, attach {p.attach_s:.1f} s).")
+        run = runner.Runner(rec, str(mods), timeout_s=args.timeout, log=_say, klog=klog)
         for s in scs:
             if s.id in skipped:
                 docs.append(_skipped(s, skipped[s.id]))
@@ -101,7 +105,8 @@ def run_local(args: Any) -> int:
             _say(f"  {s.id}: {r.status.upper()} ({r.duration_s:.1f} s)")
         lost = rec.lost()
         status = [x.to_json() for x in p.status]
-        timing = {"compile_s": round(p.compile_s, 3), "attach_s": round(p.attach_s, 3)}
+        timing = {k: round(getattr(p, k), 3)
+                  for k in ("import_s", "layout_s", "compile_s", "attach_s")}
     leftovers = getattr(rec, "leftovers", [])
     doc = results.run_document(os.uname().release, docs, lost, status, timing=timing,
                                leftovers=leftovers)

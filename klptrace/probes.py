@@ -136,7 +136,9 @@ class Probes:
         self._bpf: Any = None
         self._events_written: list[str] = []
         self.status: list[ProbeStatus] = []
-        self.compile_s = 0.0
+        self.import_s = 0.0  # loading bcc: cold in a fresh guest, it reads libbcc over 9p
+        self.layout_s = 0.0  # BTF offsets and kallsyms addresses
+        self.compile_s = 0.0  # clang and LLVM, in bcc
         self.attach_s = 0.0
         self._sink: Callable[[Event], None] | None = None
 
@@ -154,14 +156,18 @@ class Probes:
                                "install Debian's python3-bpfcc and use /usr/bin/python3 "
                                "(or a venv made with --system-site-packages)") from e
         self._BPF = BPF
+        t1 = time.monotonic()
+        self.import_s = t1 - t0
         flags = cflags()
+        t2 = time.monotonic()
+        self.layout_s = t2 - t1
         try:
             self._bpf = BPF(src_file=str(BPF_DIR / "klptrace.bpf.c").encode(), cflags=flags)
         except Exception as e:  # bcc raises bare Exception
             raise ProbeError(f"compiling the BPF programs failed: {e}",
                              "run with BCC_DEBUG=1 for clang's output") from e
-        t1 = time.monotonic()
-        self.compile_s = t1 - t0
+        t3 = time.monotonic()
+        self.compile_s = t3 - t2
         try:
             self._attach_core()
             self._attach_callbacks()
@@ -169,7 +175,7 @@ class Probes:
         except BaseException:
             self.close()
             raise
-        self.attach_s = time.monotonic() - t1
+        self.attach_s = time.monotonic() - t3
 
     def _attach_core(self) -> None:
         b = self._bpf

@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from klptrace import checker, kmod
+from klptrace import checker, kmod, kmsg
 from klptrace.checker import Verdict
 from klptrace.errors import KlptraceError
 from klptrace.events import EventKind
+from klptrace.kmsg import KernelLog
 from klptrace.recorder import Recording
 from klptrace.scenario import Scenario, Step
 from klptrace.transcript import insmod_error, rmmod_error
@@ -48,6 +49,7 @@ class Result:
     recording: Recording
     verdict: Verdict
     notes: list[str] = dataclasses.field(default_factory=list)
+    dmesg: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +64,7 @@ class Result:
             "diff": self.verdict.diff,
             "problems": self.verdict.problems,
             "notes": self.notes,
+            "dmesg": self.dmesg,
         }
 
 
@@ -69,8 +72,11 @@ class Runner:
     """Executes the steps of scenarios with modules from one directory."""
 
     def __init__(self, rec: Rec, module_dir: str, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 klog: KernelLog | None = None) -> None:
+        """klog: the kernel log, compared with the recording when given."""
         self.rec = rec
+        self.klog = klog
         self.module_dir = module_dir
         self.timeout_s = timeout_s
         self.log = log or (lambda _msg: None)
@@ -80,11 +86,16 @@ class Runner:
         return os.path.join(self.module_dir, f"{module}.ko")
 
     # -- steps ----------------------------------------------------------------
+    def _mark_step(self, cmd: str) -> None:
+        self.rec.mark(EventKind.STEP, cmd)
+        if self.klog:
+            self.klog.write(f"% {cmd}")
+
     def step(self, s: Step) -> None:
         """Perform one step, marking it in the recording like a selftest's `% cmd` line."""
         if s.kind == "load":
             cmd = f"insmod {s.module}.ko" + (f" {s.params}" if s.params else "")
-            self.rec.mark(EventKind.STEP, cmd)
+            self._mark_step(cmd)
             err = kmod.load(self.ko(s.module), s.params)
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, insmod_error(f"{s.module}.ko", err), err)
@@ -93,13 +104,13 @@ class Runner:
             if s.wait and kmod.patch_attr(s.module, "transition") is not None:
                 self.wait_transition(s.module, 0)
         elif s.kind == "unload":
-            self.rec.mark(EventKind.STEP, f"rmmod {s.module}")
+            self._mark_step(f"rmmod {s.module}")
             err = self.unload(s.module)
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, rmmod_error(s.module, err), err)
         elif s.kind == "disable":
             path = f"/sys/kernel/livepatch/{s.patch}/enabled"
-            self.rec.mark(EventKind.STEP, f"echo 0 > {path}")
+            self._mark_step(f"echo 0 > {path}")
             err = kmod.write(path, "0")
             if err:
                 self.rec.mark(EventKind.STEP_RESULT,
@@ -108,7 +119,7 @@ class Runner:
                 self.wait_transition(s.patch, 0)
         elif s.kind == "set":
             path = f"/sys/module/{s.module}/parameters/{s.param}"
-            self.rec.mark(EventKind.STEP, f"echo {s.value} > {path}")
+            self._mark_step(f"echo {s.value} > {path}")
             err = kmod.write(path, s.value)
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, f"sh: write error: {os.strerror(err)}", err)
@@ -159,6 +170,8 @@ class Runner:
     def run(self, sc: Scenario) -> Result:
         """Run one scenario, clean up after it, and check its recording."""
         notes: list[str] = []
+        if self.klog:
+            self.klog.read()  # what came before this scenario is not its business
         start = self.rec.now()
         lost0 = self.rec.lost()
         t0 = time.monotonic()
@@ -176,6 +189,15 @@ class Runner:
         rec = self.rec.recording(start, end)
         rec.lost = self.rec.lost() - lost0  # the counter is global: take this scenario's share
         verdict = checker.check(sc.expect, rec)
+        dmesg: list[str] = []
+        if self.klog:
+            dmesg = kmsg.witnessed(self.klog.read())
+            problem = checker.witness(verdict.recorded, dmesg)
+            if problem:
+                verdict.problems.append(problem)
+                verdict.status = checker.ERROR
+                verdict.explanation = (verdict.explanation + "; " if verdict.explanation
+                                       else "") + problem
         status = verdict.status
         if error:
             status = checker.ERROR
@@ -184,7 +206,7 @@ class Runner:
         if left:
             status = checker.ERROR
             verdict.problems.extend(left)
-        return Result(sc.id, status, time.monotonic() - t0, rec, verdict, notes)
+        return Result(sc.id, status, time.monotonic() - t0, rec, verdict, notes, dmesg)
 
     def cleanup(self) -> list[str]:
         """Disable and unload whatever this runner loaded; name what stays behind."""

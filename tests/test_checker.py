@@ -113,3 +113,27 @@ def test_post_patch_during_busy_transition_would_fail() -> None:
 def test_event_from_json_rejects_garbage() -> None:
     with pytest.raises((KeyError, TypeError, ValueError)):
         Event.from_json({"kind": "callback", "ts_ns": "soon"})
+
+
+def test_dmesg_witness_filter_and_disagreement() -> None:
+    from klptrace import kmsg
+
+    dmesg = ["% insmod klptrace_lp.ko", "klptrace_lp: tainting kernel with TAINT_LIVEPATCH",
+             "livepatch: enabling patch 'klptrace_lp'",
+             "livepatch: klp_try_switch_task: kworker/0:1:33 is sleeping on function f",
+             "klptrace_lp: pre_patch_callback: vmlinux", "klptrace_busy: klptrace_busy_init",
+             "klptrace_busy: klptrace_busy_work_func enter"]
+    w = kmsg.witnessed(dmesg)
+    assert w == ["% insmod klptrace_lp.ko", "livepatch: enabling patch 'klptrace_lp'",
+                 "klptrace_lp: pre_patch_callback: vmlinux", "klptrace_busy: klptrace_busy_init"]
+    assert checker.witness(w + ["insmod: ERROR: could not insert module x"], w) == ""
+    problem = checker.witness(w[:2] + w[3:], w)
+    assert problem.startswith("dmesg disagrees") and "pre_patch callback" in problem
+
+
+def test_kmsg_record_parsing() -> None:
+    from klptrace import kmsg
+
+    assert kmsg.parse_record(b"6,1234,5678,-;livepatch: enabling patch 'p'\n") == \
+        "livepatch: enabling patch 'p'"
+    assert kmsg.parse_record(b"4,1,2,c;a: b\n SUBSYSTEM=x\n") == "a: b"

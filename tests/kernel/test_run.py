@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from klptrace import kmod, probes
+from klptrace import kmod, kmsg, probes
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,14 @@ def test_all_scenarios_pass(run: dict[str, Any]) -> None:
     assert run["_status"] == 0
     assert run["lost_events"] == 0
     assert all(p["ok"] for p in run["probes"])
+
+
+def test_dmesg_witness_agrees(run: dict[str, Any]) -> None:
+    """The kernel log (dynamic debug on) shows what BPF recorded, line for line."""
+    for s in run["scenarios"]:
+        assert s["dmesg"], f"{s['id']}: no kernel log lines"
+        assert s["dmesg"] == kmsg.witnessed(s["recorded"]), s["id"]
+        assert any("initializing patching transition" in line for line in s["dmesg"]), s["id"]
 
 
 def test_pre_patch_enodev_recorded(run: dict[str, Any]) -> None:
