@@ -110,6 +110,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return commands.check(args)
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return n
+
+
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "json", "ktap", "junit"), default="text",
                    help="output format (default text)")
@@ -141,6 +151,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--timeout", type=float, default=120.0, metavar="S",
                    help="longest wait for one transition or unload (default 120)")
     p.add_argument("--modules", metavar="DIR", help="built test modules (default: the cache)")
+    p.add_argument("--repeat", type=_positive, default=1, metavar="N",
+                   help="run the scenarios N times in a row (one BPF compile)")
     p.add_argument("--allow-replace", action="store_true",
                    help="run atomic-replace even if other livepatches are enabled")
     p.set_defaults(func=_cmd_run)
@@ -208,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if err.hint:
             print(f"  hint: {err.hint}", file=sys.stderr)
         return err.status
-    except KeyboardInterrupt:
-        print("klptrace: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        name = getattr(err, "name", "SIGINT")
+        print(f"klptrace: interrupted by {name}; cleaned up (anything left is named above)",
+              file=sys.stderr)
+        return int(getattr(err, "status", 130))

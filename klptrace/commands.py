@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from klptrace import checker, kmod, kmsg, report, results, scenario
-from klptrace.errors import KlptraceError, NotSupported, UsageError
+from klptrace.errors import Interrupted, KlptraceError, NotSupported, UsageError
 from klptrace.recorder import Recording, RecordingError
 
 
@@ -61,8 +62,24 @@ def _refuse_foreign(scs: list[scenario.Scenario], allow_replace: bool) -> list[s
     return problems
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    # one signal is enough: ignore the next ones so that cleanup can finish
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum, signal.Signals(signum).name)
+
+
 def run_local(args: Any) -> int:
-    """`klptrace run` on the running kernel."""
+    """`klptrace run` on the running kernel, cleaning up after SIGINT and SIGTERM too."""
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_local(args)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _run_local(args: Any) -> int:
     from klptrace import probes, runner  # noqa: PLC0415
     from klptrace.recorder import Recorder  # noqa: PLC0415
 
@@ -87,7 +104,7 @@ def run_local(args: Any) -> int:
     kos = sorted({str(mods / f"{lp}.ko") for s in scs for lp in s.livepatches})
     _say("Compiling and attaching klptrace's BPF probes...")
     docs: list[dict[str, Any]] = []
-    with kmsg.livepatch_debug() as debug, Recorder(kos) as rec:
+    with kmsg.devkmsg_unlimited(), kmsg.livepatch_debug() as debug, Recorder(kos) as rec:
         klog = kmsg.KernelLog() if debug else None
         if not debug:
             _say("klptrace: dynamic debug is not available: dmesg is not compared")
@@ -95,7 +112,7 @@ def run_local(args: Any) -> int:
         _say(f"Tracing livepatch events (bcc import {p.import_s:.1f} s, layout {p.layout_s:.1f} s, "
              f"compile {p.compile_s:.1f} s, attach {p.attach_s:.1f} s).")
         run = runner.Runner(rec, str(mods), timeout_s=args.timeout, log=_say, klog=klog)
-        for s in scs:
+        for s in [s for _ in range(args.repeat) for s in scs]:
             if s.id in skipped:
                 docs.append(_skipped(s, skipped[s.id]))
                 _say(f"  {s.id}: SKIP ({skipped[s.id]})")
@@ -149,6 +166,8 @@ def run_vm(args: Any) -> int:
             argv += ["--scenarios", str(Path(args.scenarios).resolve())]
         if args.allow_replace:
             argv.append("--allow-replace")
+        if args.repeat != 1:
+            argv += ["--repeat", str(args.repeat)]
         guest_status = vm.run(kernel, argv, cpus=args.cpus, memory=args.memory,
                               rwdirs=[Path(rw)], say=_say)
         if not out.is_file():

@@ -1,5 +1,9 @@
 """Named errors: each says what went wrong and what to do next."""
 
+import contextlib
+import signal
+from collections.abc import Iterator
+
 
 class KlptraceError(Exception):
     """An error a user can act on; the CLI prints it without a traceback."""
@@ -28,3 +32,23 @@ class UsageError(KlptraceError):
     """The command line asks for something that does not exist (exit 2, like argparse)."""
 
     status = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: unwinds like Ctrl-C so that every cleanup runs."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(name)
+        self.status = 128 + signum
+        self.name = name
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, so a cleanup runs to its end."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

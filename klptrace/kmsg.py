@@ -14,13 +14,15 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 
+from klptrace.errors import signals_deferred
+
 DYNDBG = "/sys/kernel/debug/dynamic_debug/control"
 _QUERY = "file kernel/livepatch/*"
 
-# transcript lines that the kernel log also carries
+# transcript lines that the kernel itself logs (klptrace's own "% step" lines
+# are written to the log for people to read, but prove nothing about the kernel)
 _WITNESSED = re.compile(
-    r"^(% .*"
-    r"|livepatch: (?!klp_try_switch_task: |signaling remaining tasks).*"
+    r"^(livepatch: (?!klp_try_switch_task: |signaling remaining tasks).*"
     r"|\S+: (pre|post)_(un)?patch_callback: .*"
     r"|(?P<m>\S+): (?P=m)_(init|exit))$")
 
@@ -70,6 +72,29 @@ class KernelLog:
         os.close(self._fd)
 
 
+DEVKMSG = "/proc/sys/kernel/printk_devkmsg"
+
+
+@contextlib.contextmanager
+def devkmsg_unlimited() -> Iterator[None]:
+    """Let klptrace's step lines into the log: writes to /dev/kmsg are rate limited
+    (10 per 5 s) unless printk_devkmsg is "on". The old value is put back after."""
+    try:
+        with open(DEVKMSG) as f:
+            old = f.read().strip()
+        if old == "ratelimit":
+            with open(DEVKMSG, "w") as f:
+                f.write("on")
+    except OSError:  # locked by printk.devkmsg= on the command line, or absent
+        old = ""
+    try:
+        yield
+    finally:
+        if old == "ratelimit":
+            with signals_deferred(), contextlib.suppress(OSError), open(DEVKMSG, "w") as f:
+                f.write(old)
+
+
 @contextlib.contextmanager
 def livepatch_debug() -> Iterator[bool]:
     """Turn on pr_debug for kernel/livepatch/* and restore the old flags after.
@@ -91,11 +116,12 @@ def livepatch_debug() -> Iterator[bool]:
         yield True
     finally:
         # put back the lines that did not print before
-        for line in before:
-            m = re.match(r"^(\S+):(\d+) \S+ =(\S*)", line)
-            if m and "p" not in m[3]:
-                with contextlib.suppress(OSError):
-                    _control(f"file {m[1]} line {m[2]} -p")
+        with signals_deferred():
+            for line in before:
+                m = re.match(r"^(\S+):(\d+) \S+ =(\S*)", line)
+                if m and "p" not in m[3]:
+                    with contextlib.suppress(OSError):
+                        _control(f"file {m[1]} line {m[2]} -p")
 
 
 def _control(query: str) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from klptrace.errors import KlptraceError
+from klptrace.errors import KlptraceError, signals_deferred
 from klptrace.events import Event, EventKind
 
 FORMAT_VERSION = 1
@@ -91,7 +91,8 @@ class Recorder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.leftovers = self.probes.close()
+        with signals_deferred():
+            self.leftovers = self.probes.close()
 
     def mark(self, kind: EventKind, detail: str, ret: int | None = None) -> Event:
         """Insert a klptrace event (a step starts or fails) at the current time."""

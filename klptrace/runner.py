@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from klptrace import checker, kmod, kmsg
 from klptrace.checker import Verdict
-from klptrace.errors import KlptraceError
+from klptrace.errors import KlptraceError, signals_deferred
 from klptrace.events import EventKind
 from klptrace.kmsg import KernelLog
 from klptrace.recorder import Recording
@@ -96,11 +96,13 @@ class Runner:
         if s.kind == "load":
             cmd = f"insmod {s.module}.ko" + (f" {s.params}" if s.params else "")
             self._mark_step(cmd)
+            # counted as ours before the syscall: a signal may land right after it
+            self.loaded.append(s.module)
             err = kmod.load(self.ko(s.module), s.params)
             if err:
+                self.loaded.remove(s.module)
                 self.rec.mark(EventKind.STEP_RESULT, insmod_error(f"{s.module}.ko", err), err)
                 return
-            self.loaded.append(s.module)
             if s.wait and kmod.patch_attr(s.module, "transition") is not None:
                 self.wait_transition(s.module, 0)
         elif s.kind == "unload":
@@ -183,9 +185,11 @@ class Runner:
             error = str(e)
         finally:
             end = self.rec.now()
-            left = self.cleanup()
+            with signals_deferred():
+                left = self.cleanup()
             if left:
                 notes.append("could not clean up: " + "; ".join(left))
+                self.log("klptrace: could not clean up: " + "; ".join(left))
         rec = self.rec.recording(start, end)
         rec.lost = self.rec.lost() - lost0  # the counter is global: take this scenario's share
         verdict = checker.check(sc.expect, rec)

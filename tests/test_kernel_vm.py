@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -16,7 +17,7 @@ from klptrace import build, kernels, vm
 from klptrace.errors import KlptraceError
 
 
-def test_kernel_suite_in_guest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_kernel_suite_in_guest(capsys: pytest.CaptureFixture[str]) -> None:
     if not shutil.which("qemu-system-x86_64"):
         skip_or_fail("qemu-system-x86_64 is not installed (make setup installs it)")
     try:
@@ -24,8 +25,8 @@ def test_kernel_suite_in_guest(tmp_path: Path, capsys: pytest.CaptureFixture[str
         built = build.build(kernel)
     except KlptraceError as e:
         skip_or_fail(f"no guest kernel or modules: {e}")
-    rw = Path("/tmp") / f"klptrace-kernel-tests-{tmp_path.name}"
-    rw.mkdir(exist_ok=True)
+    # under /tmp, which the guest sees; unique, as two suites may run at once
+    rw = Path(tempfile.mkdtemp(prefix="klptrace-kernel-tests-", dir="/tmp"))
     junit = rw / "junit.xml"
     saved = rw / "run.json"
     argv = ["env", "KLPTRACE_IN_GUEST=1", "KLPTRACE_REQUIRE_KERNEL=1", f"KLPTRACE_SAVE_RUN={saved}",

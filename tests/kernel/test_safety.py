@@ -1,0 +1,88 @@
+"""klptrace leaves the kernel as it found it: after signals, and beside a foreign livepatch."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from klptrace import kmod, probes
+
+
+def _ours_left() -> list[str]:
+    return ([f"module {m}" for m in kmod.loaded_modules() if m.startswith("klptrace_")]
+            + [f"patch {p}" for p in kmod.patches() if p.startswith("klptrace_")]
+            + [f"kprobe event {e}" for e in probes.leftover_events()])
+
+
+def _until(cond: Callable[[], bool], timeout: float = 180.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+POINTS = {
+    # name: (scenario, signal, condition that marks the point)
+    "after-target-loads": ("target-module-before-livepatch", signal.SIGINT,
+                           lambda: kmod.is_loaded("klptrace_target")),
+    "after-livepatch-loads": ("module-coming-notifier", signal.SIGTERM,
+                              lambda: kmod.patch_attr("klptrace_lp", "enabled") == "1"),
+    "during-a-transition": ("target-module-not-present", signal.SIGINT,
+                            lambda: kmod.patch_attr("klptrace_lp", "transition") is not None),
+    "during-a-stall": ("busy-target-module", signal.SIGTERM,
+                       lambda: kmod.patch_attr("klptrace_lp", "transition") == "1"),
+}
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_signal_leaves_nothing_behind(module_dir: Path, point: str) -> None:
+    sid, sig, reached = POINTS[point]
+    assert not _ours_left()
+    proc = subprocess.Popen([sys.executable, "-m", "klptrace", "run", sid, "--modules",
+                             str(module_dir), "--format", "json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _until(reached), f"{point} was never reached"
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    sys.stderr.write(err)
+    assert proc.returncode == 128 + sig, err
+    assert f"interrupted by {signal.Signals(sig).name}" in err
+    assert "Traceback" not in err
+    assert not _ours_left()
+
+
+def test_foreign_livepatch_is_left_alone(module_dir: Path, tmp_path: Path) -> None:
+    assert kmod.load(str(module_dir / "klptrace_foreign.ko")) == 0
+    try:
+        assert _until(lambda: kmod.patch_attr("klptrace_foreign", "transition") == "0")
+        out = tmp_path / "r.json"
+        p = subprocess.run([sys.executable, "-m", "klptrace", "run", "--modules",
+                            str(module_dir), "--format", "json", "-o", str(out),
+                            "atomic-replace", "module-going-notifier", "busy-target-module"],
+                           stderr=subprocess.PIPE, text=True)
+        doc = json.loads(out.read_text())
+        status = {s["id"]: s["status"] for s in doc["scenarios"]}
+        assert status == {"atomic-replace": "skip", "module-going-notifier": "pass",
+                          "busy-target-module": "pass"}, p.stderr
+        assert "klptrace_foreign" in doc["scenarios"][0]["explanation"]
+        assert p.returncode == 0
+        # still there, still enabled, still patching /proc/version
+        assert kmod.patch_attr("klptrace_foreign", "enabled") == "1"
+        assert Path("/proc/version").read_text().startswith("klptrace_foreign:")
+    finally:
+        kmod.write("/sys/kernel/livepatch/klptrace_foreign/enabled", "0")
+        _until(lambda: kmod.unload("klptrace_foreign") == 0, 60)
+    assert not _ours_left()
