@@ -14,6 +14,7 @@ EPILOG = """\
 examples:
   sudo klptrace run                    run the 11 callback scenarios on this kernel
   klptrace run --vm                    the same in the lab VM (Debian 12's stock 6.1)
+  klptrace run --vm --kernel 6.12      the same on Debian 12's backports 6.12
   klptrace run --vm --format json -o r.json busy-target-module
   klptrace check r.json                re-check a saved run offline
   klptrace list                        the scenario ids
@@ -32,7 +33,8 @@ def _add_kernel_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kernel",
         metavar="VERSION|PATH",
-        help="6.1 (default: Debian 12's stock kernel), a release such as 6.1.0-56-amd64, "
+        help="6.1 (default: Debian 12's stock kernel), 6.12 (Debian 12's backports "
+        "kernel), a release such as 6.1.0-56-amd64, "
         "or a vmlinuz path with ../lib/modules beside it",
     )
 

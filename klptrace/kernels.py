@@ -49,10 +49,15 @@ class Track:
     meta: str  # the metapackage whose Depends names the current image
 
 
-# Short names for --kernel. Issue 7 adds "6.12" from bookworm-backports here:
-# Track("6.12", ("bookworm-backports",), "linux-image-amd64").
+# Short names for --kernel. 6.12 is Debian's stock 6.12 for Debian 12, from
+# bookworm-backports: built with gcc-12 like 6.1, so its headers build modules
+# with this machine's compiler (trixie's 6.12 needs gcc-14). Backports alone in
+# its track, so that its linux-image-amd64 is the candidate despite the suite's
+# low pin priority. (bookworm-security also carries a linux-6.12 for LTS; a
+# release of it, e.g. 6.12.117+deb12-amd64, is found through the 6.1 track.)
 TRACKS: dict[str, Track] = {
     "6.1": Track("6.1", ("bookworm", "bookworm-updates", "bookworm-security"), "linux-image-amd64"),
+    "6.12": Track("6.12", ("bookworm-backports",), "linux-image-amd64"),
 }
 
 

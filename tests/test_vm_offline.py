@@ -21,6 +21,7 @@ from klptrace.errors import KlptraceError
         (None, "track", "6.1"),
         ("", "track", "6.1"),
         ("6.1", "track", "6.1"),
+        ("6.12", "track", "6.12"),
         ("6.1.0-56-amd64", "release", "6.1.0-56-amd64"),
         ("6.12.95+deb12-amd64", "release", "6.12.95+deb12-amd64"),
         ("6.1.0-56-cloud-amd64", "release", "6.1.0-56-cloud-amd64"),
@@ -33,7 +34,7 @@ def test_parse_spec(text: str | None, kind: str, value: str) -> None:
     assert kernels.parse_spec(text) == kernels.KernelSpec(kind, value)
 
 
-@pytest.mark.parametrize("text", ["5.10", "6.12", "latest", "6.1.0", "6.1.0-56-arm64"])
+@pytest.mark.parametrize("text", ["5.10", "6.13", "latest", "6.1.0", "6.1.0-56-arm64"])
 def test_parse_spec_unknown(text: str) -> None:
     with pytest.raises(KlptraceError) as err:
         kernels.parse_spec(text)
