@@ -42,6 +42,7 @@ BPF_HASH(patch_obj_stash, u64, struct klpt_stash, 256);
 BPF_HASH(coming_stash, u64, struct klpt_stash, 256);
 BPF_HASH(init_stash, u64, struct klpt_stash, 256);
 BPF_HASH(cb_stash, u64, struct klpt_stash, 256);
+BPF_HASH(switch_stash, u64, struct klpt_stash, 256);
 
 static __always_inline void *read_ptr(const void *base, long off)
 {
@@ -225,7 +226,69 @@ static __always_inline int transition_event(u32 kind)
 }
 
 int klp_start_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_START); }
-int klp_try_complete_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_TRY); }
+
+/* one try; ret carries klp_signals_cnt, the number of failed tries before it */
+int klp_try_complete_transition_entry(struct pt_regs *ctx)
+{
+	struct klpt_event *e = ev_new(KLPT_TRANSITION_TRY);
+
+	if (!e)
+		return 0;
+	patch_name(e->patch, transition_patch());
+	e->state = target_state();
+	e->ret = read_s32((void *)ADDR_KLP_SIGNALS_CNT, 0);
+	ev_send(e);
+	return 0;
+}
+
+/*
+ * klp_check_and_switch_task(task, const char **oldname) is called through
+ * task_call_func(), so it always has a symbol. A non-zero result is the
+ * kernel's reason for not switching that task on this try.
+ */
+int klp_check_and_switch_task_entry(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash st = {};
+
+	st.ptr = PT_REGS_PARM1(ctx);
+	st.sp = PT_REGS_PARM2(ctx);	/* where the old function's name will be */
+	switch_stash.update(&id, &st);
+	return 0;
+}
+
+int klp_check_and_switch_task_return(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct klpt_stash *st = switch_stash.lookup(&id);
+	struct klpt_event *e;
+	int ret = PT_REGS_RC(ctx);
+	void *task;
+
+	if (!st)
+		return 0;
+	task = (void *)st->ptr;
+	if (ret) {
+		e = ev_new(KLPT_TASK_BLOCKED);
+		if (e) {
+			e->pid = read_s32(task, OFF_TASK_TGID);
+			e->tid = read_s32(task, OFF_TASK_PID);
+			bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), (char *)task + OFF_TASK_COMM);
+			patch_name(e->patch, transition_patch());
+			e->state = target_state();
+			e->ret = ret;
+			if (ret == -98) {	/* -EADDRINUSE: sleeping on a to-be-patched function */
+				const char *fn = read_ptr((void *)st->sp, 0);
+
+				if (fn)
+					bpf_probe_read_kernel_str(e->object, KLPT_NAME_LEN, fn);
+			}
+			ev_send(e);
+		}
+	}
+	switch_stash.delete(&id);
+	return 0;
+}
 int klp_cancel_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_CANCEL); }
 int klp_reverse_transition_entry(struct pt_regs *ctx) { return transition_event(KLPT_TRANSITION_REVERSE); }
 /* klp_reverse_transition() ends by starting the reversed transition */

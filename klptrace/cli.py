@@ -122,6 +122,12 @@ def _positive(text: str) -> int:
     return n
 
 
+def _cmd_stall(args: argparse.Namespace) -> int:
+    from klptrace import commands
+
+    return commands.stall(args)
+
+
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "json", "ktap", "junit"), default="text",
                    help="output format (default text)")
@@ -158,6 +164,25 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--allow-replace", action="store_true",
                    help="run atomic-replace even if other livepatches are enabled")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "stall", help="explain a stalled livepatch transition: which tasks, where, since when",
+        description="Name the tasks that keep a livepatch transition from completing, the "
+        "patched function each sits in, the kernel's reason, and what to do next. The first "
+        "answer comes from /proc and sysfs, at once; --watch adds BPF and follows the "
+        "transition to its end.",
+        epilog="examples:\n  sudo klptrace stall\n  sudo klptrace stall klptrace_lp --format json\n"
+        "  sudo klptrace stall --wait --watch\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("patch", nargs="?", metavar="PATCH", help="the livepatch (default: the one "
+                   "in transition)")
+    p.add_argument("--watch", action="store_true", help="follow it live until it completes, "
+                   "then print its timeline")
+    p.add_argument("--wait", action="store_true", help="wait for a transition to start")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="give up waiting or watching after S seconds (default 600)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=_cmd_stall)
 
     p = sub.add_parser("check", help="re-check a saved recording offline (no root)")
     p.add_argument("recording", metavar="RECORDING", help="a file from `run --record`")

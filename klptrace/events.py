@@ -17,7 +17,7 @@ class EventKind(enum.IntEnum):
     ENABLE_RET = 2  # klp_enable_patch() returned ret
     TRANSITION_INIT = 3  # klp_init_transition(patch, state)
     TRANSITION_START = 4  # klp_start_transition()
-    TRANSITION_TRY = 5  # klp_try_complete_transition(): one try
+    TRANSITION_TRY = 5  # klp_try_complete_transition(): one try; ret = tries before it
     TRANSITION_COMPLETE = 6  # klp_complete_transition() entered
     TRANSITION_DONE = 7  # klp_complete_transition() returned: "... complete"
     TRANSITION_CANCEL = 8  # klp_cancel_transition()
@@ -35,6 +35,9 @@ class EventKind(enum.IntEnum):
     MODULE_FREE = 20  # free_module(mod): the module is gone
     CALLBACK = 21  # a livepatch callback returned (ret is pre_patch's result)
     TRANSITION_REVERSED = 22  # klp_reverse_transition() returned; state is the new target
+    TASK_BLOCKED = 23  # a task could not switch: pid/tid/comm are that task's, ret the
+    #                    reason (-EBUSY running, -EINVAL unreliable stack, -EADDRINUSE
+    #                    sleeping on function `object`)
     # Written by klptrace itself, never by BPF:
     STEP = 100  # a scenario step or traced command starts (text in `detail`)
     STEP_RESULT = 101  # that step failed with errno `ret`

@@ -37,6 +37,8 @@ CORE_PROBES: dict[str, tuple[str | None, str | None]] = {
     "klp_cancel_transition": ("klp_cancel_transition_entry", None),
     "klp_reverse_transition": ("klp_reverse_transition_entry", "klp_reverse_transition_return"),
     "klp_force_transition": ("klp_force_transition_entry", None),
+    "klp_check_and_switch_task": ("klp_check_and_switch_task_entry",
+                                  "klp_check_and_switch_task_return"),
     "klp_patch_object": ("klp_patch_object_entry", "klp_patch_object_return"),
     "klp_unpatch_object": ("klp_unpatch_object_entry", None),
     "klp_unpatch_objects": ("klp_unpatch_objects_entry", None),
@@ -46,7 +48,9 @@ CORE_PROBES: dict[str, tuple[str | None, str | None]] = {
     "free_module": ("free_module_entry", None),
 }
 #: the core's transition globals whose addresses the BPF reads
-GLOBALS = {"ADDR_KLP_TRANSITION_PATCH": "klp_transition_patch", "ADDR_KLP_TARGET_STATE": "klp_target_state"}
+GLOBALS = {"ADDR_KLP_TRANSITION_PATCH": "klp_transition_patch",
+           "ADDR_KLP_TARGET_STATE": "klp_target_state",
+           "ADDR_KLP_SIGNALS_CNT": "klp_signals_cnt"}
 
 
 class ProbeError(KlptraceError):
@@ -83,7 +87,8 @@ def decode(raw: bytes) -> Event:
     ts, _ip, pid, tid, kind, ret, state, cb, flags, _pad, comm, patch, obj = _EVENT.unpack_from(raw)
     k = EventKind(kind)
     has_ret = k in (EventKind.ENABLE_RET, EventKind.PATCH_OBJECT, EventKind.MODULE_COMING_RET,
-                    EventKind.MODULE_INIT_RET) or (k == EventKind.CALLBACK and cb == Callback.PRE_PATCH)
+                    EventKind.MODULE_INIT_RET, EventKind.TRANSITION_TRY,
+                    EventKind.TASK_BLOCKED) or (k == EventKind.CALLBACK and cb == Callback.PRE_PATCH)
     has_state = k not in (EventKind.ENABLE, EventKind.ENABLE_RET, EventKind.PATCH_OBJECT,
                           EventKind.UNPATCH_OBJECT, EventKind.UNPATCH_OBJECTS,
                           EventKind.MODULE_COMING_RET, EventKind.MODULE_INIT_RET)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from klptrace import checker, kmod, kmsg
+from klptrace import checker, kmod, kmsg, stall
 from klptrace.checker import Verdict
 from klptrace.errors import KlptraceError, signals_deferred
 from klptrace.events import EventKind
@@ -50,6 +50,7 @@ class Result:
     verdict: Verdict
     notes: list[str] = dataclasses.field(default_factory=list)
     dmesg: list[str] = dataclasses.field(default_factory=list)
+    stall: dict[str, Any] | None = None  # `klptrace stall`'s report, for stalling scenarios
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +66,7 @@ class Result:
             "problems": self.verdict.problems,
             "notes": self.notes,
             "dmesg": self.dmesg,
+            **({"stall": self.stall} if self.stall is not None else {}),
         }
 
 
@@ -127,6 +129,10 @@ class Runner:
                 self.rec.mark(EventKind.STEP_RESULT, f"sh: write error: {os.strerror(err)}", err)
         elif s.kind == "wait_transition":
             self.wait_transition(s.patch, s.transition)
+            if s.transition == 1:  # stalled on purpose: say who holds it, as `klptrace stall`
+                self.rec.poll(0)
+                evs = self.rec.recording(self._start).events
+                self.stall_report = stall.snapshot(s.patch, evs)
         else:  # scenario.py validates kinds; this is a bug
             raise AssertionError(f"unknown step kind {s.kind}")
 
@@ -174,7 +180,8 @@ class Runner:
         notes: list[str] = []
         if self.klog:
             self.klog.read()  # what came before this scenario is not its business
-        start = self.rec.now()
+        start = self._start = self.rec.now()
+        self.stall_report: stall.Report | None = None
         lost0 = self.rec.lost()
         t0 = time.monotonic()
         error = ""
@@ -210,7 +217,11 @@ class Runner:
         if left:
             status = checker.ERROR
             verdict.problems.extend(left)
-        return Result(sc.id, status, time.monotonic() - t0, rec, verdict, notes, dmesg)
+        report = None
+        if self.stall_report is not None:
+            report = self.stall_report.to_json()
+            report["timeline"] = stall.timeline(rec.events, self.stall_report.patch)
+        return Result(sc.id, status, time.monotonic() - t0, rec, verdict, notes, dmesg, report)
 
     def cleanup(self) -> list[str]:
         """Disable and unload whatever this runner loaded; name what stays behind."""

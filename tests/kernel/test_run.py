@@ -81,3 +81,15 @@ def test_nothing_left_behind(run: dict[str, Any]) -> None:
     assert not [m for m in kmod.loaded_modules() if m.startswith("klptrace_")]
     assert not [p for p in kmod.patches() if p.startswith("klptrace_")]
     assert not probes.leftover_events()
+
+
+def test_busy_scenario_carries_the_stall_report(run: dict[str, Any]) -> None:
+    rep = _scenario(run, "busy-target-module")["stall"]
+    assert rep["patch"] == "klptrace_lp" and rep["direction"] == "patching"
+    worker = [t for t in rep["tasks"] if t["function"] == "klptrace_busy_work_func"]
+    assert worker and worker[0]["comm"].startswith("kworker")
+    assert worker[0]["reason"] == "sleeping on function" and worker[0]["source"] == "bpf"
+    whats = [i["what"] for i in rep["timeline"]]
+    assert whats[0] == "start (patching)" and "reversed" in whats
+    assert whats[-1] == "complete (unpatching)"
+    assert any(i.get("tasks_left", 0) >= 1 for i in rep["timeline"])

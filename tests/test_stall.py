@@ -1,0 +1,77 @@
+"""The pure parts of `klptrace stall`: reading stacks, the kernel log, the timeline."""
+
+from klptrace import stall
+from klptrace.events import Event, EventKind
+
+STACK = [
+    "[<0>] msleep+0x2d/0x40",
+    "[<0>] klptrace_busy_work_func+0x3f/0x70 [klptrace_busy]",
+    "[<0>] process_one_work+0x1c7/0x380",
+    "[<0>] worker_thread+0x4d/0x380",
+]
+
+
+def test_stack_functions_and_classify() -> None:
+    assert stall.stack_functions(STACK)[:2] == ["msleep", "klptrace_busy_work_func"]
+    funcs = {"klptrace_busy_work_func", "cmdline_proc_show"}
+    assert stall.classify(STACK, "D", funcs) == ("sleeping on function", "klptrace_busy_work_func")
+    assert stall.classify(STACK[2:], "R", funcs) == ("running", "")
+    assert stall.classify(STACK[2:], "S", funcs) == ("other", "")
+
+
+def test_log_facts_take_the_last_transition() -> None:
+    log = [(1.0, "livepatch: 'p': starting patching transition"),
+           (2.0, "livepatch: signaling remaining tasks"),
+           (5.0, "livepatch: 'q': starting patching transition"),
+           (9.0, "livepatch: 'p': reversing transition from patching to unpatching"),
+           (9.5, "livepatch: forcing remaining tasks to the patched state")]
+    f = stall.log_facts("p", log)
+    assert f.started_at == 9.0 and f.signalled_at is None and f.forced
+    f = stall.log_facts("p", log[:3])
+    assert f.started_at == 1.0 and f.signalled_at == 2.0 and not f.forced
+
+
+def _ev(kind: EventKind, ts: int, **kw) -> Event:  # type: ignore[no-untyped-def]
+    return Event(kind, ts, **{"patch": "p", **kw})
+
+
+def test_timeline_counts_tasks_per_try_and_signals() -> None:
+    s = 1_000_000_000
+    evs = [
+        _ev(EventKind.TRANSITION_START, 0, state=1),
+        _ev(EventKind.TRANSITION_TRY, 1, ret=0),
+        _ev(EventKind.TASK_BLOCKED, 2, tid=7, comm="kworker/0:1", ret=-98,
+            object="klptrace_busy_work_func"),
+        _ev(EventKind.TASK_BLOCKED, 3, tid=8, comm="sh", ret=-16),
+        _ev(EventKind.TRANSITION_TRY, 15 * s, ret=15),
+        _ev(EventKind.TASK_BLOCKED, 15 * s + 1, tid=7, comm="kworker/0:1", ret=-98,
+            object="klptrace_busy_work_func"),
+        _ev(EventKind.TRANSITION_REVERSE, 16 * s, state=1),
+        _ev(EventKind.TRANSITION_DONE, 17 * s, state=0),
+    ]
+    tl = stall.timeline(evs, "p")
+    assert [i["what"] for i in tl] == ["start (patching)", "try 1", "try 16",
+                                       "fake signals to the remaining tasks", "reversed",
+                                       "complete (unpatching)"]
+    assert tl[1]["tasks_left"] == 2 and tl[2]["tasks_left"] == 1
+    assert tl[1]["tasks"][0] == "kworker/0:1:7 sleeping on function klptrace_busy_work_func"
+    assert tl[-1]["t_s"] == 17.0
+
+
+def test_timeline_when_attached_late() -> None:
+    evs = [_ev(EventKind.TRANSITION_TRY, 3_000_000_000, ret=4),
+           _ev(EventKind.TRANSITION_DONE, 4_000_000_000, state=1)]
+    tl = stall.timeline(evs, "p", attached_ns=2_000_000_000)
+    assert tl[0]["what"].startswith("klptrace attached")
+    assert [i["t_s"] for i in tl] == [0.0, 1.0, 2.0]
+
+
+def test_next_steps_for_a_kthread_never_suggest_signals_help() -> None:
+    rep = stall.Report("p", "patching", True, [stall.Task(
+        1, 7, "kworker/0:1", "sleeping on function", "f", True, "D", STACK)])
+    steps = stall.next_steps(rep)
+    assert "kernel thread" in steps[0] and "will go back to sleep" in steps[0]
+    assert any("echo 0 > /sys/kernel/livepatch/p/enabled" in s for s in steps)
+    assert any("/force" in s and "never does this" in s for s in steps)
+    text = stall.render_text(rep)
+    assert "kworker/0:1:7 (kthread) sleeping on function f()" in text
