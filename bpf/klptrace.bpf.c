@@ -484,6 +484,19 @@ int module_load_entry(struct pt_regs *ctx)
 	return module_event(KLPT_MODULE_LOAD, (void *)PT_REGS_PARM1(ctx));
 }
 
+/*
+ * A write to /dev/kmsg: only when and by whom. User space reads the text back
+ * from the log, in the same order (the selftests log their commands this way).
+ */
+int devkmsg_write_entry(struct pt_regs *ctx)
+{
+	struct klpt_event *e = ev_new(KLPT_KMSG_WRITE);
+
+	if (e)
+		ev_send(e);
+	return 0;
+}
+
 /* ---- callbacks in livepatch modules ---------------------------------------
  * Attached to kprobe events on every function of a named livepatch module.
  * A function is a callback only when its address is one of its first

@@ -35,6 +35,7 @@
 #define KLPT_CALLBACK			21
 #define KLPT_TRANSITION_REVERSED	22
 #define KLPT_TASK_BLOCKED		23
+#define KLPT_KMSG_WRITE			24
 
 /* callback roles (klp_callbacks members) */
 #define KLPT_CB_PRE_PATCH	1

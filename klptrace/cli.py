@@ -128,6 +128,12 @@ def _cmd_stall(args: argparse.Namespace) -> int:
     return commands.stall(args)
 
 
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from klptrace import commands
+
+    return commands.trace(args)
+
+
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "json", "ktap", "junit"), default="text",
                    help="output format (default text)")
@@ -183,6 +189,26 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="give up waiting or watching after S seconds (default 600)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_stall)
+
+    p = sub.add_parser(
+        "trace", help="record what the livepatch core does while a command runs",
+        description="Attach the probes, run COMMAND (or record until Ctrl-C) and print the "
+        "livepatch events meanwhile, as the lines the kernel selftests expect in dmesg. "
+        "Callbacks are traced for each --module, loaded or not yet. The exit status is "
+        "COMMAND's; lost events or a probe that did not attach make it non-zero.",
+        epilog="examples:\n  sudo klptrace trace --module ./my_lp.ko -- sh -c "
+        "'insmod my_lp.ko; echo 0 > /sys/kernel/livepatch/my_lp/enabled; rmmod my_lp'\n"
+        "  sudo klptrace trace --module my_lp --expect expected.txt --format ktap -- ./test.sh\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--module", action="append", default=[], metavar="NAME|PATH.ko",
+                   help="a livepatch module whose callbacks to trace (repeatable)")
+    p.add_argument("--format", choices=("transcript", "json", "ktap", "junit"),
+                   default="transcript", help="output format (default transcript)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE")
+    p.add_argument("--expect", metavar="FILE", help="a transcript of what should happen "
+                   "(# comments allowed): compare, print the diff, exit 1 on a mismatch")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser("check", help="re-check a saved recording offline (no root)")
     p.add_argument("recording", metavar="RECORDING", help="a file from `run --record`")

@@ -328,3 +328,94 @@ def _stall_watch(args: Any, patch: str | None, deadline: float) -> int:
                      else "(not switched)") for t in summary["tasks"]]
         sys.stdout.write("\n".join(lines) + "\n")
     return 0 if completed else 1
+
+
+def trace(args: Any) -> int:
+    """`klptrace trace`: probes on, COMMAND (or until Ctrl-C), the livepatch story out."""
+    import subprocess  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from klptrace import probes  # noqa: PLC0415
+    from klptrace import trace as tr  # noqa: PLC0415
+    from klptrace.recorder import Recorder  # noqa: PLC0415
+    from klptrace.transcript import parse_expectation, render  # noqa: PLC0415
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    expected = None
+    if args.expect:
+        try:
+            expected = parse_expectation(Path(args.expect).read_text())
+        except OSError as e:
+            raise UsageError(f"cannot read {args.expect}: {e.strerror}") from None
+    kos = [tr.resolve_module(m) for m in args.module]
+    probes.check_kernel()
+    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if command else {}
+    status = 0
+    try:
+        with kmsg.devkmsg_unlimited(), Recorder(kos) as rec:
+            klog = kmsg.KernelLog()
+            _say(f"Tracing livepatch events{' of ' + ', '.join(args.module) if kos else ''}"
+                 + ("... Ctrl-C to end." if not command else f"; running {' '.join(command)}"))
+            start = rec.now()
+            if command:
+                try:
+                    proc = subprocess.Popen(command)
+                except OSError as e:
+                    raise UsageError(f"cannot run {command[0]}: {e.strerror}") from None
+                while proc.poll() is None:
+                    rec.poll(100)
+                status = proc.returncode
+            else:
+                try:
+                    while True:
+                        rec.poll(200)
+                except KeyboardInterrupt:
+                    pass
+            time.sleep(0.05)
+            recording = rec.recording(start)
+            user = [msg for fac, msg in klog.records() if fac != 0]
+            klog.close()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    merged = tr.merge_log(recording.events, user)
+    recording.events = merged.events
+    lines = render(recording.events)
+    problems = checker.integrity(recording)
+    for p in problems + merged.notes:
+        _say(f"klptrace: {p}")
+    if expected is not None:
+        v = checker.check(expected, recording)
+        doc = results.run_document(os.uname().release, [{
+            "id": "trace", "status": v.status, "duration_s": 0.0, "lost_events": recording.lost,
+            "events": [e.to_json() for e in recording.events], "expected": v.expected,
+            "recorded": v.recorded, "explanation": v.explanation, "diff": v.diff,
+            "problems": v.problems, "notes": merged.notes}], recording.lost, recording.probes)
+        fmt = args.format if args.format in ("json", "ktap", "junit") else "text"
+        code = _emit(doc, argparse_ns(format=fmt, output=args.output, record=None))
+        return code or (1 if status else 0)
+    if args.format == "json":
+        text = json.dumps({
+            "kernel": os.uname().release, "command": command, "status": status,
+            "lost_events": recording.lost, "probes": recording.probes,
+            "events": [e.to_json() for e in recording.events],
+            "callbacks": tr.callbacks_json(recording.events), "transcript": lines,
+            "notes": merged.notes}, indent=1) + "\n"
+    else:
+        text = "".join(f"{line}\n" for line in lines)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    if problems:
+        return status or 1
+    return status
+
+
+def argparse_ns(**kw: Any) -> Any:
+    import argparse  # noqa: PLC0415
+
+    return argparse.Namespace(**kw)

@@ -38,6 +38,7 @@ class EventKind(enum.IntEnum):
     TASK_BLOCKED = 23  # a task could not switch: pid/tid/comm are that task's, ret the
     #                    reason (-EBUSY running, -EINVAL unreliable stack, -EADDRINUSE
     #                    sleeping on function `object`)
+    KMSG_WRITE = 24  # a write to /dev/kmsg (its text is read back from the log)
     # Written by klptrace itself, never by BPF:
     STEP = 100  # a scenario step or traced command starts (text in `detail`)
     STEP_RESULT = 101  # that step failed with errno `ret`

@@ -53,20 +53,26 @@ class KernelLog:
 
     def read(self) -> list[str]:
         """Messages logged since the last read."""
-        out = []
+        return [msg for _fac, msg in self.records()]
+
+    def records(self) -> list[tuple[int, str]]:
+        """(facility, message) of each record logged since the last read; 0 is the kernel."""
+        out: list[tuple[int, str]] = []
         while True:
             try:
                 raw = os.read(self._fd, 8192)
             except OSError as e:
                 if e.errno == errno.EPIPE:  # overwritten before we read it: records lost
-                    out.append("klptrace: kernel log records were overwritten")
+                    out.append((0, "klptrace: kernel log records were overwritten"))
                     continue
                 if e.errno == errno.EAGAIN:
                     return out
                 raise
             if not raw:
                 return out
-            out.append(parse_record(raw))
+            head = raw.split(b",", 1)[0]
+            fac = int(head) >> 3 if head.isdigit() else 0
+            out.append((fac, parse_record(raw)))
 
     def close(self) -> None:
         os.close(self._fd)

@@ -46,6 +46,7 @@ CORE_PROBES: dict[str, tuple[str | None, str | None]] = {
     "klp_module_going": ("klp_module_going_entry", None),
     "do_init_module": ("do_init_module_entry", "do_init_module_return"),
     "free_module": ("free_module_entry", None),
+    "devkmsg_write": ("devkmsg_write_entry", None),
 }
 #: the core's transition globals whose addresses the BPF reads
 GLOBALS = {"ADDR_KLP_TRANSITION_PATCH": "klp_transition_patch",
@@ -90,6 +91,7 @@ def decode(raw: bytes) -> Event:
                     EventKind.MODULE_INIT_RET, EventKind.TRANSITION_TRY,
                     EventKind.TASK_BLOCKED) or (k == EventKind.CALLBACK and cb == Callback.PRE_PATCH)
     has_state = k not in (EventKind.ENABLE, EventKind.ENABLE_RET, EventKind.PATCH_OBJECT,
+                          EventKind.KMSG_WRITE,
                           EventKind.UNPATCH_OBJECT, EventKind.UNPATCH_OBJECTS,
                           EventKind.MODULE_COMING_RET, EventKind.MODULE_INIT_RET)
     return Event(

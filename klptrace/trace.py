@@ -1,0 +1,78 @@
+"""`klptrace trace`: record any livepatch's story while a command runs.
+
+The pure part lives here: turning the /dev/kmsg writes that BPF saw (when,
+by whom) and the records read back from the log (what) into transcript steps,
+and resolving module names the way modprobe does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+
+from klptrace.errors import UsageError
+from klptrace.events import Event, EventKind
+
+# lines a traced script logs that the selftests' expectations carry too
+_RESULT = re.compile(r"^(insmod|modprobe|rmmod): ERROR")
+
+
+def resolve_module(spec: str) -> str:
+    """A .ko path for a module named by path or by name (as modprobe would find it)."""
+    if spec.endswith(".ko") or os.sep in spec:
+        if not os.path.isfile(spec):
+            raise UsageError(f"no such module file: {spec}")
+        return os.path.abspath(spec)
+    try:
+        p = subprocess.run(["modinfo", "-n", spec], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UsageError(f"cannot resolve module {spec}: modinfo is not installed",
+                         "name the module by its .ko path, or install kmod") from None
+    path = p.stdout.strip()
+    if p.returncode != 0 or not path or not path.endswith(".ko"):
+        raise UsageError(f"module {spec} not found for this kernel ({p.stderr.strip()})",
+                         "name it by its .ko path")
+    return path
+
+
+@dataclasses.dataclass
+class Merged:
+    events: list[Event]
+    notes: list[str]
+
+
+def merge_log(events: Sequence[Event], user_lines: Sequence[str]) -> Merged:
+    """Give each /dev/kmsg write the text it logged: `% cmd` lines become steps.
+
+    The writes (BPF, in kernel order) and the user records read back from the
+    log are in the same order; if their counts differ (a write the kernel
+    refused, a log overrun) the pairing is still made in order and said.
+    """
+    writes = [e for e in events if e.kind == EventKind.KMSG_WRITE]
+    notes = []
+    if len(writes) != len(user_lines):
+        notes.append(f"{len(writes)} writes to /dev/kmsg but {len(user_lines)} user records "
+                     "in the log: `%` lines may be misplaced")
+    text = {id(w): line for w, line in zip(writes, user_lines)}
+    out = []
+    for e in events:
+        if e.kind != EventKind.KMSG_WRITE:
+            out.append(e)
+            continue
+        line = text.get(id(e), "")
+        if line.startswith("% "):
+            out.append(dataclasses.replace(e, kind=EventKind.STEP, detail=line[2:]))
+        elif _RESULT.match(line):
+            out.append(dataclasses.replace(e, kind=EventKind.STEP_RESULT, detail=line))
+    return Merged(out, notes)
+
+
+def callbacks_json(events: Sequence[Event]) -> list[dict[str, object]]:
+    """Every callback: its role, patch, klp_object, that module's state, its result."""
+    return [{"callback": e.callback.word if e.callback else None, "patch": e.patch,
+             "object": e.object, "module_state": e.module_state.name if e.module_state else None,
+             "ret": e.ret, "ts_ns": e.ts_ns, "pid": e.pid, "comm": e.comm}
+            for e in events if e.kind == EventKind.CALLBACK]

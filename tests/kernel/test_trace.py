@@ -1,0 +1,149 @@
+"""`klptrace trace` on a livepatch that is not one of klptrace's scenario modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from klptrace import kmod
+
+EXPECTED = """\
+# acme_lp with its target loaded first, as test-callbacks.sh's first test
+% insmod klptrace_target.ko
+klptrace_target: klptrace_target_init
+% insmod acme_lp.ko
+livepatch: enabling patch 'acme_lp'
+livepatch: 'acme_lp': initializing patching transition
+acme_lp: pre_patch_callback: vmlinux
+acme_lp: pre_patch_callback: klptrace_target -> [MODULE_STATE_LIVE] Normal state
+livepatch: 'acme_lp': starting patching transition
+livepatch: 'acme_lp': completing patching transition
+acme_lp: post_patch_callback: vmlinux
+acme_lp: post_patch_callback: klptrace_target -> [MODULE_STATE_LIVE] Normal state
+livepatch: 'acme_lp': patching complete
+% echo 0 > /sys/kernel/livepatch/acme_lp/enabled
+livepatch: 'acme_lp': initializing unpatching transition
+acme_lp: pre_unpatch_callback: vmlinux
+acme_lp: pre_unpatch_callback: klptrace_target -> [MODULE_STATE_LIVE] Normal state
+livepatch: 'acme_lp': starting unpatching transition
+livepatch: 'acme_lp': completing unpatching transition
+acme_lp: post_unpatch_callback: vmlinux
+acme_lp: post_unpatch_callback: klptrace_target -> [MODULE_STATE_LIVE] Normal state
+livepatch: 'acme_lp': unpatching complete
+% rmmod acme_lp
+% rmmod klptrace_target
+klptrace_target: klptrace_target_exit
+"""
+
+SCRIPT = """\
+set -e
+log() { echo "% $*" > /dev/kmsg; }
+settle() { while [ -e /sys/kernel/livepatch/$1 ] && \
+  [ "$(cat /sys/kernel/livepatch/$1/transition)" != 0 ]; do sleep 0.1; done; }
+gone() { while [ -e /sys/kernel/livepatch/$1 ]; do sleep 0.1; done; }
+log insmod klptrace_target.ko; insmod $D/klptrace_target.ko
+for i in $(seq $N); do
+  log insmod acme_lp.ko; insmod $D/acme_lp.ko; settle acme_lp
+  log "echo 0 > /sys/kernel/livepatch/acme_lp/enabled"
+  echo 0 > /sys/kernel/livepatch/acme_lp/enabled; settle acme_lp; gone acme_lp
+  log rmmod acme_lp; rmmod acme_lp
+done
+log rmmod klptrace_target; rmmod klptrace_target
+"""
+
+
+def _trace(module_dir: Path, *args: str, n: int = 1, script: str = SCRIPT,
+           clean: bool = True) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(
+        [sys.executable, "-m", "klptrace", "trace", "--module",
+         str(module_dir / "acme_lp.ko"), *args, "--", "env", f"D={module_dir}", f"N={n}",
+         "sh", "-c", script], capture_output=True, text=True)
+    sys.stderr.write(p.stderr)
+    if clean:
+        assert not [m for m in kmod.loaded_modules() if m in ("acme_lp", "klptrace_target")]
+    return p
+
+
+def test_trace_prints_the_whole_transcript(module_dir: Path) -> None:
+    p = _trace(module_dir, "--format", "json")
+    assert p.returncode == 0
+    doc = json.loads(p.stdout)
+    want = [line for line in EXPECTED.splitlines() if not line.startswith("#")]
+    assert doc["transcript"] == want
+    assert doc["lost_events"] == 0 and all(pr["ok"] for pr in doc["probes"])
+    roles = [(c["callback"], c["object"], c["module_state"], c["ret"]) for c in doc["callbacks"]]
+    assert roles == [
+        ("pre_patch", "vmlinux", None, 0), ("pre_patch", "klptrace_target", "LIVE", 0),
+        ("post_patch", "vmlinux", None, None), ("post_patch", "klptrace_target", "LIVE", None),
+        ("pre_unpatch", "vmlinux", None, None), ("pre_unpatch", "klptrace_target", "LIVE", None),
+        ("post_unpatch", "vmlinux", None, None),
+        ("post_unpatch", "klptrace_target", "LIVE", None)]
+
+
+def test_trace_records_both_loads_and_a_failing_pre_patch(module_dir: Path) -> None:
+    script = SCRIPT.replace("insmod $D/acme_lp.ko; settle", "insmod $D/acme_lp.ko $P; settle")
+    p = _trace(module_dir, "--format", "json", n=2, script=script)
+    doc = json.loads(p.stdout)
+    assert p.returncode == 0
+    enables = [e for e in doc["events"] if e["kind"] == "enable" and e["patch"] == "acme_lp"]
+    assert len(enables) == 2
+    assert len([c for c in doc["callbacks"] if c["callback"] == "post_unpatch"]) == 4
+    # now with the pre_patch callback failing: insmod fails, the script stops (set -e)
+    bad = SCRIPT.replace("insmod $D/acme_lp.ko;", "insmod $D/acme_lp.ko fail_prepare=-19;")
+    p = _trace(module_dir, "--format", "json", script=bad, clean=False)
+    doc = json.loads(p.stdout)
+    assert p.returncode != 0  # the command's own status
+    assert [(c["callback"], c["object"], c["ret"]) for c in doc["callbacks"]] == [
+        ("pre_patch", "vmlinux", -19)]
+    assert "livepatch: pre-patch callback failed for object 'vmlinux'" in doc["transcript"]
+    subprocess.run(["rmmod", "klptrace_target"], capture_output=True)
+
+
+def test_expect_passes_and_fails_with_the_diff(module_dir: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text(EXPECTED)
+    p = _trace(module_dir, "--expect", str(good), "--format", "ktap")
+    assert p.returncode == 0, p.stdout
+    assert "ok 1 trace" in p.stdout and "not ok" not in p.stdout
+    lines = EXPECTED.splitlines()
+    i = lines.index("acme_lp: post_patch_callback: vmlinux")
+    lines.insert(i - 2, lines.pop(i))  # one line moved
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(lines) + "\n")
+    p = _trace(module_dir, "--expect", str(bad))
+    assert p.returncode == 1
+    assert "order differs" in p.stdout
+    assert "-acme_lp: post_patch_callback: vmlinux" in p.stdout
+    assert "+acme_lp: post_patch_callback: vmlinux" in p.stdout
+
+
+def test_user_scenario_directory(module_dir: Path, tmp_path: Path) -> None:
+    steps = ('steps = [\n  { load = "klptrace_target" },\n  { load = "acme_lp" },\n'
+             '  { disable = "acme_lp" },\n  { unload = "acme_lp" },\n'
+             '  { unload = "klptrace_target" },\n]\n')
+    body = "\n".join(line for line in EXPECTED.splitlines() if not line.startswith("#"))
+    (tmp_path / "acme.toml").write_text(
+        'id = "acme-target-first"\ntitle = "acme_lp over a loaded target"\n'
+        'livepatches = ["acme_lp"]\ndoc = """Both objects are loaded when acme_lp is '
+        'enabled, so every callback runs for both."""\n' + steps
+        + f'expect = """\n{body}\n"""\n')
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "klptrace", "run", "--scenarios", str(tmp_path),
+                        "--modules", str(module_dir), "--format", "json", "-o", str(out)],
+                       capture_output=True, text=True)
+    doc = json.loads(out.read_text())
+    assert p.returncode == 0, doc["scenarios"][0]["explanation"]
+    assert [(s["id"], s["status"]) for s in doc["scenarios"]] == [("acme-target-first", "pass")]
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> None:
+    yield
+    for m in ("acme_lp", "klptrace_target"):
+        if kmod.is_loaded(m):
+            kmod.write(f"/sys/kernel/livepatch/{m}/enabled", "0")
+            subprocess.run(["rmmod", m], capture_output=True)

@@ -1,0 +1,20 @@
+"""The pure part of `klptrace trace`: /dev/kmsg writes paired with their text."""
+
+from klptrace import trace
+from klptrace.events import Event, EventKind
+from klptrace.transcript import render
+
+
+def test_merge_log_turns_percent_lines_into_steps() -> None:
+    evs = [Event(EventKind.KMSG_WRITE, 1), Event(EventKind.MODULE_INIT_RET, 2, object="m", ret=0),
+           Event(EventKind.KMSG_WRITE, 3), Event(EventKind.KMSG_WRITE, 4)]
+    m = trace.merge_log(evs, ["% insmod m.ko", "systemd: hello",
+                              "insmod: ERROR: could not insert module x.ko: No such device"])
+    assert render(m.events) == ["% insmod m.ko", "m: m_init",
+                                "insmod: ERROR: could not insert module x.ko: No such device"]
+    assert not m.notes
+
+
+def test_merge_log_says_when_counts_differ() -> None:
+    m = trace.merge_log([Event(EventKind.KMSG_WRITE, 1)], [])
+    assert m.notes and render(m.events) == []
