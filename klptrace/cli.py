@@ -123,9 +123,9 @@ def _positive(text: str) -> int:
 
 
 def _cmd_stall(args: argparse.Namespace) -> int:
-    from klptrace import commands
+    from klptrace import stall_command
 
-    return commands.stall(args)
+    return stall_command.run(args)
 
 
 def _cmd_trace(args: argparse.Namespace) -> int:
