@@ -47,7 +47,8 @@ _MEANINGS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^livepatch: '(?P<p>[^']+)': (?P<d>\w+) complete"),
      "the end of {p}'s {d} transition"),
     (re.compile(r"^livepatch: '(?P<p>[^']+)': canceling"), "{p}'s failed enable being cancelled"),
-    (re.compile(r"^livepatch: '(?P<p>[^']+)': reversing transition"), "{p}'s transition being reversed"),
+    (re.compile(r"^livepatch: '(?P<p>[^']+)': reversing transition"),
+     "{p}'s transition being reversed"),
     (re.compile(r"^livepatch: applying patch '(?P<p>[^']+)' to loading module '(?P<m>[^']+)'"),
      "module_coming applying {p} to {m}"),
     (re.compile(r"^livepatch: reverting patch '(?P<p>[^']+)' on unloading module '(?P<m>[^']+)'"),
@@ -77,7 +78,7 @@ def meaning(line: str) -> str:
 def explain(expected: Sequence[str], recorded: Sequence[str]) -> str:
     """The first divergence between two transcripts, and what it means."""
     sm = difflib.SequenceMatcher(a=list(expected), b=list(recorded), autojunk=False)
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+    for tag, i1, _i2, j1, _j2 in sm.get_opcodes():
         if tag == "equal":
             continue
         after = f" after `{expected[i1 - 1]}`" if i1 > 0 else " at the start"
@@ -109,7 +110,8 @@ def integrity(rec: Recording) -> list[str]:
     if rec.lost:
         problems.append(f"{rec.lost} events were lost (the BPF ring buffer was full)")
     for p in rec.failed_probes:
-        problems.append(f"probe {p.get('name', '?')} did not attach: {p.get('reason') or 'unknown'}")
+        reason = p.get("reason") or "unknown"
+        problems.append(f"probe {p.get('name', '?')} did not attach: {reason}")
     return problems
 
 
@@ -128,7 +130,7 @@ def check(expected: Sequence[str], rec: Recording) -> Verdict:
 
 def witness(recorded: Sequence[str], dmesg: Sequence[str]) -> str:
     """'' when the kernel log shows the same witnessed lines as the BPF recording."""
-    from klptrace.kmsg import witnessed  # noqa: PLC0415
+    from klptrace.kmsg import witnessed
 
     bpf = witnessed(recorded)
     log = list(dmesg)

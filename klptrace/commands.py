@@ -31,7 +31,7 @@ def list_text(scs: list[scenario.Scenario]) -> str:
 
 def module_dir(explicit: str | None, needed: list[str]) -> Path:
     """Where the test modules for the running kernel are, building them if headers exist."""
-    from klptrace import build, kernels  # noqa: PLC0415
+    from klptrace import build, kernels
 
     if explicit:
         d = Path(explicit)
@@ -80,8 +80,8 @@ def run_local(args: Any) -> int:
 
 
 def _run_local(args: Any) -> int:
-    from klptrace import probes, runner  # noqa: PLC0415
-    from klptrace.recorder import Recorder  # noqa: PLC0415
+    from klptrace import probes, runner
+    from klptrace.recorder import Recorder
 
     scs = scenarios_for(args.ids, args.scenarios)
     try:
@@ -154,7 +154,7 @@ def _emit(doc: dict[str, Any], args: Any) -> int:
 
 def run_vm(args: Any) -> int:
     """`klptrace run --vm`: the same run inside the lab VM, results rendered here."""
-    from klptrace import build, kernels, vm  # noqa: PLC0415
+    from klptrace import build, kernels, vm
 
     kernel = kernels.ensure(args.kernel, progress=_say)
     built = build.build(kernel)
@@ -171,7 +171,8 @@ def run_vm(args: Any) -> int:
         guest_status = vm.run(kernel, argv, cpus=args.cpus, memory=args.memory,
                               rwdirs=[Path(rw)], say=_say)
         if not out.is_file():
-            raise KlptraceError(f"the run in the guest wrote no results (exit status {guest_status})",
+            raise KlptraceError(
+                f"the run in the guest wrote no results (exit status {guest_status})",
                                 "see the guest's output above")
         doc = json.loads(out.read_text())
     return _emit(doc, args)
@@ -219,7 +220,8 @@ def check(args: Any) -> int:
     kernel = doc.get("kernel", "?")
     lost = doc.get("lost_events", 0)
     if not isinstance(kernel, str) or isinstance(lost, bool) or not isinstance(lost, int):
-        raise RecordingError(f"{args.recording}: 'kernel' must be a string, 'lost_events' an integer")
+        raise RecordingError(
+            f"{args.recording}: 'kernel' must be a string, 'lost_events' an integer")
     new = results.run_document(kernel, out, lost, probes)
     return _emit(new, args)
 
@@ -228,13 +230,13 @@ def check(args: Any) -> int:
 
 def trace(args: Any) -> int:
     """`klptrace trace`: probes on, COMMAND (or until Ctrl-C), the livepatch story out."""
-    import subprocess  # noqa: PLC0415
-    import time  # noqa: PLC0415
+    import subprocess
+    import time
 
-    from klptrace import probes  # noqa: PLC0415
-    from klptrace import trace as tr  # noqa: PLC0415
-    from klptrace.recorder import Recorder  # noqa: PLC0415
-    from klptrace.transcript import parse_expectation, render  # noqa: PLC0415
+    from klptrace import probes
+    from klptrace import trace as tr
+    from klptrace.recorder import Recorder
+    from klptrace.transcript import parse_expectation, render
 
     command = list(args.command)
     if command[:1] == ["--"]:
@@ -312,6 +314,6 @@ def trace(args: Any) -> int:
 
 
 def argparse_ns(**kw: Any) -> Any:
-    import argparse  # noqa: PLC0415
+    import argparse
 
     return argparse.Namespace(**kw)

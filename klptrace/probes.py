@@ -74,9 +74,11 @@ class ProbeStatus:
 def check_kernel() -> None:
     """Raise NotSupported unless this kernel can be traced: root, livepatch, kprobes."""
     if os.geteuid() != 0:
-        raise NotSupported("klptrace needs root to load BPF programs and modules", "run it with sudo")
+        raise NotSupported("klptrace needs root to load BPF programs and modules",
+                           "run it with sudo")
     if not os.path.isdir("/sys/kernel/livepatch"):
-        raise NotSupported("this kernel has no livepatch support (/sys/kernel/livepatch is missing)",
+        raise NotSupported(
+            "this kernel has no livepatch support (/sys/kernel/livepatch is missing)",
                            "use a kernel built with CONFIG_LIVEPATCH=y, or `klptrace run --vm`")
     if not os.path.exists(KPROBE_EVENTS):
         raise NotSupported(f"this kernel has no kprobe events ({KPROBE_EVENTS} is missing)",
@@ -89,7 +91,8 @@ def decode(raw: bytes) -> Event:
     k = EventKind(kind)
     has_ret = k in (EventKind.ENABLE_RET, EventKind.PATCH_OBJECT, EventKind.MODULE_COMING_RET,
                     EventKind.MODULE_INIT_RET, EventKind.TRANSITION_TRY,
-                    EventKind.TASK_BLOCKED) or (k == EventKind.CALLBACK and cb == Callback.PRE_PATCH)
+                    EventKind.TASK_BLOCKED) or (
+        k == EventKind.CALLBACK and cb == Callback.PRE_PATCH)
     has_state = k not in (EventKind.ENABLE, EventKind.ENABLE_RET, EventKind.PATCH_OBJECT,
                           EventKind.KMSG_WRITE,
                           EventKind.UNPATCH_OBJECT, EventKind.UNPATCH_OBJECTS,
@@ -157,7 +160,7 @@ class Probes:
         t0 = time.monotonic()
         os.environ["BCC_KERNEL_SOURCE"] = str(BPF_DIR)
         try:
-            from bcc import BPF  # noqa: PLC0415  (bcc is imported here only)
+            from bcc import BPF
         except ImportError as e:
             raise NotSupported("bcc's Python bindings are not importable",
                                "install Debian's python3-bpfcc and use /usr/bin/python3 "
@@ -236,7 +239,7 @@ class Probes:
         self._events_written.append(line.split()[0].split(":", 1)[1])
 
     def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
-        import ctypes  # noqa: PLC0415
+        import ctypes
 
         raw = ctypes.string_at(data, size)
         if self._sink is not None:
@@ -265,7 +268,7 @@ class Probes:
         if self._bpf is not None:
             try:
                 self._bpf.cleanup()
-            except Exception:  # noqa: BLE001  best effort: report below
+            except Exception:
                 pass
             self._bpf = None
         for ev in reversed(self._events_written):
@@ -302,6 +305,7 @@ def leftover_events() -> list[str]:
     """klptrace's kprobe events still registered in the kernel (for cleanup checks)."""
     try:
         with open(KPROBE_EVENTS) as f:
-            return [line.split()[0] for line in f if line.split() and f":{GROUP}/" in line.split()[0]]
+            names = [line.split()[0] for line in f if line.split()]
+        return [n for n in names if f":{GROUP}/" in n]
     except OSError:
         return []

@@ -81,7 +81,7 @@ class Recorder:
     """Records kernel events with BPF, plus klptrace's own step markers."""
 
     def __init__(self, livepatch_modules: Iterable[str] = ()) -> None:
-        from klptrace.probes import Probes  # noqa: PLC0415  (keeps bcc out of offline imports)
+        from klptrace.probes import Probes
 
         self.probes = Probes(livepatch_modules)
         self.events: list[Event] = []

@@ -83,6 +83,8 @@ class Runner:
         self.timeout_s = timeout_s
         self.log = log or (lambda _msg: None)
         self.loaded: list[str] = []  # modules this runner loaded and has not unloaded
+        self.stall_report: stall.Report | None = None  # of the scenario running
+        self._start = 0
 
     def ko(self, module: str) -> str:
         return os.path.join(self.module_dir, f"{module}.ko")
@@ -181,7 +183,7 @@ class Runner:
         if self.klog:
             self.klog.read()  # what came before this scenario is not its business
         start = self._start = self.rec.now()
-        self.stall_report: stall.Report | None = None
+        self.stall_report = None
         lost0 = self.rec.lost()
         t0 = time.monotonic()
         error = ""
@@ -213,7 +215,7 @@ class Runner:
         if error:
             status = checker.ERROR
             verdict.problems.append(error)
-            verdict.explanation = error + ("; " + verdict.explanation if verdict.explanation else "")
+            verdict.explanation = "; ".join(x for x in (error, verdict.explanation) if x)
         if left:
             status = checker.ERROR
             verdict.problems.extend(left)

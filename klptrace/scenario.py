@@ -68,10 +68,12 @@ class Scenario:
 
 def _step(raw: Any, where: str) -> Step:
     if not isinstance(raw, dict):
-        raise ScenarioError(f"{where}: a step must be a table, e.g. {{ load = \"klptrace_target\" }}")
+        raise ScenarioError(
+            f"{where}: a step must be a table, e.g. {{ load = \"klptrace_target\" }}")
     kinds = [k for k in raw if k in STEP_KINDS]
     if len(kinds) != 1:
-        raise ScenarioError(f"{where}: a step needs exactly one of the actions {', '.join(STEP_KINDS)}")
+        raise ScenarioError(
+            f"{where}: a step needs exactly one of the actions {', '.join(STEP_KINDS)}")
     kind = kinds[0]
     required, optional = STEP_KINDS[kind]
     args = dict(raw)
@@ -85,7 +87,8 @@ def _step(raw: Any, where: str) -> Step:
     allowed = required | optional
     unknown = set(fields) - allowed
     if unknown:
-        raise ScenarioError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a {kind} step")
+        raise ScenarioError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a {kind} step")
     missing = required - set(fields)
     if missing:
         raise ScenarioError(f"{where}: a {kind} step needs {', '.join(sorted(missing))}")

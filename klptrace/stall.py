@@ -72,7 +72,7 @@ def transition_patch() -> str | None:
 
 def patched_functions(patch: str) -> set[str]:
     """Functions the patch changes: /sys/kernel/livepatch/<patch>/<object>/<func,sympos>."""
-    funcs = set()
+    funcs: set[str] = set()
     root = kmod.LIVEPATCH_SYSFS / patch
     try:
         for obj in root.iterdir():
@@ -158,7 +158,7 @@ def log_facts(patch: str, records: Iterable[tuple[float, str]]) -> LogFacts:
 
 def kernel_log() -> list[tuple[float, str]]:
     """(timestamp s, message) of every record in the kernel log buffer."""
-    out = []
+    out: list[tuple[float, str]] = []
     try:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
@@ -222,10 +222,10 @@ def merge_bpf(rep: Report, events: Sequence[Event]) -> None:
             first[e.tid] = e
     now = time.monotonic_ns()
     for t in rep.tasks:
-        e = last.get(t.tid)
-        if e is not None:
-            t.reason = REASONS.get(e.ret or 0, f"other ({e.ret})")
-            t.function = e.object or t.function
+        seen = last.get(t.tid)
+        if seen is not None:
+            t.reason = REASONS.get(seen.ret or 0, f"other ({seen.ret})")
+            t.function = seen.object or t.function
             t.source = "bpf"
         if t.tid in first and t.blocking_s is None:
             t.blocking_s = round((now - first[t.tid].ts_ns) / 1e9, 3)

@@ -18,9 +18,9 @@ def _say(msg: str) -> None:
 
 def run(args: Any) -> int:
     """`klptrace stall`: explain the livepatch transition in progress."""
-    import time  # noqa: PLC0415
+    import time
 
-    from klptrace import stall as st  # noqa: PLC0415
+    from klptrace import stall as st
 
     if os.geteuid() != 0:
         raise NotSupported("klptrace stall needs root to read the tasks' kernel stacks",
@@ -49,10 +49,10 @@ def run(args: Any) -> int:
 
 
 def _stall_watch(args: Any, patch: str | None, deadline: float) -> int:
-    import time  # noqa: PLC0415
+    import time
 
-    from klptrace import stall as st  # noqa: PLC0415
-    from klptrace.recorder import Recorder  # noqa: PLC0415
+    from klptrace import stall as st
+    from klptrace.recorder import Recorder
 
     if patch is None:
         sys.stdout.write(st.render_text(None))
@@ -92,7 +92,7 @@ def _stall_watch(args: Any, patch: str | None, deadline: float) -> int:
         events = list(rec.events)
     completed = kmod.patch_attr(patch, "transition") != "1"
     done = [e for e in events if e.kind.name == "TRANSITION_DONE" and e.patch == patch]
-    summary = {
+    summary: dict[str, Any] = {
         "patch": patch,
         "direction": last.direction if last else None,
         "completed": completed,

@@ -56,7 +56,7 @@ def merge_log(events: Sequence[Event], user_lines: Sequence[str]) -> Merged:
     if len(writes) != len(user_lines):
         notes.append(f"{len(writes)} writes to /dev/kmsg but {len(user_lines)} user records "
                      "in the log: `%` lines may be misplaced")
-    text = {id(w): line for w, line in zip(writes, user_lines)}
+    text = {id(w): line for w, line in zip(writes, user_lines, strict=False)}
     out = []
     for e in events:
         if e.kind != EventKind.KMSG_WRITE:

@@ -126,7 +126,7 @@ def test_dmesg_witness_filter_and_disagreement() -> None:
     w = kmsg.witnessed(dmesg)
     assert w == ["livepatch: enabling patch 'klptrace_lp'",
                  "klptrace_lp: pre_patch_callback: vmlinux", "klptrace_busy: klptrace_busy_init"]
-    assert checker.witness(w + ["insmod: ERROR: could not insert module x"], w) == ""
+    assert checker.witness([*w, "insmod: ERROR: could not insert module x"], w) == ""
     problem = checker.witness(w[:1] + w[2:], w)
     assert problem.startswith("dmesg disagrees") and "pre_patch callback" in problem
 

@@ -97,7 +97,8 @@ _json = st.recursive(
     max_leaves=20)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(
     _json,
     st.builds(lambda evs: {"kernel": "6.1", "scenarios": [{"id": "atomic-replace",

@@ -32,7 +32,8 @@ def test_unknown_id_lists_valid_ones() -> None:
     ("id = 'x'", "needs a non-empty string `title`"),
     ("id='x'\ntitle='t'\ndoc='d'\nexpect='% a'\nsteps=[{ fly = 'x' }]", "exactly one of"),
     ("id='x'\ntitle='t'\ndoc='d'\nexpect='% a'\nsteps=[{ load = 'm', when = 1 }]", "unknown key"),
-    ("id='x'\ntitle='t'\ndoc='d'\nexpect='% a'\nsteps=[{ wait_transition = 'p' }]", "needs transition"),
+    ("id='x'\ntitle='t'\ndoc='d'\nexpect='% a'\nsteps=[{ wait_transition = 'p' }]",
+     "needs transition"),
     ("id = [", "not valid TOML"),
 ])
 def test_bad_scenarios(text: str, msg: str) -> None:

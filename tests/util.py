@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +26,13 @@ def skip_or_fail(reason: str) -> None:
 def saved_run() -> dict[str, Any]:
     """A real run of all 11 scenarios recorded in the lab guest (6.1)."""
     return json.loads((DATA / "run-6.1.json").read_text())
+
+
+def until(cond: Callable[[], object], timeout: float = 60.0) -> bool:
+    """Poll cond every 50 ms until it is true (True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False

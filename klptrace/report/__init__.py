@@ -9,6 +9,7 @@ FORMATS = ("text", "json", "ktap", "junit")
 
 def render(fmt: str, run: dict) -> str:  # type: ignore[type-arg]
     """Render a run document in one of FORMATS."""
-    from klptrace.report import json_, junit, ktap, text  # noqa: PLC0415
+    from klptrace.report import json_, junit, ktap, text
 
-    return {"text": text, "json": json_, "ktap": ktap, "junit": junit}[fmt].render(run)
+    out: str = {"text": text, "json": json_, "ktap": ktap, "junit": junit}[fmt].render(run)
+    return out

@@ -7,7 +7,7 @@ def render(run: dict) -> str:  # type: ignore[type-arg]
     scs = run["scenarios"]
     out = ["KTAP version 1", f"# klptrace on kernel {run['kernel']}", f"1..{len(scs)}"]
     for i, s in enumerate(scs, 1):
-        for line in [s.get("explanation", "")] + s.get("problems", []) + s.get("diff", []):
+        for line in [s.get("explanation", ""), *s.get("problems", []), *s.get("diff", [])]:
             if line and s["status"] != "pass":
                 out.append(f"# {line}")
         ok = "ok" if s["status"] in ("pass", "skip") else "not ok"

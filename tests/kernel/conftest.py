@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from util import skip_or_fail  # noqa: E402
+from util import skip_or_fail
 
-from klptrace import commands, kmod  # noqa: E402
-from klptrace.errors import NotSupported  # noqa: E402
+from klptrace import commands, kmod
+from klptrace.errors import NotSupported
 
 _reason: list[str] = []
 

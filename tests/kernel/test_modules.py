@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import errno
-import time
 from pathlib import Path
 
+from util import until
+
 from klptrace import kmod
-
-
-def _wait(cond, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def _answer() -> str:
@@ -29,16 +21,16 @@ def test_livepatch_patches_vmlinux_and_module(clean_kernel: Path) -> None:
     assert _answer() == "klptrace_target: unpatched"
     assert kmod.load(str(d / "klptrace_lp.ko")) == 0
     assert kmod.patch_attr("klptrace_lp", "enabled") == "1"
-    assert _wait(lambda: kmod.patch_attr("klptrace_lp", "transition") == "0")
+    assert until(lambda: kmod.patch_attr("klptrace_lp", "transition") == "0")
     # both objects really patched: vmlinux's cmdline_proc_show and the target's getter
     assert Path("/proc/cmdline").read_text() == "klptrace_lp: this has been live patched\n"
     assert _answer() == "klptrace_lp: patched"
 
     assert kmod.write("/sys/kernel/livepatch/klptrace_lp/enabled", "0") == 0
-    assert _wait(lambda: kmod.patch_attr("klptrace_lp", "transition") in ("0", None))
+    assert until(lambda: kmod.patch_attr("klptrace_lp", "transition") in ("0", None))
     assert Path("/proc/cmdline").read_text() == cmdline
     assert _answer() == "klptrace_target: unpatched"
-    assert _wait(lambda: kmod.unload("klptrace_lp") == 0)
+    assert until(lambda: kmod.unload("klptrace_lp") == 0)
     assert kmod.unload("klptrace_target") == 0
 
 
@@ -52,12 +44,12 @@ def test_failing_pre_patch_refuses_the_livepatch(clean_kernel: Path) -> None:
 def test_atomic_replace_takes_over(clean_kernel: Path) -> None:
     d = clean_kernel
     assert kmod.load(str(d / "klptrace_lp.ko")) == 0
-    assert _wait(lambda: kmod.patch_attr("klptrace_lp", "transition") == "0")
+    assert until(lambda: kmod.patch_attr("klptrace_lp", "transition") == "0")
     assert kmod.load(str(d / "klptrace_lp2.ko"), "replace=1") == 0
-    assert _wait(lambda: kmod.patch_attr("klptrace_lp2", "transition") == "0")
+    assert until(lambda: kmod.patch_attr("klptrace_lp2", "transition") == "0")
     assert Path("/proc/cmdline").read_text() == "klptrace_lp2: this has been live patched\n"
     # the replaced patch is freed by the kernel, and its module can go
-    assert _wait(lambda: "klptrace_lp" not in kmod.patches())
-    assert _wait(lambda: kmod.unload("klptrace_lp") == 0)
+    assert until(lambda: "klptrace_lp" not in kmod.patches())
+    assert until(lambda: kmod.unload("klptrace_lp") == 0)
     assert kmod.write("/sys/kernel/livepatch/klptrace_lp2/enabled", "0") == 0
-    assert _wait(lambda: kmod.unload("klptrace_lp2") == 0)
+    assert until(lambda: kmod.unload("klptrace_lp2") == 0)

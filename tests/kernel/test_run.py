@@ -18,7 +18,8 @@ from klptrace import kmod, kmsg, probes
 def run(module_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("run") / "run.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "klptrace", "run", "--repeat", "5", "--format", "json", "-o", str(out),
+        [sys.executable, "-m", "klptrace", "run", "--repeat", "5", "--format", "json",
+         "-o", str(out),
          "--modules", str(module_dir)],
         stderr=subprocess.PIPE, text=True)
     sys.stderr.write(proc.stderr)

@@ -6,11 +6,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from util import until
 
 from klptrace import kmod, probes
 
@@ -21,13 +20,6 @@ def _ours_left() -> list[str]:
             + [f"kprobe event {e}" for e in probes.leftover_events()])
 
 
-def _until(cond: Callable[[], bool], timeout: float = 180.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 POINTS = {
@@ -51,7 +43,7 @@ def test_signal_leaves_nothing_behind(module_dir: Path, point: str) -> None:
                              str(module_dir), "--format", "json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert _until(reached), f"{point} was never reached"
+        assert until(reached, 180), f"{point} was never reached"
         proc.send_signal(sig)
         _out, err = proc.communicate(timeout=180)
     finally:
@@ -67,7 +59,7 @@ def test_signal_leaves_nothing_behind(module_dir: Path, point: str) -> None:
 def test_foreign_livepatch_is_left_alone(module_dir: Path, tmp_path: Path) -> None:
     assert kmod.load(str(module_dir / "klptrace_foreign.ko")) == 0
     try:
-        assert _until(lambda: kmod.patch_attr("klptrace_foreign", "transition") == "0")
+        assert until(lambda: kmod.patch_attr("klptrace_foreign", "transition") == "0")
         out = tmp_path / "r.json"
         p = subprocess.run([sys.executable, "-m", "klptrace", "run", "--modules",
                             str(module_dir), "--format", "json", "-o", str(out),
@@ -84,5 +76,5 @@ def test_foreign_livepatch_is_left_alone(module_dir: Path, tmp_path: Path) -> No
         assert Path("/proc/version").read_text().startswith("klptrace_foreign:")
     finally:
         kmod.write("/sys/kernel/livepatch/klptrace_foreign/enabled", "0")
-        _until(lambda: kmod.unload("klptrace_foreign") == 0, 60)
+        until(lambda: kmod.unload("klptrace_foreign") == 0, 60)
     assert not _ours_left()

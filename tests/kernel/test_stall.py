@@ -10,17 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from util import until
 
 from klptrace import kmod
-
-
-def _until(cond, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -28,15 +20,15 @@ def stalled(module_dir: Path) -> Iterator[Path]:
     """klptrace_busy blocking, klptrace_lp loaded without waiting: patching stalls."""
     assert kmod.load(str(module_dir / "klptrace_busy.ko"), "block_transition=Y") == 0
     assert kmod.load(str(module_dir / "klptrace_lp.ko")) == 0
-    assert _until(lambda: kmod.patch_attr("klptrace_lp", "transition") == "1")
+    assert until(lambda: kmod.patch_attr("klptrace_lp", "transition") == "1")
     try:
         yield module_dir
     finally:
         kmod.write("/sys/module/klptrace_busy/parameters/block_transition", "0")
-        _until(lambda: kmod.patch_attr("klptrace_lp", "transition") != "1")
+        until(lambda: kmod.patch_attr("klptrace_lp", "transition") != "1")
         kmod.write("/sys/kernel/livepatch/klptrace_lp/enabled", "0")
-        _until(lambda: kmod.unload("klptrace_lp") == 0)
-        _until(lambda: kmod.unload("klptrace_busy") == 0)
+        until(lambda: kmod.unload("klptrace_lp") == 0)
+        until(lambda: kmod.unload("klptrace_busy") == 0)
     assert not [m for m in kmod.loaded_modules() if m.startswith("klptrace_")]
 
 
