@@ -193,9 +193,11 @@ class Runner:
         except KlptraceError as e:
             error = str(e)
         finally:
-            end = self.rec.now()
+            # what cleanup does is part of the scenario's story (it is nothing
+            # when the scenario unloaded everything itself)
             with signals_deferred():
                 left = self.cleanup()
+            end = self.rec.now()
             if left:
                 notes.append("could not clean up: " + "; ".join(left))
                 self.log("klptrace: could not clean up: " + "; ".join(left))
@@ -236,6 +238,7 @@ class Runner:
                 self._settle_patch(module)
             except KlptraceError as e:
                 left.append(str(e))
+            self._mark_step(f"rmmod {module}")
             err = self.unload(module)
             if err and kmod.is_loaded(module):
                 left.append(f"{module} is still loaded ({os.strerror(err)}): run `rmmod {module}`")
@@ -247,6 +250,7 @@ class Runner:
         while os.path.isdir(f"/sys/kernel/livepatch/{patch}"):
             enabled = kmod.patch_attr(patch, "enabled")
             if enabled == "1":
+                self._mark_step(f"echo 0 > /sys/kernel/livepatch/{patch}/enabled")
                 kmod.write(f"/sys/kernel/livepatch/{patch}/enabled", "0")
             if time.monotonic() > deadline:
                 raise KlptraceError(

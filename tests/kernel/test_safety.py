@@ -78,3 +78,31 @@ def test_foreign_livepatch_is_left_alone(module_dir: Path, tmp_path: Path) -> No
         kmod.write("/sys/kernel/livepatch/klptrace_foreign/enabled", "0")
         until(lambda: kmod.unload("klptrace_foreign") == 0, 60)
     assert not _ours_left()
+
+
+def test_transition_timeout_is_reversed_and_cleaned_up(module_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """A scenario whose transition never ends errors out; the transition is reversed."""
+    (tmp_path / "stuck.toml").write_text('''
+id = "stuck"
+title = "waits for a transition that the busy module never lets finish"
+livepatches = ["klptrace_lp"]
+doc = "klptrace_busy sleeps in a function klptrace_lp patches, so patching cannot complete."
+steps = [
+  { load = "klptrace_busy", params = "block_transition=Y" },
+  { load = "klptrace_lp" },
+]
+expect = "% insmod klptrace_busy.ko block_transition=Y"
+''')
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, "-m", "klptrace", "run", "--scenarios", str(tmp_path),
+                        "--modules", str(module_dir), "--timeout", "5", "--format", "json",
+                        "-o", str(out)], capture_output=True, text=True)
+    doc = json.loads(out.read_text())
+    sc = doc["scenarios"][0]
+    assert p.returncode == 1 and sc["status"] == "error", p.stderr
+    assert "transition still reads 1" in sc["explanation"]
+    assert "klptrace stall" in sc["explanation"]
+    # cleanup reversed the transition (no force) and unloaded both modules
+    assert "reversing transition from patching to unpatching" in "\n".join(sc["recorded"])
+    assert not _ours_left()
