@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from klptrace import checker, kmod, kmsg, report, results, scenario
-from klptrace.errors import Interrupted, KlptraceError, NotSupported, UsageError
+from klptrace.errors import KlptraceError, NotSupported, UsageError, interrupt
 from klptrace.recorder import Recording, RecordingError
 
 
@@ -62,16 +62,9 @@ def _refuse_foreign(scs: list[scenario.Scenario], allow_replace: bool) -> list[s
     return problems
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    # one signal is enough: ignore the next ones so that cleanup can finish
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Interrupted(signum, signal.Signals(signum).name)
-
-
 def run_local(args: Any) -> int:
     """`klptrace run` on the running kernel, cleaning up after SIGINT and SIGTERM too."""
-    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _run_local(args)
     finally:
@@ -120,7 +113,7 @@ def _run_local(args: Any) -> int:
             r = run.run(s)
             docs.append(r.to_json())
             _say(f"  {s.id}: {r.status.upper()} ({r.duration_s:.1f} s)")
-        lost = rec.lost()
+        lost = rec.lost()  # and raises a signal that a callback swallowed
         status = [x.to_json() for x in p.status]
         timing = {k: round(getattr(p, k), 3)
                   for k in ("import_s", "layout_s", "compile_s", "attach_s")}
@@ -249,7 +242,7 @@ def trace(args: Any) -> int:
             raise UsageError(f"cannot read {args.expect}: {e.strerror}") from None
     kos = [tr.resolve_module(m) for m in args.module]
     probes.check_kernel()
-    old = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)} \
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)} \
         if command else {}
     status = 0
     try:

@@ -34,6 +34,32 @@ class UsageError(KlptraceError):
     status = 2
 
 
+_pending_signal: list[int] = []
+_deferring: list[bool] = []
+
+
+def interrupt(signum: int, _frame: object = None) -> None:
+    """A handler for SIGINT and SIGTERM: unwind now, and remember it.
+
+    Raising from a handler is lost when the signal lands inside a ctypes
+    callback (bcc's ring buffer callback), so check_interrupted() raises it
+    again at the next safe point.
+    """
+    # one signal is enough: ignore the next ones so that cleanup can finish
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _pending_signal.append(signum)
+    raise Interrupted(signum, signal.Signals(signum).name)
+
+
+def check_interrupted() -> None:
+    """Raise Interrupted if a signal came in and was swallowed on its way
+    (not inside signals_deferred(): a cleanup runs to its end first)."""
+    if _pending_signal and not _deferring:
+        signum = _pending_signal.pop()
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM: unwinds like Ctrl-C so that every cleanup runs."""
 
@@ -48,7 +74,9 @@ def signals_deferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block ends, so a cleanup runs to its end."""
     sigs = {signal.SIGINT, signal.SIGTERM}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    _deferring.append(True)
     try:
         yield
     finally:
+        _deferring.pop()
         signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from klptrace.errors import KlptraceError, signals_deferred
+from klptrace.errors import KlptraceError, check_interrupted, signals_deferred
 from klptrace.events import Event, EventKind
 
 FORMAT_VERSION = 1
@@ -104,9 +104,11 @@ class Recorder:
 
     def poll(self, timeout_ms: int = 50) -> None:
         self.probes.poll(timeout_ms)
+        check_interrupted()
 
     def drain(self) -> None:
         self.probes.drain()
+        check_interrupted()
 
     def now(self) -> int:
         return time.monotonic_ns()
