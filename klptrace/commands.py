@@ -49,7 +49,7 @@ def module_dir(explicit: str | None, needed: list[str]) -> Path:
     return d
 
 
-def _refuse_foreign(scs: list[scenario.Scenario], allow_replace: bool) -> list[str]:
+def _refuse_foreign(scs: list[scenario.Scenario]) -> list[str]:
     """Reasons not to run on this machine: a module of ours already loaded, a foreign transition."""
     ours = {m for s in scs for m in s.modules}
     problems = [f"module {m} is already loaded and klptrace did not load it: "
@@ -82,11 +82,14 @@ def _run_local(args: Any) -> int:
     except NotSupported as e:
         _say(f"klptrace: skip: {e}")
         return 4
-    problems = _refuse_foreign(scs, args.allow_replace)
+    problems = _refuse_foreign(scs)
     if problems:
         raise KlptraceError("refusing to run: " + "; ".join(problems))
     foreign = [p for p in kmod.patches() if p not in {m for s in scs for m in s.modules}]
     skipped: dict[str, str] = {}
+    if foreign and args.allow_replace and any(s.replaces_all for s in scs):
+        _say(f"klptrace: warning: atomic-replace will replace {', '.join(foreign)}, "
+             "which klptrace did not load (--allow-replace)")
     if foreign and not args.allow_replace:
         for s in scs:
             if s.replaces_all:

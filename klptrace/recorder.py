@@ -7,7 +7,6 @@ loaded and checked offline.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Iterable
@@ -35,11 +34,6 @@ class Recording:
     def failed_probes(self) -> list[dict[str, Any]]:
         """Probes that did not attach."""
         return [p for p in self.probes if not p.get("ok")]
-
-    def slice(self, start_ns: int, end_ns: int) -> Recording:
-        """The events between two monotonic timestamps (probes and lost kept)."""
-        evs = [e for e in self.events if start_ns <= e.ts_ns <= end_ns]
-        return Recording(evs, self.lost, self.probes)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -124,9 +118,3 @@ class Recorder:
         evs = [e for e in self.events if start_ns <= e.ts_ns <= end]
         return Recording(evs, self.probes.lost(), [p.to_json() for p in self.probes.status])
 
-
-def save(rec: dict[str, Any], path: str) -> None:
-    """Write a JSON document (a run's results) to path."""
-    with open(path, "w") as f:
-        json.dump(rec, f, indent=1)
-        f.write("\n")

@@ -10,7 +10,7 @@ import dataclasses
 import errno
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from klptrace import checker, kmod, kmsg, stall
@@ -258,14 +258,3 @@ class Runner:
                     f"echo 0 > /sys/kernel/livepatch/{patch}/enabled; then rmmod {patch}")
             self.rec.poll(100)
 
-
-def run_all(runner: Runner, scenarios: Sequence[Scenario],
-            on_result: Callable[[Result], None] | None = None) -> list[Result]:
-    """Run scenarios in order; on_result is called after each."""
-    results = []
-    for sc in scenarios:
-        r = runner.run(sc)
-        results.append(r)
-        if on_result:
-            on_result(r)
-    return results
