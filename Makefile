@@ -6,6 +6,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 VENV := .venv
 KLPTRACE := $(VENV)/bin/klptrace
+# The kernels that `make test` boots, one guest each (tests/test_kernel_vm.py).
+TEST_KERNELS := 6.1 6.12
 
 # Debian packages: QEMU and virtme-ng's needs (busybox-static builds the guest's
 # initramfs; udev makes the guest's virtio-port links that carry the command's
@@ -16,7 +18,7 @@ DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod \
 	python3-bpfcc bpfcc-tools python3-venv \
 	make gcc gcc-12 libc6-dev pahole
 
-.PHONY: setup deb-packages venv kernel modules run test lint
+.PHONY: setup deb-packages venv kernel modules test-kernels run test lint
 
 setup: deb-packages venv kernel modules
 
@@ -50,13 +52,19 @@ kernel: deb-packages venv
 modules: kernel
 	@$(KLPTRACE) build >/dev/null
 
+# Every kernel of TEST_KERNELS fetched, and the test modules built for it.
+test-kernels: setup
+	@for k in $(TEST_KERNELS); do \
+		$(KLPTRACE) kernel --kernel "$$k" >/dev/null && $(KLPTRACE) build --kernel "$$k" >/dev/null; \
+	done
+
 # klptrace's main job: the 11 scenarios, in the lab VM (this host's kernel
 # cannot load modules), recorded with BPF and checked; a table of results.
 run: setup
 	$(KLPTRACE) run --vm
 
-test: setup
-	$(VENV)/bin/pytest -v
+test: test-kernels
+	KLPTRACE_TEST_KERNELS="$(TEST_KERNELS)" $(VENV)/bin/pytest -v
 
 # Optional: ruff and mypy are not among the dependencies (pip install ruff mypy).
 lint: venv
