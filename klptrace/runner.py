@@ -85,12 +85,14 @@ class Runner:
         self.loaded: list[str] = []  # modules this runner loaded and has not unloaded
         self.stall_report: stall.Report | None = None  # of the scenario running
         self._start = 0
+        self._step_start = 0
 
     def ko(self, module: str) -> str:
         return os.path.join(self.module_dir, f"{module}.ko")
 
     # -- steps ----------------------------------------------------------------
     def _mark_step(self, cmd: str) -> None:
+        self._step_start = self.rec.now()
         self.rec.mark(EventKind.STEP, cmd)
         if self.klog:
             self.klog.write(f"% {cmd}")
@@ -148,13 +150,23 @@ class Runner:
         while True:
             cur = kmod.patch_attr(patch, "transition")
             if cur == str(want) or (want == 0 and cur is None):
-                return
+                if want == 1 or self._completions_done(patch):
+                    return
             if time.monotonic() > deadline:
                 raise StepTimeout(
                     f"{patch}: transition still reads {cur} after {self.timeout_s:.0f} s "
                     f"(waiting for {want})",
                     f"see which task blocks it with `klptrace stall {patch}`")
             self.rec.poll(100)
+
+    def _completions_done(self, patch: str) -> bool:
+        """Whether every completion of the patch's transition since the step began
+        has returned. The kernel clears klp_transition_patch, which the sysfs
+        transition file shows, just before klp_complete_transition() returns:
+        without this, the next step could be recorded before "... complete"."""
+        evs = self.rec.recording(self._step_start).events
+        ours = [e.kind for e in evs if e.patch == patch]
+        return ours.count(EventKind.TRANSITION_DONE) >= ours.count(EventKind.TRANSITION_COMPLETE)
 
     def unload(self, module: str) -> int:
         """Unload a module: 0 or the errno.
