@@ -86,6 +86,7 @@ class Runner:
         self.stall_report: stall.Report | None = None  # of the scenario running
         self._start = 0
         self._step_start = 0
+        self.livepatches: set[str] = set()  # modules seen registering a livepatch
 
     def ko(self, module: str) -> str:
         return os.path.join(self.module_dir, f"{module}.ko")
@@ -109,8 +110,10 @@ class Runner:
                 self.loaded.remove(s.module)
                 self.rec.mark(EventKind.STEP_RESULT, insmod_error(f"{s.module}.ko", err), err)
                 return
-            if s.wait and kmod.patch_attr(s.module, "transition") is not None:
-                self.wait_transition(s.module, 0)
+            if kmod.patch_attr(s.module, "transition") is not None:
+                self.livepatches.add(s.module)
+                if s.wait:
+                    self.wait_transition(s.module, 0)
         elif s.kind == "unload":
             self._mark_step(f"rmmod {s.module}")
             err = self.unload(s.module)
@@ -172,14 +175,16 @@ class Runner:
         """Unload a module: 0 or the errno.
 
         A disabled livepatch keeps its module referenced until the kernel frees
-        the patch in a work item after the transition, so EBUSY is retried
-        while /sys/kernel/livepatch/<module> exists and is not enabled.
+        the patch in a work item after the transition, so EBUSY and EAGAIN are
+        retried for a livepatch that is not enabled (or already gone from sysfs).
         """
         deadline = time.monotonic() + self.timeout_s
         while True:
             err = kmod.unload(module)
+            # its sysfs directory goes before the module reference is dropped
             retry = (err in (errno.EBUSY, errno.EAGAIN)
-                     and kmod.patch_attr(module, "enabled") == "0"
+                     and module in self.livepatches
+                     and kmod.patch_attr(module, "enabled") in ("0", None)
                      and time.monotonic() < deadline)
             if not retry:
                 break
@@ -246,6 +251,8 @@ class Runner:
             if not kmod.is_loaded(module):
                 self.loaded.remove(module)
                 continue
+            if os.path.isdir(f"/sys/kernel/livepatch/{module}"):
+                self.livepatches.add(module)
             try:
                 self._settle_patch(module)
             except KlptraceError as e:
