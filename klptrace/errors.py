@@ -3,6 +3,7 @@
 import contextlib
 import signal
 from collections.abc import Iterator
+from types import FrameType
 
 
 class KlptraceError(Exception):
@@ -38,17 +39,23 @@ _pending_signal: list[int] = []
 _deferring: list[bool] = []
 
 
-def interrupt(signum: int, _frame: object = None) -> None:
-    """A handler for SIGINT and SIGTERM: unwind now, and remember it.
+def interrupt(signum: int, frame: FrameType | None = None) -> None:
+    """A handler for SIGINT and SIGTERM: unwind now, or at the next safe point.
 
-    Raising from a handler is lost when the signal lands inside a ctypes
-    callback (bcc's ring buffer callback), so check_interrupted() raises it
-    again at the next safe point.
+    An exception raised inside a ctypes callback (bcc's ring buffer callback)
+    is printed and dropped, so there the signal is only remembered, and
+    check_interrupted() raises it once bcc has returned.
     """
     # one signal is enough: ignore the next ones so that cleanup can finish
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _pending_signal.append(signum)
+    f = frame
+    while f is not None:
+        if "/bcc/" in f.f_code.co_filename:
+            return
+        f = f.f_back
+    _pending_signal.clear()
     raise Interrupted(signum, signal.Signals(signum).name)
 
 
