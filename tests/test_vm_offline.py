@@ -534,3 +534,34 @@ def test_cli_usage_error_exits_2() -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["vm", "--cpus", "many"])
     assert exc.value.code == 2
+
+
+# --- vCPUs under emulation -------------------------------------------------------
+
+
+def _unpacked_kernel(tmp_path: Path, *, cond_resched_rewrite: bool) -> kernels.Kernel:
+    root = tmp_path / "k"
+    inc = root / "usr" / "src" / "linux-headers-6.12.95+deb12-common" / "include" / "linux"
+    inc.mkdir(parents=True)
+    if cond_resched_rewrite:
+        (inc / "livepatch_sched.h").write_text("")
+    return kernels.Kernel("6.12.95+deb12-amd64", root / "boot" / "vmlinuz", root, None, root)
+
+
+def test_one_vcpu_under_tcg_for_kernels_that_rewrite_cond_resched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KLPTRACE_TCG_SMP", raising=False)
+    k = _unpacked_kernel(tmp_path, cond_resched_rewrite=True)
+    tcg, kvm = vm.Accel("tcg", "test"), vm.Accel("kvm", "test")
+    cpus, why = vm.guest_cpus(k, tcg, 2)
+    assert cpus == 1 and "KLPTRACE_TCG_SMP=1" in why
+    assert vm.guest_cpus(k, kvm, 2) == (2, "")
+    assert vm.guest_cpus(k, tcg, 1) == (1, "")
+    monkeypatch.setenv("KLPTRACE_TCG_SMP", "1")
+    assert vm.guest_cpus(k, tcg, 2) == (2, "")
+
+
+def test_smp_under_tcg_for_other_kernels(tmp_path: Path) -> None:
+    k = _unpacked_kernel(tmp_path, cond_resched_rewrite=False)
+    assert vm.guest_cpus(k, vm.Accel("tcg", "test"), 2) == (2, "")
