@@ -6,7 +6,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 VENV := .venv
 KLPTRACE := $(VENV)/bin/klptrace
-# The kernels that `make test` boots, one guest each (tests/test_kernel_vm.py).
+# The kernels that `make test` boots, one guest each (tests/test_kernel_vm.py),
+# and that `make bench` measures.
 TEST_KERNELS := 6.1 6.12
 
 # Debian packages: QEMU and virtme-ng's needs (busybox-static builds the guest's
@@ -18,7 +19,7 @@ DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod \
 	python3-bpfcc bpfcc-tools python3-venv \
 	make gcc gcc-12 libc6-dev pahole
 
-.PHONY: setup deb-packages venv kernel modules test-kernels run test lint
+.PHONY: setup deb-packages venv kernel modules test-kernels run test bench lint
 
 setup: deb-packages venv kernel modules
 
@@ -65,6 +66,11 @@ run: setup
 
 test: test-kernels
 	KLPTRACE_TEST_KERNELS="$(TEST_KERNELS)" $(VENV)/bin/pytest -v
+
+# A benchmark, not a test: klptrace against a selftest-style shell harness, one
+# VM boot per kernel; prints the figures and writes them to bench/results.md.
+bench: test-kernels
+	$(VENV)/bin/python bench/run.py $(foreach k,$(TEST_KERNELS),--kernel $(k))
 
 # Optional: ruff and mypy are not among the dependencies (pip install ruff mypy).
 lint: venv

@@ -1,0 +1,189 @@
+"""klptrace's benchmark: `klptrace run` against a selftest-style shell harness.
+
+    .venv/bin/python bench/run.py [--kernel 6.1 --kernel 6.12] [-o bench/results.md]
+
+Boots the lab VM once per kernel and runs bench/guest.py there (see its doc
+for what it measures), then prints the figures and writes them, with the
+kernel, the accelerator and the date, to bench/results.md. A benchmark, not a
+test: it asserts nothing about time; targets missed are marked, not failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from klptrace import build, kernels, vm  # noqa: E402
+from klptrace.errors import KlptraceError  # noqa: E402
+
+# The issue's targets
+TARGET_RATIO = 1.0  # a/b
+TARGET_COMPILE_ATTACH_S = 10.0
+TARGET_STALL_S = 2.0
+
+
+def _say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def measure(spec: str, threads: int) -> dict[str, Any]:
+    """Boot one kernel and run the guest side; its figures plus the accelerator."""
+    kernel = kernels.ensure(spec, progress=_say)
+    built = build.build(kernel)
+    accel = vm.choose_accel(kernel, vm.check_host())
+    with tempfile.TemporaryDirectory(prefix="klptrace-bench-", dir="/tmp") as rw:
+        out = Path(rw) / "bench.json"
+        argv = [sys.executable, str(REPO / "bench" / "guest.py"), "--modules", str(built.dir),
+                "--out", str(out), "--threads", str(threads)]
+        status = vm.run(kernel, argv, rwdirs=[Path(rw)], cwd=REPO, accel=accel, say=_say)
+        if not out.is_file():
+            raise KlptraceError(f"the benchmark in the guest wrote nothing (exit {status})")
+        doc: dict[str, Any] = json.loads(out.read_text())
+    doc["spec"] = spec
+    doc["accel"] = "KVM" if accel.name == "kvm" else "emulation (TCG)"
+    doc["accel_reason"] = accel.reason
+    return doc
+
+
+def _f(x: Any, unit: str = " s") -> str:
+    return f"{x:.1f}{unit}" if isinstance(x, (int, float)) else "n/a"
+
+
+def _mark(ok: bool | None) -> str:
+    return "" if ok is None else (" (met)" if ok else " (MISSED)")
+
+
+def figures(d: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, value, target) rows for one kernel."""
+    a, b, a2 = d.get("klptrace", {}), d.get("harness", {}), d.get("klptrace_warm", {})
+    st, ld = d.get("stall", {}), d.get("load", {})
+    rows: list[tuple[str, str, str]] = []
+
+    def run_value(r: dict[str, Any]) -> str:
+        if "error" in r or r.get("exit") != 0:
+            why = r.get("error") or f"exit {r.get('exit')}, {r.get('totals')}"
+            return f"{_f(r.get('wall_s'))} (FAILED: {why})"
+        return f"{_f(r['wall_s'])}, {r['totals'].get('pass', 0)}/11 pass"
+
+    rows.append(("a: `klptrace run`, 11 scenarios, fresh process", run_value(a), ""))
+    b_ok = "error" not in b and b.get("exit") == 0
+    b_failed = "" if b_ok else f" (FAILED: {b.get('error') or 'exit ' + str(b.get('exit'))})"
+    rows.append(("b: bench/harness.sh, same steps, 0.1 s polling",
+                 _f(b.get("wall_s")) + b_failed, ""))
+    ratio = a.get("wall_s", 0) / b["wall_s"] if b_ok and b.get("wall_s") else None
+    rows.append(("a/b", "n/a" if ratio is None else f"{ratio:.2f}" + _mark(ratio <= TARGET_RATIO),
+                 f"<= {TARGET_RATIO}"))
+    t = a.get("timing", {})
+    if t:
+        ca = t["compile_s"] + t["attach_s"]
+        rows.append(("BPF compile + attach", _f(ca) + _mark(ca < TARGET_COMPILE_ATTACH_S),
+                     f"< {TARGET_COMPILE_ATTACH_S:g} s"))
+        rows.append(("  of which compile / attach", f"{_f(t['compile_s'])} / {_f(t['attach_s'])}",
+                     ""))
+        rows.append(("  before it: bcc import (cold) / BTF+kallsyms layout",
+                     f"{_f(t['import_s'])} / {_f(t['layout_s'])}", ""))
+        scen = sum(s["duration_s"] for s in a.get("scenarios", {}).values())
+        rows.append(("  the 11 scenarios themselves in a", _f(scen), ""))
+    if a2:
+        r2 = a2.get("wall_s", 0) / b["wall_s"] if b_ok and b.get("wall_s") else None
+        t2 = a2.get("timing", {})
+        rows.append(("a2: `klptrace run` again, warm caches", run_value(a2), ""))
+        rows.append(("a2/b", f"{r2:.2f}" if r2 else "n/a", ""))
+        if t2:
+            rows.append(("  a2's bcc import / compile + attach",
+                         f"{_f(t2['import_s'])} / {_f(t2['compile_s'] + t2['attach_s'])}", ""))
+    if "error" in st:
+        rows.append(("stall named (`klptrace stall --format json`)", st["error"],
+                     f"< {TARGET_STALL_S:g} s"))
+    else:
+        took = st.get("named_s")
+        verdict = (_mark(isinstance(took, (int, float)) and took < TARGET_STALL_S)
+                   if st.get("named") else " (task NOT named)")
+        rows.append(("stall named (`klptrace stall --format json`)", _f(took) + verdict,
+                     f"< {TARGET_STALL_S:g} s"))
+        rows.append(("  of which any klptrace command's start (`--version`)",
+                     _f(st.get("startup_s")), ""))
+    if "error" in ld and "wall_s" not in ld:
+        rows.append(("load: lost events", f"n/a ({ld['error']})", "0"))
+    else:
+        lost = ld.get("lost_events")
+        rows.append((f"load: lost events, {ld.get('threads')} extra sleeping threads "
+                     f"({ld.get('tasks_in_guest')} tasks), `{ld.get('scenario')}`",
+                     f"{lost}" + _mark(lost == 0) + ("" if ld.get("exit") == 0
+                                                      else f" (run exit {ld.get('exit')})"),
+                     "0"))
+        base = ld.get("baseline", {})
+        rows.append(("load: recorder CPU while recording, user + sys "
+                     "(without the threads)", f"{_cpu(ld)} ({_cpu(base)})", ""))
+        rows.append(("load: whole klptrace process CPU (without the threads)",
+                     f"{_f(ld.get('cpu_s'))} ({_f(base.get('cpu_s'))})", ""))
+        sc = ld.get("scenarios", {}).get(ld.get("scenario"), {})
+        sc0 = base.get("scenarios", {}).get(ld.get("scenario"), {})
+        rows.append(("load: the scenario's duration (without the threads)",
+                     f"{_f(sc.get('duration_s'))} ({_f(sc0.get('duration_s'))})", ""))
+    if a.get("cpu_recording_s") is not None:
+        rows.append(("a: recorder CPU while recording, user + sys / whole process",
+                     f"{_cpu(a)} / {_f(a['cpu_s'])}", ""))
+    return rows
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    """"U + S s" of a run's CPU time while recording."""
+    if r.get("cpu_recording_user_s") is None:
+        return "n/a"
+    return f"{r['cpu_recording_user_s']:.1f} + {r['cpu_recording_sys_s']:.1f} s"
+
+
+def markdown(docs: list[dict[str, Any]], when: str) -> str:
+    """bench/results.md: the figures of each kernel."""
+    out = ["# klptrace benchmark results", "",
+           f"Written by `make bench` (bench/run.py) on {when}; host: {os.cpu_count()} CPUs, "
+           f"Linux {os.uname().release}. One VM boot per kernel; the guest has "
+           f"{docs[0].get('cpus', '?') if docs else '?'} CPUs. See README.md, \"The benchmark\", "
+           "for what each figure is.", ""]
+    for d in docs:
+        out += [f"## {d.get('kernel', d['spec'])} (`--kernel {d['spec']}`)", "",
+                f"Accelerator: {d['accel']} ({d['accel_reason']}).", "",
+                "| figure | value | target |", "|---|---|---|"]
+        out += [f"| {f} | {v} | {t} |" for f, v, t in figures(d)]
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernel", action="append", metavar="VERSION|PATH",
+                    help="a kernel to measure (repeatable; default: 6.1 and 6.12)")
+    ap.add_argument("-o", "--output", default=str(REPO / "bench" / "results.md"))
+    ap.add_argument("--threads", type=int, default=5000, help="sleeping threads for the load")
+    args = ap.parse_args()
+    specs = args.kernel or ["6.1", "6.12"]
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    docs = []
+    for spec in specs:
+        try:
+            docs.append(measure(spec, args.threads))
+        except KlptraceError as e:
+            print(f"bench: error: {e}", file=sys.stderr)
+            return 1
+        d = docs[-1]
+        print(f"\n{d['kernel']} ({d['accel']})")
+        for f, v, t in figures(d):
+            print(f"  {f:<58} {v}" + (f"   [target {t}]" if t else ""))
+    Path(args.output).write_text(markdown(docs, when))
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

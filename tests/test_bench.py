@@ -1,0 +1,96 @@
+"""The benchmark's pure parts: the shell harness takes klptrace's steps; the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+from util import REPO
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+guest = _load("guest")
+run = _load("run")
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="no bash")
+def test_harness_takes_the_scenarios_steps() -> None:
+    """bench/harness.sh performs each scenario's steps, in order: a/b compares like with like."""
+    out = subprocess.run(["bash", str(REPO / "bench" / "harness.sh"), "--dry-run"],
+                         capture_output=True, text=True, check=True).stdout
+    got = guest.harness_steps(out)
+    want = guest.scenario_steps()
+    assert list(got) == list(want)
+    for sid in want:
+        assert got[sid] == want[sid], sid
+
+
+def test_harness_steps_parse() -> None:
+    text = "TEST: x\n% insmod a.ko\ninsmod: ERROR: no\nTEST: y\n% rmmod a\n"
+    assert guest.harness_steps(text) == {"x": ["% insmod a.ko"], "y": ["% rmmod a"]}
+
+
+def test_tids_found_anywhere_in_json() -> None:
+    doc = {"patch": "p", "tasks": [{"tid": 7, "pid": 7}, {"tid": 9}], "timeline": [{"t_s": 1}]}
+    assert guest._tids_in(doc) == {7, 9}
+
+
+def _doc(**over: object) -> dict[str, object]:
+    scen = {"target-module-not-present": {"status": "pass", "duration_s": 3.0, "lost_events": 0}}
+    d: dict[str, object] = {
+        "kernel": "6.1.0-56-amd64", "spec": "6.1", "cpus": 2, "accel": "emulation (TCG)",
+        "accel_reason": "no /dev/kvm",
+        "klptrace": {"wall_s": 60.0, "exit": 0, "cpu_s": 30.0, "cpu_recording_s": 5.0,
+                     "totals": {"pass": 11}, "lost_events": 0, "scenarios": scen,
+                     "timing": {"import_s": 8.0, "layout_s": 1.0, "compile_s": 7.0,
+                                "attach_s": 0.5}},
+        "harness": {"wall_s": 50.0, "exit": 0},
+        "stall": {"error": "not available: klptrace stall missing"},
+        "load": {"wall_s": 30.0, "exit": 0, "lost_events": 0, "threads": 5000,
+                 "tasks_in_guest": 5100, "cpu_s": 20.0, "cpu_recording_s": 1.5,
+                 "cpu_recording_user_s": 1.0, "cpu_recording_sys_s": 0.5,
+                 "scenario": "target-module-not-present", "scenarios": scen,
+                 "baseline": {"cpu_s": 18.0}},
+    }
+    d.update(over)
+    return d
+
+
+def test_report_marks_targets() -> None:
+    rows = {f: v for f, v, _t in run.figures(_doc())}
+    assert rows["a/b"] == "1.20 (MISSED)"
+    assert rows["BPF compile + attach"] == "7.5 s (met)"
+    assert rows["stall named (`klptrace stall --format json`)"] == \
+        "not available: klptrace stall missing"
+    lost = next(v for f, v in rows.items() if f.startswith("load: lost events"))
+    assert lost == "0 (met)"
+    assert rows["load: recorder CPU while recording, user + sys (without the threads)"] == \
+        "1.0 + 0.5 s (n/a)"
+
+
+def test_report_stall_figures() -> None:
+    rows = {f: v for f, v, _t in run.figures(_doc(stall={"named_s": 1.5, "named": True,
+                                                         "startup_s": 0.9}))}
+    assert rows["stall named (`klptrace stall --format json`)"] == "1.5 s (met)"
+    rows = {f: v for f, v, _t in run.figures(_doc(stall={"named_s": 1.5, "named": False}))}
+    assert rows["stall named (`klptrace stall --format json`)"] == "1.5 s (task NOT named)"
+
+
+def test_report_says_when_a_run_failed() -> None:
+    rows = {f: v for f, v, _t in run.figures(_doc(harness={"wall_s": 3.0, "exit": 1}))}
+    assert "FAILED" in rows["b: bench/harness.sh, same steps, 0.1 s polling"]
+    assert rows["a/b"] == "n/a"
+    md = run.markdown([_doc()], "2025-01-01 00:00 UTC")
+    assert "## 6.1.0-56-amd64 (`--kernel 6.1`)" in md and "emulation (TCG)" in md
