@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,42 @@ def _say(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
+def _qemus() -> int:
+    """QEMU processes on this host."""
+    n = 0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            n += comm.read_text().startswith("qemu-system")
+        except OSError:
+            continue
+    return n
+
+
+class _Others:
+    """Samples, while a guest runs, how many other QEMU guests share the host."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(2.0):
+            self.samples.append(max(_qemus() - 1, 0))  # minus the benchmark's own
+
+    def __enter__(self) -> _Others:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def share(self) -> float:
+        """The share of the time another guest ran."""
+        return sum(1 for n in self.samples if n) / len(self.samples) if self.samples else 0.0
+
+
 def measure(spec: str, threads: int) -> dict[str, Any]:
     """Boot one kernel and run the guest side; its figures plus the accelerator."""
     kernel = kernels.ensure(spec, progress=_say)
@@ -44,13 +81,15 @@ def measure(spec: str, threads: int) -> dict[str, Any]:
         out = Path(rw) / "bench.json"
         argv = [sys.executable, str(REPO / "bench" / "guest.py"), "--modules", str(built.dir),
                 "--out", str(out), "--threads", str(threads)]
-        status = vm.run(kernel, argv, rwdirs=[Path(rw)], cwd=REPO, accel=accel, say=_say)
+        with _Others() as others:
+            status = vm.run(kernel, argv, rwdirs=[Path(rw)], cwd=REPO, accel=accel, say=_say)
         if not out.is_file():
             raise KlptraceError(f"the benchmark in the guest wrote nothing (exit {status})")
         doc: dict[str, Any] = json.loads(out.read_text())
     doc["spec"] = spec
     doc["accel"] = "KVM" if accel.name == "kvm" else "emulation (TCG)"
     doc["accel_reason"] = accel.reason
+    doc["others_share"] = round(others.share(), 2)
     return doc
 
 
@@ -147,12 +186,15 @@ def markdown(docs: list[dict[str, Any]], when: str) -> str:
     """bench/results.md: the figures of each kernel."""
     out = ["# klptrace benchmark results", "",
            f"Written by `make bench` (bench/run.py) on {when}; host: {os.cpu_count()} CPUs, "
-           f"Linux {os.uname().release}. One VM boot per kernel; the guest has "
-           f"{docs[0].get('cpus', '?') if docs else '?'} CPUs. See README.md, \"The benchmark\", "
-           "for what each figure is.", ""]
+           f"Linux {os.uname().release}. One VM boot per kernel. See README.md, \"The "
+           "benchmark\", for what each figure is.", ""]
     for d in docs:
+        share = d.get("others_share", 0.0)
+        quiet = ("no other guest ran meanwhile" if not share else
+                 f"ANOTHER GUEST SHARED THE HOST {share:.0%} of the time: slower than alone")
         out += [f"## {d.get('kernel', d['spec'])} (`--kernel {d['spec']}`)", "",
-                f"Accelerator: {d['accel']} ({d['accel_reason']}).", "",
+                f"Accelerator: {d['accel']} ({d['accel_reason']}); the guest had "
+                f"{d.get('cpus', '?')} vCPU(s); {quiet}.", "",
                 "| figure | value | target |", "|---|---|---|"]
         out += [f"| {f} | {v} | {t} |" for f, v, t in figures(d)]
         out.append("")
@@ -177,7 +219,9 @@ def main() -> int:
             print(f"bench: error: {e}", file=sys.stderr)
             return 1
         d = docs[-1]
-        print(f"\n{d['kernel']} ({d['accel']})")
+        others = f", another guest ran {d['others_share']:.0%} of the time" \
+            if d["others_share"] else ""
+        print(f"\n{d['kernel']} ({d['accel']}, {d.get('cpus')} vCPU(s){others})")
         for f, v, t in figures(d):
             print(f"  {f:<58} {v}" + (f"   [target {t}]" if t else ""))
     Path(args.output).write_text(markdown(docs, when))

@@ -94,3 +94,6 @@ def test_report_says_when_a_run_failed() -> None:
     assert rows["a/b"] == "n/a"
     md = run.markdown([_doc()], "2025-01-01 00:00 UTC")
     assert "## 6.1.0-56-amd64 (`--kernel 6.1`)" in md and "emulation (TCG)" in md
+    assert "no other guest ran meanwhile" in md
+    md = run.markdown([_doc(others_share=0.25)], "2025-01-01 00:00 UTC")
+    assert "ANOTHER GUEST SHARED THE HOST 25% of the time" in md
