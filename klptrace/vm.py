@@ -185,10 +185,26 @@ def needs_overlay(path: Path) -> bool:
     return not any(path == Path(d) or Path(d) in path.parents for d in _VNG_OVERLAID)
 
 
-def guest_script(argv: Sequence[str], status_file: Path) -> str:
-    """The shell line the guest runs: the command, then its status into status_file."""
+#: read-ahead for the guest's 9p mounts, in KiB (see guest_script)
+READ_AHEAD_KB = 4096
+
+
+def guest_script(argv: Sequence[str], status_file: Path, bdi_dir: str = "/sys/class/bdi") -> str:
+    """The shell line the guest runs: the command, then its status into status_file.
+
+    First it turns on read-ahead for the 9p mounts. vng's initramfs mounts the
+    host's / without a cache mode, and for such a mount the kernel sets the
+    read-ahead to 0 (fs/9p/vfs_super.c): every page of a mapped library is
+    then its own 4 KiB round trip to QEMU. Measured on 6.1 under TCG, a cold
+    `import bcc` took 5.1 s and the first BPF compile 9.5 s; with 4 MiB
+    read-ahead, 2.1 s and 7.1 s. Reads still go to the host each time (no
+    cache mode is changed), so the guest sees the host's files as they are.
+    """
     status = shlex.quote(str(status_file))
-    return f"{shlex.join(argv)}; s=$?; echo $s > {status}; exit $s"
+    bdi = shlex.quote(bdi_dir)
+    readahead = (f"for b in {bdi}/9p-*/read_ahead_kb; do "
+                 f"[ -w \"$b\" ] && echo {READ_AHEAD_KB} > \"$b\"; done 2>/dev/null; ")
+    return f"{readahead}{shlex.join(argv)}; s=$?; echo $s > {status}; exit $s"
 
 
 def vng_argv(
