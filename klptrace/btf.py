@@ -49,7 +49,7 @@ class BTF:
         if self._types_end > len(data) or self._str_end > len(data):
             raise BTFError("BTF data is truncated")
         self._offsets: list[int] = [0]  # type id -> offset of its record (id 0 is void)
-        self._structs: dict[str, int] = {}
+        self._structs: dict[int, int] = {}  # name offset -> type id of a struct or union
         self._index()
 
     @classmethod
@@ -70,23 +70,40 @@ class BTF:
         return self._data[start:end].decode("ascii", "replace")
 
     def _index(self) -> None:
+        # Every record, in one pass (ids are positions); names are only
+        # decoded on lookup. This loop is most of klptrace's layout time.
         data, pos, end = self._data, self._types_start, self._types_end
         offsets, structs = self._offsets, self._structs
-        unpack = struct.unpack_from
-        tail = _TAIL
+        append = offsets.append
+        unpack = struct.Struct("<II").unpack_from
+        # kind -> (fixed tail, per-vlen item size) for all 32 kind values
+        tails = [_TAIL.get(k, (0, 0)) for k in range(32)]
         tid = 0
         while pos < end:
             tid += 1
-            offsets.append(pos)
-            name_off, info = unpack("<II", data, pos)
+            append(pos)
+            name_off, info = unpack(data, pos)
             kind = (info >> 24) & 0x1F
-            fixed, per = tail.get(kind, (0, 0))
-            if kind in (_STRUCT, _UNION) and name_off:
-                name = self._name(name_off)
-                # the first definition with members wins over later duplicates
-                if name not in structs or (info & 0xFFFF):
-                    structs.setdefault(name, tid)
-            pos += 12 + fixed + per * (info & 0xFFFF)
+            fixed, per = tails[kind]
+            vlen = info & 0xFFFF
+            if (kind == _STRUCT or kind == _UNION) and name_off:
+                # the first definition with members wins over empty ones
+                if name_off not in structs or (vlen and not self._has_members(structs[name_off])):
+                    structs[name_off] = tid
+            pos += 12 + fixed + per * vlen
+
+    def _has_members(self, tid: int) -> bool:
+        return bool(struct.unpack_from("<I", self._data, self._offsets[tid] + 4)[0] & 0xFFFF)
+
+    def _name_offsets(self, name: str) -> list[int]:
+        """Where name is in the string section (usually once: strings are deduplicated)."""
+        needle = b"\0" + name.encode() + b"\0"
+        out = []
+        at = self._data.find(needle, self._str_start, self._str_end)
+        while at >= 0:
+            out.append(at + 1 - self._str_start)
+            at = self._data.find(needle, at + 1, self._str_end)
+        return out
 
     def _record(self, tid: int) -> tuple[int, int, int, int]:
         pos = self._offsets[tid]
@@ -103,13 +120,14 @@ class BTF:
         raise BTFError(f"type {tid}: typedef loop")
 
     def _struct_id(self, name: str) -> int:
-        try:
-            return self._structs[name]
-        except KeyError:
+        found = [self._structs[off] for off in self._name_offsets(name) if off in self._structs]
+        if not found:
             raise BTFError(
                 f"struct {name} is not in this kernel's BTF",
                 "is the kernel built with CONFIG_LIVEPATCH=y?",
-            ) from None
+            )
+        with_members = [tid for tid in found if self._has_members(tid)]
+        return min(with_members or found)
 
     def _members(self, tid: int) -> Iterable[tuple[str, int, int]]:
         pos, _n, info, _size = self._record(tid)

@@ -51,3 +51,22 @@ def test_missing_struct_and_member_are_named() -> None:
 def test_not_btf() -> None:
     with pytest.raises(btf.BTFError):
         btf.BTF(b"\0" * 64)
+
+
+def _with_empty_module(first: bool) -> btf.BTF:
+    """_blob() plus an empty `struct module {}`, before or after the real one."""
+    blob = _blob()
+    type_len = struct.unpack_from("<I", blob, 12)[0]
+    types, strings = blob[24:24 + type_len], blob[24 + type_len:]
+    empty = struct.pack("<III", strings.index(b"\0module\0") + 1, 4 << 24, 0)
+    types = empty + types if first else types + empty
+    return btf.BTF(struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types),
+                               len(strings)) + types + strings)
+
+
+def test_a_definition_with_members_wins_over_an_empty_one() -> None:
+    # (prepending shifts every type id by one, so only sizes are asked there)
+    assert _with_empty_module(first=True).sizeof("module") == 80
+    b = _with_empty_module(first=False)
+    assert b.sizeof("module") == 80
+    assert b.offsetof("module", "name") == 24
