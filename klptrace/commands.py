@@ -82,6 +82,8 @@ def _run_local(args: Any) -> int:
     except NotSupported as e:
         _say(f"klptrace: skip: {e}")
         return 4
+    _say("Compiling klptrace's BPF probes...")
+    build = probes.Build()  # compiles while the checks below run
     problems = _refuse_foreign(scs)
     if problems:
         raise KlptraceError("refusing to run: " + "; ".join(problems))
@@ -98,9 +100,9 @@ def _run_local(args: Any) -> int:
     needed = sorted({m for s in scs for m in s.modules})
     mods = module_dir(args.modules, needed)
     kos = sorted({str(mods / f"{lp}.ko") for s in scs for lp in s.livepatches})
-    _say("Compiling and attaching klptrace's BPF probes...")
     docs: list[dict[str, Any]] = []
-    with kmsg.devkmsg_unlimited(), kmsg.livepatch_debug() as debug, Recorder(kos) as rec:
+    with kmsg.devkmsg_unlimited(), kmsg.livepatch_debug() as debug, \
+            Recorder(kos, build) as rec:
         klog = kmsg.KernelLog() if debug else None
         if not debug:
             _say("klptrace: dynamic debug is not available: dmesg is not compared")

@@ -74,10 +74,11 @@ def _why(e: BaseException) -> str:
 class Recorder:
     """Records kernel events with BPF, plus klptrace's own step markers."""
 
-    def __init__(self, livepatch_modules: Iterable[str] = ()) -> None:
+    def __init__(self, livepatch_modules: Iterable[str] = (), build: Any = None) -> None:
+        """build: a probes.Build started earlier, to overlap the compile with other work."""
         from klptrace.probes import Probes
 
-        self.probes = Probes(livepatch_modules)
+        self.probes = Probes(livepatch_modules, build)
         self.events: list[Event] = []
 
     def __enter__(self) -> Recorder:

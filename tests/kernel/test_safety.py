@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import kmod, probes
+from klptrace import kmod, kmsg, probes
+
+
+def _settings() -> dict[str, str]:
+    """The kernel settings klptrace changes while it runs and must put back."""
+    out = {}
+    for path in (probes.RCU_EXPEDITED, kmsg.DEVKMSG):
+        out[path] = Path(path).read_text()
+    out["dyndbg"] = "".join(line for line in open(kmsg.DYNDBG)
+                            if line.startswith("kernel/livepatch/"))
+    return out
 
 
 def _ours_left() -> list[str]:
@@ -39,6 +49,7 @@ POINTS = {
 def test_signal_leaves_nothing_behind(module_dir: Path, point: str) -> None:
     sid, sig, reached = POINTS[point]
     assert not _ours_left()
+    before = _settings()
     proc = subprocess.Popen([sys.executable, "-m", "klptrace", "run", sid, "--modules",
                              str(module_dir), "--format", "json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -54,6 +65,7 @@ def test_signal_leaves_nothing_behind(module_dir: Path, point: str) -> None:
     assert f"interrupted by {signal.Signals(sig).name}" in err
     assert "Traceback" not in err
     assert not _ours_left()
+    assert _settings() == before
 
 
 def test_foreign_livepatch_is_left_alone(module_dir: Path, tmp_path: Path) -> None:
