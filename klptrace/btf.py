@@ -37,10 +37,10 @@ class BTF:
     def __init__(self, data: bytes) -> None:
         if len(data) < 24:
             raise BTFError("BTF data is truncated")
-        magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
+        magic, _ver, _flags, hdr_len = struct.unpack_from("=HBBI", data, 0)
         if magic != _BTF_MAGIC:
             raise BTFError("not BTF data (bad magic)")
-        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
+        type_off, type_len, str_off, str_len = struct.unpack_from("=IIII", data, 8)
         self._data = data
         self._types_start = hdr_len + type_off
         self._types_end = self._types_start + type_len
@@ -48,7 +48,7 @@ class BTF:
         self._str_end = self._str_start + str_len
         if self._types_end > len(data) or self._str_end > len(data):
             raise BTFError("BTF data is truncated")
-        self._offsets: list[int] = [0]  # type id -> offset of its record (id 0 is void)
+        self._offsets: list[int] = [0]  # type id -> word index of its record (0 is void)
         self._structs: dict[int, int] = {}  # name offset -> type id of a struct or union
         self._index()
 
@@ -71,29 +71,31 @@ class BTF:
 
     def _index(self) -> None:
         # Every record, in one pass (ids are positions); names are only
-        # decoded on lookup. This loop is most of klptrace's layout time.
-        data, pos, end = self._data, self._types_start, self._types_end
+        # decoded on lookup. This loop is most of klptrace's layout time, so
+        # it reads the section as 32-bit words (BTF records are whole words,
+        # in the kernel's byte order) instead of unpacking each one.
+        if (self._types_end - self._types_start) % 4 or self._types_start % 4:
+            raise BTFError("BTF type section is not made of 32-bit words")
+        words = memoryview(self._data)[self._types_start:self._types_end].cast("I")
         offsets, structs = self._offsets, self._structs
         append = offsets.append
-        unpack = struct.Struct("<II").unpack_from
-        # kind -> (fixed tail, per-vlen item size) for all 32 kind values
-        tails = [_TAIL.get(k, (0, 0)) for k in range(32)]
-        tid = 0
-        while pos < end:
-            tid += 1
-            append(pos)
-            name_off, info = unpack(data, pos)
+        fixed = [_TAIL.get(k, (0, 0))[0] // 4 for k in range(32)]
+        per = [_TAIL.get(k, (0, 0))[1] // 4 for k in range(32)]
+        i, n = 0, len(words)
+        while i < n:
+            append(i)
+            info = words[i + 1]
             kind = (info >> 24) & 0x1F
-            fixed, per = tails[kind]
             vlen = info & 0xFFFF
-            if (kind == _STRUCT or kind == _UNION) and name_off:
+            if (kind == _STRUCT or kind == _UNION) and words[i]:
+                name_off = words[i]
                 # the first definition with members wins over empty ones
                 if name_off not in structs or (vlen and not self._has_members(structs[name_off])):
-                    structs[name_off] = tid
-            pos += 12 + fixed + per * vlen
+                    structs[name_off] = len(offsets) - 1
+            i += 3 + fixed[kind] + per[kind] * vlen
 
     def _has_members(self, tid: int) -> bool:
-        return bool(struct.unpack_from("<I", self._data, self._offsets[tid] + 4)[0] & 0xFFFF)
+        return bool(self._record(tid)[2] & 0xFFFF)
 
     def _name_offsets(self, name: str) -> list[int]:
         """Where name is in the string section (usually once: strings are deduplicated)."""
@@ -106,8 +108,8 @@ class BTF:
         return out
 
     def _record(self, tid: int) -> tuple[int, int, int, int]:
-        pos = self._offsets[tid]
-        name_off, info, size_or_type = struct.unpack_from("<III", self._data, pos)
+        pos = self._types_start + 4 * self._offsets[tid]
+        name_off, info, size_or_type = struct.unpack_from("=III", self._data, pos)
         return pos, name_off, info, size_or_type
 
     def _resolve(self, tid: int) -> int:
@@ -133,7 +135,7 @@ class BTF:
         pos, _n, info, _size = self._record(tid)
         kflag = info >> 31
         for i in range(info & 0xFFFF):
-            m_name, m_type, m_off = struct.unpack_from("<III", self._data, pos + 12 + 12 * i)
+            m_name, m_type, m_off = struct.unpack_from("=III", self._data, pos + 12 + 12 * i)
             bit_off = m_off & 0xFFFFFF if kflag else m_off
             yield self._name(m_name) if m_name else "", m_type, bit_off
 
