@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import errno
 import os
-import re
 import struct
 import threading
 import time
@@ -121,9 +120,15 @@ def _kallsyms(names: Iterable[str], path: str = "/proc/kallsyms") -> dict[str, i
         data = f.read()
     found: dict[str, int] = {}
     for name in names:
-        m = re.search(rb"^([0-9a-f]+) \S " + re.escape(name.encode()) + rb"$", data, re.M)
-        if m:
-            found[name] = int(m[1], 16)
+        # "ADDR TYPE NAME\n"; a module's lines end in "\t[MODULE]". bytes.find,
+        # not a multi-line regex: under emulation that took 1.6 s, this 10 ms.
+        at = data.find(b" " + name.encode() + b"\n")
+        while at >= 0:
+            line = data[data.rfind(b"\n", 0, at) + 1:at].split()
+            if len(line) == 2 and len(line[1]) == 1:
+                found[name] = int(line[0], 16)
+                break
+            at = data.find(b" " + name.encode() + b"\n", at + 1)
     return found
 
 

@@ -51,3 +51,11 @@ def test_kallsyms_finds_vmlinux_symbols_only(tmp_path: Path) -> None:
                            str(f))
     assert got == {"klp_transition_patch": 0xffffffff82a00020,
                    "klp_target_state": 0xffffffff82a00030}
+
+
+def test_kallsyms_first_line_and_name_in_another_column(tmp_path: Path) -> None:
+    f = tmp_path / "kallsyms"
+    f.write_text("ffffffff82a00020 b klp_target_state\n"
+                 "ffffffff81000000 T klp_target_state klp_target_state\n")
+    assert probes._kallsyms(["klp_target_state"], str(f)) == {
+        "klp_target_state": 0xffffffff82a00020}
