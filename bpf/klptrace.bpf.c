@@ -164,7 +164,8 @@ int klp_enable_patch_entry(struct pt_regs *ctx)
 		struct klpt_name n = {};
 
 		__builtin_memcpy(n.s, st.patch, KLPT_NAME_LEN);
-#pragma unroll
+		/* a bounded loop (verified since 5.3), not unrolled: smaller to compile */
+#pragma clang loop unroll(disable)
 		for (int i = 0; i < KLPT_MAX_OBJS; i++) {
 			char *obj = objs + i * SIZE_KLP_OBJECT;
 			u64 key = (u64)obj;
@@ -477,11 +478,6 @@ int do_init_module_return(struct pt_regs *ctx)
 int free_module_entry(struct pt_regs *ctx)
 {
 	return module_event(KLPT_MODULE_FREE, (void *)PT_REGS_PARM1(ctx));
-}
-
-int module_load_entry(struct pt_regs *ctx)
-{
-	return module_event(KLPT_MODULE_LOAD, (void *)PT_REGS_PARM1(ctx));
 }
 
 /*

@@ -148,6 +148,26 @@ def cflags() -> list[str]:
     return flags
 
 
+def _preload(soname: str) -> None:
+    """Load a shared library (and what it links) without holding the GIL.
+
+    CPython 3.11's ctypes.CDLL holds the GIL in dlopen(); for libbcc, which
+    brings libclang-cpp and libLLVM, that stopped every other thread for
+    1.75 s in the emulated guest. A call through ctypes releases the GIL, so
+    libc's dlopen is called that way; bcc's own CDLL then finds the library
+    loaded. Any failure is left for bcc's import to report.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        libc.dlopen.restype = ctypes.c_void_p
+        libc.dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        libc.dlopen(soname.encode(), os.RTLD_NOW | os.RTLD_LOCAL)
+    except (OSError, AttributeError):
+        pass
+
+
 class Build:
     """Import bcc and compile klptrace's BPF in a background thread.
 
@@ -184,6 +204,7 @@ class Build:
     def _work(self) -> None:
         t0 = time.monotonic()
         os.environ["BCC_KERNEL_SOURCE"] = str(BPF_DIR)
+        _preload("libbcc.so.0")
         try:
             from bcc import BPF
         except ImportError as e:
