@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -119,8 +120,20 @@ def figures(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows.append(("b: bench/harness.sh, same steps, 0.1 s polling",
                  _f(b.get("wall_s")) + b_failed, ""))
     ratio = a.get("wall_s", 0) / b["wall_s"] if b_ok and b.get("wall_s") else None
-    rows.append(("a/b", "n/a" if ratio is None else f"{ratio:.2f}" + _mark(ratio <= TARGET_RATIO),
-                 f"<= {TARGET_RATIO}"))
+    ratios = round_ratios(d)
+    if len(ratios) < 2:  # one pair: the target is judged on it
+        rows.append(("a/b", "n/a" if ratio is None
+                     else f"{ratio:.2f}" + _mark(ratio <= TARGET_RATIO), f"<= {TARGET_RATIO}"))
+    else:
+        med = statistics.median(ratios)
+        rows.append((f"a/b, median of {len(ratios)} rounds of a then b",
+                     f"{med:.2f}" + _mark(med <= TARGET_RATIO) +
+                     f", range {min(ratios):.2f}-{max(ratios):.2f}", f"<= {TARGET_RATIO}"))
+        rows.append(("  a/b of round 1 (a with cold caches)",
+                     "n/a" if ratio is None else f"{ratio:.2f}", ""))
+        rows.append(("  a, b in each round", "; ".join(
+            f"{_f(r.get('klptrace', {}).get('wall_s'))}, {_f(r.get('harness', {}).get('wall_s'))}"
+            for r in d.get("rounds", [])), ""))
     t = a.get("timing", {})
     if t:
         ca = t["compile_s"] + t["attach_s"]
@@ -173,6 +186,17 @@ def figures(d: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("a: recorder CPU while recording, user + sys / whole process",
                      f"{_cpu(a)} / {_f(a['cpu_s'])}", ""))
     return rows
+
+
+def _ok(r: dict[str, Any]) -> bool:
+    return "error" not in r and r.get("exit") == 0 and bool(r.get("wall_s"))
+
+
+def round_ratios(d: dict[str, Any]) -> list[float]:
+    """a/b of each round where both runs succeeded (a failed a counts as no figure)."""
+    return [r["klptrace"]["wall_s"] / r["harness"]["wall_s"] for r in d.get("rounds", [])
+            if _ok(r.get("klptrace", {})) and _ok(r.get("harness", {}))
+            and r["klptrace"].get("totals", {}).get("pass") == 11]
 
 
 def _cpu(r: dict[str, Any]) -> str:

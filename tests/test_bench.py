@@ -97,3 +97,19 @@ def test_report_says_when_a_run_failed() -> None:
     assert "no other guest ran meanwhile" in md
     md = run.markdown([_doc(others_share=0.25)], "2025-01-01 00:00 UTC")
     assert "ANOTHER GUEST SHARED THE HOST 25% of the time" in md
+
+
+def test_report_judges_a_over_b_on_the_median_of_rounds() -> None:
+    def pair(a: float, b: float, passed: int = 11) -> dict[str, object]:
+        return {"klptrace": {"wall_s": a, "exit": 0, "totals": {"pass": passed}},
+                "harness": {"wall_s": b, "exit": 0}}
+
+    rounds = [pair(60.0, 50.0), pair(45.0, 50.0), pair(48.0, 50.0)]
+    rows = {f: v for f, v, _t in run.figures(_doc(rounds=rounds))}
+    assert rows["a/b, median of 3 rounds of a then b"] == "0.96 (met), range 0.90-1.20"
+    assert rows["  a/b of round 1 (a with cold caches)"] == "1.20"
+    assert "a/b" not in rows
+    # a round whose klptrace run failed a scenario is no figure for the median
+    rounds = [pair(60.0, 50.0), pair(40.0, 50.0, passed=10), pair(55.0, 50.0)]
+    rows = {f: v for f, v, _t in run.figures(_doc(rounds=rounds))}
+    assert rows["a/b, median of 2 rounds of a then b"] == "1.15 (MISSED), range 1.10-1.20"
