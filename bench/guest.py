@@ -245,12 +245,12 @@ def main() -> int:
     work = out.parent
     doc: dict[str, Any] = {"kernel": os.uname().release, "cpus": os.cpu_count()}
 
-    def step(name: str, fn: Any, *a: Any) -> None:
-        print(f"bench: {name}...", file=sys.stderr, flush=True)
+    def step(name: str, fn: Any, *a: Any, into: dict[str, Any] = doc, label: str = "") -> None:
+        print(f"bench: {label or name}...", file=sys.stderr, flush=True)
         try:
-            doc[name] = fn(*a)
+            into[name] = fn(*a)
         except Exception as e:
-            doc[name] = {"error": f"{type(e).__name__}: {e}"}
+            into[name] = {"error": f"{type(e).__name__}: {e}"}
         out.write_text(json.dumps(doc, indent=1) + "\n")
 
     # Rounds of a then b: a transition takes one or two of the kernel's 1 s
@@ -261,14 +261,9 @@ def main() -> int:
     for i in range(1, args.rounds + 1):
         pair: dict[str, Any] = {}
         rounds.append(pair)
-        for name, fn, a in (("klptrace", klptrace_run, (args.modules, work / f"a{i}.json")),
-                            ("harness", harness, (args.modules, work))):
-            print(f"bench: round {i}: {name}...", file=sys.stderr, flush=True)
-            try:
-                pair[name] = fn(*a)
-            except Exception as e:
-                pair[name] = {"error": f"{type(e).__name__}: {e}"}
-            out.write_text(json.dumps(doc, indent=1) + "\n")
+        step("klptrace", klptrace_run, args.modules, work / f"a{i}.json", into=pair,
+             label=f"round {i}: klptrace")
+        step("harness", harness, args.modules, work, into=pair, label=f"round {i}: harness")
     doc["klptrace"], doc["harness"] = rounds[0]["klptrace"], rounds[0]["harness"]
     if len(rounds) > 1:
         doc["klptrace_warm"] = rounds[1]["klptrace"]

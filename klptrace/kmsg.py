@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 
+from klptrace import settings
 from klptrace.errors import signals_deferred
 
 DYNDBG = "/sys/kernel/debug/dynamic_debug/control"
@@ -85,20 +86,8 @@ DEVKMSG = "/proc/sys/kernel/printk_devkmsg"
 def devkmsg_unlimited() -> Iterator[None]:
     """Let klptrace's step lines into the log: writes to /dev/kmsg are rate limited
     (10 per 5 s) unless printk_devkmsg is "on". The old value is put back after."""
-    try:
-        with open(DEVKMSG) as f:
-            old = f.read().strip()
-        if old == "ratelimit":
-            with open(DEVKMSG, "w") as f:
-                f.write("on")
-    except OSError:  # locked by printk.devkmsg= on the command line, or absent
-        old = ""
-    try:
+    with settings.changed(DEVKMSG, "ratelimit", "on"):
         yield
-    finally:
-        if old == "ratelimit":
-            with signals_deferred(), contextlib.suppress(OSError), open(DEVKMSG, "w") as f:
-                f.write(old)
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from klptrace import btf, elf
-from klptrace.errors import KlptraceError, NotSupported, signals_deferred
+from klptrace import btf, elf, settings
+from klptrace.errors import KlptraceError, NotSupported
 from klptrace.events import Callback, Event, EventKind
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
@@ -395,20 +395,8 @@ def expedited_grace_periods(path: str = RCU_EXPEDITED) -> Iterator[None]:
     6.1; expedited, 1.8 s. Nothing changes if the setting is already on or
     cannot be written (rcupdate.rcu_normal, no sysfs).
     """
-    try:
-        with open(path) as f:
-            old = f.read().strip()
-        if old == "0":
-            with open(path, "w") as f:
-                f.write("1")
-    except OSError:
-        old = ""
-    try:
+    with settings.changed(path, "0", "1"):
         yield
-    finally:
-        if old == "0":
-            with signals_deferred(), contextlib.suppress(OSError), open(path, "w") as f:
-                f.write(old)
 
 
 def _reason(e: BaseException) -> str:
