@@ -122,13 +122,14 @@ def _kallsyms(names: Iterable[str], path: str = "/proc/kallsyms") -> dict[str, i
     for name in names:
         # "ADDR TYPE NAME\n"; a module's lines end in "\t[MODULE]". bytes.find,
         # not a multi-line regex: under emulation that took 1.6 s, this 10 ms.
-        at = data.find(b" " + name.encode() + b"\n")
+        needle = b" " + name.encode() + b"\n"
+        at = data.find(needle)
         while at >= 0:
             line = data[data.rfind(b"\n", 0, at) + 1:at].split()
             if len(line) == 2 and len(line[1]) == 1:
                 found[name] = int(line[0], 16)
                 break
-            at = data.find(b" " + name.encode() + b"\n", at + 1)
+            at = data.find(needle, at + 1)
     return found
 
 
@@ -248,21 +249,29 @@ class Probes:
         self._bpf: Any = None
         self._events_written: list[str] = []
         self.status: list[ProbeStatus] = []
-        self.import_s = 0.0
-        self.layout_s = 0.0
-        self.compile_s = 0.0
         self.attach_s = 0.0
         self._sink: Callable[[Event], None] | None = None
 
+    # the build's timings (0 before open())
+    @property
+    def import_s(self) -> float:
+        return self._build.import_s if self._build else 0.0
+
+    @property
+    def layout_s(self) -> float:
+        return self._build.layout_s if self._build else 0.0
+
+    @property
+    def compile_s(self) -> float:
+        return self._build.compile_s if self._build else 0.0
+
     # -- set up -------------------------------------------------------------
     def open(self, sink: Callable[[Event], None]) -> None:
-        """Compile, attach, and send every event to sink (from poll())."""
-        check_kernel()
+        """Compile (Build checks the kernel first), attach, and send every event to sink."""
         self._sink = sink
-        build = self._build or Build()
-        self._BPF, self._bpf = build.result()
-        self.import_s, self.layout_s, self.compile_s = (
-            build.import_s, build.layout_s, build.compile_s)
+        if self._build is None:
+            self._build = Build()
+        self._BPF, self._bpf = self._build.result()
         t3 = time.monotonic()
         try:
             self._attach_core()
