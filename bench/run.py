@@ -119,7 +119,7 @@ def figures(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     b_failed = "" if b_ok else f" (FAILED: {b.get('error') or 'exit ' + str(b.get('exit'))})"
     rows.append(("b: bench/harness.sh, same steps, 0.1 s polling",
                  _f(b.get("wall_s")) + b_failed, ""))
-    ratio = a.get("wall_s", 0) / b["wall_s"] if b_ok and b.get("wall_s") else None
+    ratio = a.get("wall_s", 0) / b["wall_s"] if _ok(b) else None
     ratios = round_ratios(d)
     if len(ratios) < 2:  # one pair: the target is judged on it
         rows.append(("a/b", "n/a" if ratio is None
