@@ -15,7 +15,7 @@ import dataclasses
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from klptrace import kmod
@@ -123,16 +123,75 @@ def pending_tasks(target: int) -> list[tuple[int, int]]:
     return out
 
 
+#: how many times a task's stack is read before klptrace gives up on a stable one
+STABLE_TRIES = 12
+UNSTABLE = "could not read a stable stack"
+
+
+def _sched_point(status: str) -> tuple[str, int] | None:
+    """(state letter, context switches so far) from /proc/<tid>/status text; None if gone."""
+    state, switches = "", 0
+    for line in status.splitlines():
+        if line.startswith("State:"):
+            state = line.split()[1] if len(line.split()) > 1 else "?"
+        elif line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+            switches += int(line.split()[1])
+    return (state, switches) if state else None
+
+
+@dataclasses.dataclass
+class StackRead:
+    """A task's state and kernel stack, and whether they belong together."""
+
+    state: str
+    stack: list[str]
+    stable: bool
+
+
+def read_stack(base: str, read: Callable[[str], str] = _read,
+               sleep: Callable[[float], None] = time.sleep,
+               tries: int = STABLE_TRIES) -> StackRead:
+    """The task's state and stack, read so that the stack is one the task really had.
+
+    /proc/<tid>/stack of a task running on another CPU reads empty (the
+    unwinder refuses it: task_on_another_cpu() in arch/x86/kernel/unwind_orc.c),
+    and a task that runs while its stack is read may have moved on. So the
+    state and the context-switch counts are read before and after the stack,
+    and the read is kept only when the task slept throughout (same counts, not
+    R) with a non-empty stack. Otherwise it is read again, a little later each
+    time (a worker that wakes every 20 ms is caught asleep within a few tries).
+    A task seen running at every try is running; one never read consistently
+    is reported as such, never with a guessed reason.
+    """
+    running_every_time = True
+    last = StackRead("?", [], False)
+    for i in range(tries):
+        before = _sched_point(read(f"{base}/status"))
+        stack = [line for line in read(f"{base}/stack").splitlines() if line.strip()]
+        after = _sched_point(read(f"{base}/status"))
+        if before is None or after is None:
+            return StackRead("?", [], False)  # the task exited
+        quiet = before == after
+        running_every_time = running_every_time and after[0] == "R" and not stack
+        if quiet and stack and after[0] != "R":
+            return StackRead(after[0], stack, True)
+        last = StackRead(after[0], stack, False)
+        sleep(0.002 * (i + 1))
+    if running_every_time:
+        return StackRead("R", [], True)
+    return last
+
+
 def task_info(pid: int, tid: int, funcs: set[str]) -> Task:
     """What /proc says of one pending task."""
     base = f"/proc/{pid}/task/{tid}"
     stat = _read(f"{base}/stat")
     comm = _read(f"{base}/comm").strip()
-    state = stat.rsplit(")", 1)[1].split()[0] if ")" in stat else "?"
     flags = int(stat.rsplit(")", 1)[1].split()[6]) if ")" in stat else 0
-    stack = [line for line in _read(f"{base}/stack").splitlines() if line.strip()]
-    reason, fn = classify(stack, state, funcs)
-    return Task(pid, tid, comm, reason, fn, bool(flags & 0x00200000), state, stack)  # PF_KTHREAD
+    got = read_stack(base)
+    reason, fn = classify(got.stack, got.state, funcs) if got.stable else (UNSTABLE, "")
+    return Task(pid, tid, comm, reason, fn, bool(flags & 0x00200000), got.state,  # PF_KTHREAD
+                got.stack)
 
 
 @dataclasses.dataclass

@@ -75,3 +75,55 @@ def test_next_steps_for_a_kthread_never_suggest_signals_help() -> None:
     assert any("/force" in s and "never does this" in s for s in steps)
     text = stall.render_text(rep)
     assert "kworker/0:1:7 (kthread) sleeping on function f()" in text
+
+
+def _status(state: str, switches: int) -> str:
+    return (f"Name:\tkworker/1:1\nState:\t{state} (x)\nvoluntary_ctxt_switches:\t{switches}\n"
+            f"nonvoluntary_ctxt_switches:\t0\n")
+
+
+class _FakeProc:
+    """A task whose /proc files change between reads, as a worker waking every 20 ms does."""
+
+    def __init__(self, reads: list[tuple[str, int, list[str], str, int]]) -> None:
+        # one (state, switches) before, the stack, (state, switches) after, per try
+        self.script = [item for r in reads for item in
+                       (_status(r[0], r[1]), "\n".join(r[2]), _status(r[3], r[4]))]
+        self.sleeps: list[float] = []
+
+    def read(self, path: str) -> str:
+        want = "stack" if path.endswith("/stack") else "status"
+        text = self.script.pop(0)
+        assert ("State:" not in text) == (want == "stack"), path
+        return text
+
+
+def test_read_stack_retries_while_the_task_runs() -> None:
+    # try 1: woke and ran while read (empty stack, the switch count moved);
+    # try 2: still running; try 3: asleep throughout: that one counts
+    fake = _FakeProc([("D", 5, [], "D", 6), ("R", 6, [], "R", 6), ("D", 7, STACK, "D", 7)])
+    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append)
+    assert got == stall.StackRead("D", STACK, True)
+    assert len(fake.sleeps) == 2 and not fake.script
+
+
+def test_read_stack_never_guesses() -> None:
+    # a stack read while the task switched is not trusted, however often
+    reads = [("D", n, STACK[1:], "D", n + 1) for n in range(3)]
+    fake = _FakeProc(reads)
+    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=3)
+    assert not got.stable
+    task_reason = stall.classify(got.stack, got.state, set()) if got.stable else stall.UNSTABLE
+    assert task_reason == "could not read a stable stack"
+
+
+def test_read_stack_of_a_task_that_always_runs() -> None:
+    fake = _FakeProc([("R", 3, [], "R", 3)] * 4)
+    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=4)
+    assert got == stall.StackRead("R", [], True)
+    assert stall.classify(got.stack, got.state, {"f"}) == ("running", "")
+
+
+def test_read_stack_of_a_task_that_exited() -> None:
+    got = stall.read_stack("/proc/1/task/2", lambda _p: "", lambda _s: None)
+    assert got == stall.StackRead("?", [], False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import kmod
+from klptrace import kmod, stall
 
 
 @pytest.fixture
@@ -51,6 +51,34 @@ def test_stall_names_the_blocking_worker(stalled: Path) -> None:
     assert any("klptrace_busy_work_func" in line for line in t["stack"])
     assert t["blocking_s"] is not None and t["blocking_s"] >= 0
     assert any("kernel thread" in s for s in rep["next_steps"])
+
+
+def test_every_snapshot_names_the_function_or_says_it_could_not(stalled: Path) -> None:
+    """The worker wakes from msleep(20) all the time: a stack read while it runs
+    reads empty. Snapshots taken back to back hit that window again and again;
+    none may give a wrong reason for the worker."""
+    worker = None
+    named = 0
+    for _ in range(80):
+        rep = stall.snapshot("klptrace_lp")
+        assert rep is not None and rep.direction == "patching"
+        if worker is None:
+            found = [t for t in rep.tasks if t.function == "klptrace_busy_work_func"]
+            if found:
+                worker = found[0].tid
+            continue
+        mine = [t for t in rep.tasks if t.tid == worker]
+        assert len(mine) == 1, rep.tasks  # it cannot switch while it blocks
+        t = mine[0]
+        if t.reason == stall.UNSTABLE:
+            assert t.function == "", t
+        else:
+            assert (t.reason, t.function) == ("sleeping on function",
+                                              "klptrace_busy_work_func"), t
+            assert any("klptrace_busy_work_func" in line for line in t.stack), t
+            named += 1
+    assert worker is not None
+    assert named > 0
 
 
 def test_stall_watch_follows_the_transition_to_its_end(stalled: Path) -> None:
