@@ -6,10 +6,19 @@ errno is exact and no insmod process is forked per step.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import json
 import os
+import select
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from klptrace.errors import KlptraceError
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_FINIT_MODULE = 313  # x86_64
@@ -81,3 +90,147 @@ def write(path: str, value: str) -> int:
         return e.errno or errno.EIO
     finally:
         os.close(fd)
+
+
+# --- the kernel actor ------------------------------------------------------------
+
+
+class Abandoned(KlptraceError):
+    """A kernel operation that did not return: klptrace stopped waiting for it."""
+
+
+#: the operations an Actor performs, by name, and how a shell would say each
+_OPS: dict[str, Callable[..., int]] = {"load": load, "unload": unload, "write": write}
+_AS_COMMAND: dict[str, Callable[..., str]] = {
+    "load": lambda path, params="": f"insmod {path} {params}".strip(),
+    "unload": lambda name: f"rmmod {name}",
+    "write": lambda path, value: f"echo {value} > {path}",
+}
+
+
+class Actor:
+    """Performs the syscalls that can run livepatch code in a child process.
+
+    finit_module() runs a livepatch's init (and with it pre_patch and maybe
+    post_patch callbacks), delete_module() and writes to a patch's `enabled`
+    take the livepatch core's mutex. A callback that oopses kills the task
+    that called it, and a kworker that oopses in a callback dies holding that
+    mutex, after which every such syscall sleeps uninterruptibly forever.
+    Done by a child, they cannot take klptrace down, and a call that does
+    not return is abandoned: the child stays behind in the kernel, klptrace
+    goes on (a stuck thread of klptrace's own would keep it from exiting).
+    The child is forked before bcc is loaded, so it holds no BPF program.
+    """
+
+    def __init__(self) -> None:
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(req_w)
+            os.close(rep_r)
+            _serve(req_r, rep_w)
+        os.close(req_r)
+        os.close(rep_w)
+        self.pid = pid
+        self._req = req_w
+        self._rep = rep_r
+        self._seq = 0
+        self._buf = b""
+        self.stuck: str = ""  # the call that never returned, once one did not
+
+    def call(self, op: str, *args: str, timeout: float,
+             idle: Callable[[], None] = lambda: None) -> int:
+        """Perform op(*args) in the child: 0 or the errno.
+
+        Waits at most timeout seconds, calling idle about every 50 ms
+        meanwhile (it may raise to stop waiting); raises Abandoned when the
+        call does not return in time or an earlier one never did.
+        """
+        if self.stuck:
+            raise Abandoned(f"`{_AS_COMMAND[op](*args)}` not tried: the kernel never returned "
+                            f"from {self.stuck}", "reboot this machine to clear it")
+        self._seq += 1
+        seq = self._seq
+        what = _AS_COMMAND[op](*args)
+        deadline = time.monotonic() + timeout
+        try:
+            try:
+                os.write(self._req, (json.dumps([seq, op, *args]) + "\n").encode())
+            except OSError:
+                raise Abandoned(f"`{what}`: klptrace's kernel actor (pid {self.pid}) is gone",
+                                "see the kernel log for an oops") from None
+            while True:
+                reply = self._reply(seq, min(0.05, max(0.0, deadline - time.monotonic())))
+                if reply is not None:
+                    return reply
+                idle()
+                if time.monotonic() >= deadline:
+                    raise Abandoned(f"`{what}` did not return within {timeout:g} s: it is left "
+                                    "waiting in the kernel",
+                                    "see the kernel log and `klptrace stall`; a reboot clears it")
+        except KeyboardInterrupt:
+            raise  # only the wait was cut short: the reply is discarded when it comes
+        except BaseException:
+            self.stuck = self.stuck or f"`{what}`"
+            raise
+
+    def _reply(self, seq: int, wait: float) -> int | None:
+        """The errno of call seq once it is in, else None after waiting up to wait seconds."""
+        while True:
+            line, sep, rest = self._buf.partition(b"\n")
+            if sep:
+                self._buf = rest
+                got_seq, err = json.loads(line)
+                if got_seq == seq:
+                    return int(err)
+                continue  # the reply to a call whose wait was cut short
+            ready, _, _ = select.select([self._rep], [], [], wait)
+            if not ready:
+                return None
+            data = os.read(self._rep, 4096)
+            if not data:
+                raise Abandoned(f"klptrace's kernel actor (pid {self.pid}) died in the kernel",
+                                "see the kernel log for an oops")
+            self._buf += data
+            wait = 0.0
+
+    def load(self, path: str, params: str = "", **kw: Any) -> int:
+        return self.call("load", path, params, **kw)
+
+    def unload(self, name: str, **kw: Any) -> int:
+        return self.call("unload", name, **kw)
+
+    def write(self, path: str, value: str, **kw: Any) -> int:
+        return self.call("write", path, value, **kw)
+
+    def close(self) -> None:
+        """Let the child go: it exits once it has read the end of its requests."""
+        for fd in (self._req, self._rep):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if not self.stuck:  # a child stuck in the kernel cannot be reaped
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+
+
+def _serve(req: int, rep: int) -> None:
+    """The actor child's loop: one JSON request a line, one [seq, errno] reply a line."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # klptrace itself decides what stops
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # so that a child stuck in the kernel holds no one's pipe
+            os.dup2(null, fd)
+        os.close(null)
+        for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
+            if fd > 2 and fd not in (req, rep):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        with os.fdopen(req, "rb") as requests:
+            for line in requests:
+                seq, op, *args = json.loads(line)
+                err = _OPS[op](*args)
+                os.write(rep, (json.dumps([seq, err]) + "\n").encode())
+    finally:
+        os._exit(0)
