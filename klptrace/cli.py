@@ -169,6 +169,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="run the scenarios N times in a row (one BPF compile)")
     p.add_argument("--allow-replace", action="store_true",
                    help="run atomic-replace even if other livepatches are enabled")
+    # `run --vm` in the guest: each result to FILE as it finishes (JSON lines)
+    p.add_argument("--stream", metavar="FILE", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(

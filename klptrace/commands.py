@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from klptrace import checker, kmod, kmsg, report, results, scenario
+from klptrace import checker, kmod, kmsg, report, results, scenario, sysinfo
 from klptrace.errors import KlptraceError, NotSupported, UsageError, interrupt
 from klptrace.recorder import Recording, RecordingError
 
@@ -73,8 +74,7 @@ def run_local(args: Any) -> int:
 
 
 def _run_local(args: Any) -> int:
-    from klptrace import probes, runner
-    from klptrace.recorder import Recorder
+    from klptrace import probes
 
     scs = scenarios_for(args.ids, args.scenarios)
     try:
@@ -82,6 +82,37 @@ def _run_local(args: Any) -> int:
     except NotSupported as e:
         _say(f"klptrace: skip: {e}")
         return 4
+    watch = kmsg.OopsWatch()  # from the start: an oops during setup counts too
+    actor = kmod.Actor()  # forked before bcc is loaded: the child holds no BPF program
+    try:
+        return _run_with(args, scs, actor, watch)
+    finally:
+        actor.close()
+        watch.close()
+
+
+class _Stream:
+    """The results of a run as they come, one JSON object a line (for `run --vm`):
+    a panic or a wedged kernel loses nothing already recorded."""
+
+    def __init__(self, path: str | None) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if path else None
+
+    def put(self, record: dict[str, Any]) -> None:
+        if self._fd is not None:
+            os.write(self._fd, (json.dumps(record) + "\n").encode())
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+def _run_with(args: Any, scs: list[scenario.Scenario], actor: kmod.Actor,
+              watch: kmsg.OopsWatch) -> int:
+    from klptrace import probes, runner
+    from klptrace.recorder import Recorder
+
     _say("Compiling klptrace's BPF probes...")
     build = probes.Build()  # compiles while the checks below run
     problems = _refuse_foreign(scs)
@@ -101,6 +132,7 @@ def _run_local(args: Any) -> int:
     mods = module_dir(args.modules, needed)
     kos = sorted({str(mods / f"{lp}.ko") for s in scs for lp in s.livepatches})
     docs: list[dict[str, Any]] = []
+    stream = _Stream(getattr(args, "stream", None))
     with kmsg.devkmsg_unlimited(), kmsg.livepatch_debug() as debug, \
             Recorder(kos, build) as rec:
         klog = kmsg.KernelLog() if debug else None
@@ -109,23 +141,47 @@ def _run_local(args: Any) -> int:
         p = rec.probes
         _say(f"Tracing livepatch events (bcc import {p.import_s:.1f} s, layout {p.layout_s:.1f} s, "
              f"compile {p.compile_s:.1f} s, attach {p.attach_s:.1f} s).")
-        run = runner.Runner(rec, str(mods), timeout_s=args.timeout, log=_say, klog=klog)
-        for s in [s for _ in range(args.repeat) for s in scs]:
-            if s.id in skipped:
-                docs.append(_skipped(s, skipped[s.id]))
-                _say(f"  {s.id}: SKIP ({skipped[s.id]})")
-                continue
-            r = run.run(s)
-            docs.append(r.to_json())
-            _say(f"  {s.id}: {r.status.upper()} ({r.duration_s:.1f} s)")
-        lost = rec.lost()  # and raises a signal that a callback swallowed
-        status = [x.to_json() for x in p.status]
         timing = {k: round(getattr(p, k), 3)
                   for k in ("import_s", "layout_s", "compile_s", "attach_s")}
+        stream.put({"start": {"kernel": os.uname().release, "timing": timing,
+                              "kernel_info": sysinfo.running_kernel(),
+                              "probes": [x.to_json() for x in p.status]}})
+        run = runner.Runner(rec, str(mods), actor, watch, timeout_s=args.timeout, log=_say,
+                            klog=klog)
+        wedged_by = ""
+        for s in [s for _ in range(args.repeat) for s in scs]:
+            if run.wedged:
+                if not wedged_by:
+                    wedged_by = docs[-1]["id"]
+                    _say(f"klptrace: {run.wedged} in {wedged_by}: the remaining scenarios "
+                         "are not run (reboot first)")
+                    stream.put({"wedged": run.wedged})
+                if getattr(args, "stream", None):
+                    break  # `run --vm` boots a fresh guest for the rest
+                docs.append(_skipped(s, f"not run: {run.wedged} in {wedged_by}; reboot, "
+                                        "then run it"))
+                continue
+            if s.id in skipped:
+                docs.append(_skipped(s, skipped[s.id]))
+                stream.put({"scenario": docs[-1]})
+                _say(f"  {s.id}: SKIP ({skipped[s.id]})")
+                continue
+            stream.put({"begin": s.id})
+            r = run.run(s)
+            docs.append(r.to_json())
+            stream.put({"scenario": docs[-1]})
+            _say(f"  {s.id}: {r.status.upper()} ({r.duration_s:.1f} s)")
+            if r.oops:
+                _say("\n".join(f"    {line}" for line in kmsg.Oops(r.oops, True).summary))
+        lost = rec.lost()  # and raises a signal that a callback swallowed
+        status = [x.to_json() for x in p.status]
+        rec.wedged = run.wedged
     leftovers = getattr(rec, "leftovers", [])
+    stream.put({"end": {"lost_events": lost, "probes": status, "leftovers": leftovers}})
+    stream.close()
     doc = results.run_document(os.uname().release, docs, lost, status, timing=timing,
-                               leftovers=leftovers)
-    code = _emit(doc, args)
+                               leftovers=leftovers, kernel_info=sysinfo.running_kernel())
+    code = results.exit_status(doc) if getattr(args, "stream", None) else _emit(doc, args)
     if leftovers:
         _say("klptrace: could not remove: " + "; ".join(leftovers))
         return 1
@@ -151,29 +207,137 @@ def _emit(doc: dict[str, Any], args: Any) -> int:
 
 
 def run_vm(args: Any) -> int:
-    """`klptrace run --vm`: the same run inside the lab VM, results rendered here."""
+    """`klptrace run --vm`: the same run inside the lab VM, results rendered here.
+
+    The guest streams each scenario's result as it finishes. When its kernel
+    oopses (the livepatch core is then wedged), panics or the guest dies, what
+    finished is kept, the scenario in progress is an error, and a fresh guest
+    runs the remaining scenarios.
+    """
     from klptrace import build, kernels, vm
 
+    scs = scenarios_for(args.ids, args.scenarios)  # a usage error before any download
     kernel = kernels.ensure(args.kernel, progress=_say)
     built = build.build(kernel)
+    sequence = [s for _ in range(args.repeat) for s in scs]
     with tempfile.TemporaryDirectory(prefix="klptrace-results-", dir="/tmp") as rw:
-        out = Path(rw) / "run.json"
-        argv = [sys.executable, "-m", "klptrace", "run", *args.ids, "--format", "json",
-                "-o", str(out), "--modules", str(built.dir), "--timeout", str(args.timeout)]
-        if args.scenarios:
-            argv += ["--scenarios", str(Path(args.scenarios).resolve())]
-        if args.allow_replace:
-            argv.append("--allow-replace")
-        if args.repeat != 1:
-            argv += ["--repeat", str(args.repeat)]
-        guest_status = vm.run(kernel, argv, cpus=args.cpus, memory=args.memory,
-                              rwdirs=[Path(rw)], say=_say)
-        if not out.is_file():
-            raise KlptraceError(
-                f"the run in the guest wrote no results (exit status {guest_status})",
-                                "see the guest's output above")
-        doc = json.loads(out.read_text())
+        mods = _stage_modules(Path(rw) / "modules", built.dir, args.modules, scs)
+        scen = _stage_scenarios(Path(rw) / "scenarios", args.scenarios)
+        docs: list[dict[str, Any]] = []
+        top: dict[str, Any] = {"lost": 0, "probes": None, "timing": None, "leftovers": []}
+        boots = 0
+        while len(docs) < len(sequence):
+            boots += 1
+            if boots > 1:
+                _say(f"klptrace: booting a fresh guest for the {len(sequence) - len(docs)} "
+                     "remaining scenario(s)")
+            stream = Path(rw) / f"stream-{boots}.jsonl"
+            argv = [sys.executable, "-m", "klptrace", "run",
+                    *[s.id for s in sequence[len(docs):]], "--stream", str(stream),
+                    "--modules", str(mods), "--timeout", str(args.timeout)]
+            if scen:
+                argv += ["--scenarios", str(scen)]
+            if args.allow_replace:
+                argv.append("--allow-replace")
+            died = ""
+            try:
+                guest_status = vm.run(kernel, argv, cpus=args.cpus, memory=args.memory,
+                                      rwdirs=[Path(rw)], say=_say)
+            except KlptraceError as e:  # a panic, a guest that stopped: not a signal
+                died, guest_status = e.message, None
+            got = _read_stream(stream)
+            if got["start"] is None and not got["docs"]:
+                raise KlptraceError(
+                    f"the run in the guest wrote no results (exit status {guest_status})"
+                    + (f": {died}" if died else ""), "see the guest's output above")
+            _merge_boot(top, got)
+            docs += got["docs"]
+            if got["begun"] is not None and len(docs) < len(sequence):
+                # the guest died in the middle of this scenario
+                why = died or f"the guest stopped during it (exit status {guest_status})"
+                docs.append(_errored(sequence[len(docs)], why))
+                _say(f"  {docs[-1]['id']}: ERROR ({why})")
+            elif not got["wedged"] and len(docs) < len(sequence):
+                raise KlptraceError(
+                    f"the guest stopped after {len(docs)} of {len(sequence)} scenarios "
+                    f"(exit status {guest_status})" + (f": {died}" if died else ""),
+                    "see the guest's output above")
+        doc = results.run_document(kernel.release, docs, top["lost"], top["probes"] or [],
+                                   timing=top["timing"] or {}, leftovers=top["leftovers"],
+                                   boots=boots, kernel_info=top.get("kernel_info", {}))
     return _emit(doc, args)
+
+
+def _stage_modules(dest: Path, built: Path, user: str | None,
+                   scs: list[scenario.Scenario]) -> Path:
+    """One directory the guest reads the modules from: klptrace's, then the user's over them."""
+    dest.mkdir()
+    sources = [built] + ([Path(user)] if user else [])
+    for d in sources:
+        if not d.is_dir():
+            raise UsageError(f"--modules {d}: not a directory")
+        for ko in d.glob("*.ko"):
+            shutil.copy2(ko, dest / ko.name)
+    missing = sorted({m for s in scs for m in s.modules if not (dest / f"{m}.ko").is_file()})
+    if missing:
+        raise UsageError(f"no module file for {', '.join(missing)} in "
+                         + " or ".join(str(d) for d in sources),
+                         "build your modules for this kernel and pass --modules DIR")
+    return dest
+
+
+def _stage_scenarios(dest: Path, user: str | None) -> Path | None:
+    """A copy of the user's scenario files, which the guest may not see where they are."""
+    if not user:
+        return None
+    dest.mkdir()
+    for f in sorted(Path(user).glob("*.toml")):
+        shutil.copy2(f, dest / f.name)
+    return dest
+
+
+def _read_stream(path: Path) -> dict[str, Any]:
+    """What one guest boot's stream says: its start, the results, and how it ended."""
+    got: dict[str, Any] = {"start": None, "docs": [], "begun": None, "wedged": "", "end": None}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break  # the line being written when the guest died
+        if "start" in rec:
+            got["start"] = rec["start"]
+        elif "begin" in rec:
+            got["begun"] = rec["begin"]
+        elif "scenario" in rec:
+            got["docs"].append(rec["scenario"])
+            got["begun"] = None
+        elif "wedged" in rec:
+            got["wedged"] = rec["wedged"]
+        elif "end" in rec:
+            got["end"] = rec["end"]
+    return got
+
+
+def _merge_boot(top: dict[str, Any], got: dict[str, Any]) -> None:
+    """Fold one boot's totals into the run's: lost events add up, probes and timing of
+    the first boot (with any probe that failed in a later one), leftovers collected."""
+    start, end = got["start"] or {}, got["end"] or {}
+    probes = end.get("probes", start.get("probes", []))
+    if top["probes"] is None:
+        top["probes"], top["timing"] = probes, start.get("timing", {})
+        top["kernel_info"] = start.get("kernel_info", {})
+    else:
+        top["probes"] += [p for p in probes if not p.get("ok")]
+    top["lost"] += int(end.get("lost_events", 0))
+    top["leftovers"] += end.get("leftovers", [])
+
+
+def _errored(s: scenario.Scenario, why: str) -> dict[str, Any]:
+    return {**_skipped(s, why), "status": checker.ERROR, "problems": [why]}
 
 
 def check(args: Any) -> int:
@@ -207,6 +371,13 @@ def check(args: Any) -> int:
         rec = Recording.from_json({"events": sd.get("events"), "lost_events":
                                    sd.get("lost_events", 0), "probes": probes}, where)
         v = checker.check(known[sd["id"]].expect, rec)
+        oops = sd.get("oops", [])
+        if not isinstance(oops, list) or not all(isinstance(x, str) for x in oops):
+            raise RecordingError(f"{where}: 'oops' must be a list of strings")
+        if oops:  # what the kernel log said, not in the events: it stays an error
+            said = "the kernel oopsed: " + "; ".join(kmsg.Oops(oops, True).summary)
+            v.status, v.problems = checker.ERROR, [said, *v.problems]
+            v.explanation = "; ".join(x for x in (said, v.explanation) if x)
         dur = sd.get("duration_s", 0.0)
         if isinstance(dur, bool) or not isinstance(dur, (int, float)):
             raise RecordingError(f"{where}: 'duration_s' must be a number")
@@ -214,7 +385,7 @@ def check(args: Any) -> int:
                     "lost_events": rec.lost, "events": [e.to_json() for e in rec.events],
                     "expected": v.expected, "recorded": v.recorded,
                     "explanation": v.explanation, "diff": v.diff, "problems": v.problems,
-                    "notes": []})
+                    "notes": [], **({"oops": oops} if oops else {})})
     kernel = doc.get("kernel", "?")
     lost = doc.get("lost_events", 0)
     if not isinstance(kernel, str) or isinstance(lost, bool) or not isinstance(lost, int):
@@ -250,6 +421,8 @@ def trace(args: Any) -> int:
     old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)} \
         if command else {}
     status = 0
+    watch = kmsg.OopsWatch()
+    oops: kmsg.Oops | None = None
     try:
         with kmsg.devkmsg_unlimited(), Recorder(kos) as rec:
             klog = kmsg.KernelLog()
@@ -261,35 +434,52 @@ def trace(args: Any) -> int:
                     proc = subprocess.Popen(command)
                 except OSError as e:
                     raise UsageError(f"cannot run {command[0]}: {e.strerror}") from None
-                while proc.poll() is None:
+                while proc.poll() is None and oops is None:
                     rec.poll(100)
-                status = proc.returncode
+                    oops = watch.check()
+                if oops is not None and proc.poll() is None:
+                    # a task of it may sleep in the wedged livepatch core for good
+                    proc.kill()
+                    _say(f"klptrace: the kernel oopsed; {command[0]} (pid {proc.pid}) is "
+                         "left behind, it may never return from the kernel")
+                status = proc.returncode if proc.returncode is not None else 1
             else:
                 try:
-                    while True:
+                    while oops is None:
                         rec.poll(200)
+                        oops = watch.check()
                 except KeyboardInterrupt:
                     pass
             time.sleep(0.05)
             recording = rec.recording(start)
             user = [msg for fac, msg in klog.records() if fac != 0]
             klog.close()
+            oops = oops or watch.check()
+            if oops is not None:
+                rec.wedged = "the kernel oopsed"
     finally:
+        watch.close()
         for s, h in old.items():
             signal.signal(s, h)
     merged = tr.merge_log(recording.events, user)
     recording.events = merged.events
     lines = render(recording.events)
     problems = checker.integrity(recording)
+    if oops is not None:
+        problems.append("the kernel oopsed: " + "; ".join(oops.summary))
     for p in problems + merged.notes:
         _say(f"klptrace: {p}")
     if expected is not None:
         v = checker.check(expected, recording)
+        if oops is not None:
+            v.status, v.problems = checker.ERROR, [*v.problems, problems[-1]]
+            v.explanation = "; ".join(x for x in (problems[-1], v.explanation) if x)
         doc = results.run_document(os.uname().release, [{
             "id": "trace", "status": v.status, "duration_s": 0.0, "lost_events": recording.lost,
             "events": [e.to_json() for e in recording.events], "expected": v.expected,
             "recorded": v.recorded, "explanation": v.explanation, "diff": v.diff,
-            "problems": v.problems, "notes": merged.notes}], recording.lost, recording.probes)
+            "problems": v.problems, "notes": merged.notes,
+            **({"oops": oops.lines} if oops else {})}], recording.lost, recording.probes)
         fmt = args.format if args.format in ("json", "ktap", "junit") else "text"
         code = _emit(doc, argparse_ns(format=fmt, output=args.output, record=None))
         return code or (1 if status else 0)
@@ -299,7 +489,8 @@ def trace(args: Any) -> int:
             "lost_events": recording.lost, "probes": recording.probes,
             "events": [e.to_json() for e in recording.events],
             "callbacks": tr.callbacks_json(recording.events), "transcript": lines,
-            "notes": merged.notes}, indent=1) + "\n"
+            "notes": merged.notes, "problems": problems,
+            **({"oops": oops.lines} if oops else {})}, indent=1) + "\n"
     else:
         text = "".join(f"{line}\n" for line in lines)
     if args.output:

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import signal
 import struct
 import threading
 import time
@@ -357,12 +358,12 @@ class Probes:
             return 0
         return int(sum(v.value for v in self._bpf["lost"].values()))
 
-    def close(self) -> list[str]:
+    def close(self, expedite: bool = True) -> list[str]:
         """Detach everything; return what could not be removed, as commands that would."""
         leftovers: list[str] = []
         if self._bpf is None and not self._events_written:
             return leftovers
-        with expedited_grace_periods():
+        with expedited_grace_periods() if expedite else contextlib.nullcontext():
             if self._bpf is not None:
                 try:
                     self._bpf.cleanup()
@@ -378,6 +379,39 @@ class Probes:
             self._events_written = []
         return leftovers
 
+    def hand_off(self) -> int:
+        """Leave the detaching to a child process, once this one has exited; its pid.
+
+        After an oops the kernel may never finish removing a probe: an ftrace
+        probe's removal waits for work on every CPU (synchronize_rcu_tasks_rude()
+        -> schedule_on_each_cpu() in kernel/rcu/tasks.h), and a kworker that
+        died in a callback leaves its CPU's worker pool busy for good. That
+        wait would happen in whichever process closes the last reference to a
+        probe; made in a child that outlives klptrace, it can only strand the
+        child. The child detaches as close() does once klptrace's copies of the
+        descriptors are gone, without expediting RCU (which uses workqueues too).
+        """
+        done_r, done_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):  # hold no one's pipe while stuck in the kernel
+                    os.dup2(null, fd)
+                _keep_only_probes(done_r)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                while os.read(done_r, 1):  # EOF: klptrace has exited
+                    pass
+                self.close(expedite=False)
+            finally:
+                os._exit(0)
+        os.close(done_r)
+        os.set_inheritable(done_w, False)  # closed when klptrace exits, not before
+        self._bpf = None  # this process only drops its references, at exit
+        self._events_written = []
+        return pid
+
     @staticmethod
     def _write_event_raw(line: str) -> None:
         fd = os.open(KPROBE_EVENTS, os.O_WRONLY | os.O_APPEND)
@@ -391,6 +425,25 @@ class Probes:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _keep_only_probes(keep: int) -> None:
+    """Close every descriptor but 0-2, keep, and the BPF and perf event ones.
+
+    What else a forked child holds (the kernel actor's request pipe, the
+    kernel log, a caller's pipes) would keep others waiting for its end.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd == keep:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the directory's own descriptor, gone
+        if not target.startswith(("anon_inode:bpf", "anon_inode:[perf_event]")):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @contextlib.contextmanager

@@ -80,6 +80,8 @@ class Recorder:
 
         self.probes = Probes(livepatch_modules, build)
         self.events: list[Event] = []
+        #: why the kernel is wedged ('' if it is not): the probes are then handed off
+        self.wedged = ""
 
     def __enter__(self) -> Recorder:
         self.probes.open(self.events.append)
@@ -87,7 +89,13 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         with signals_deferred():
-            self.leftovers = self.probes.close()
+            if self.wedged:
+                pid = self.probes.hand_off()
+                self.leftovers = [f"{self.wedged}, after which removing probes can hang in "
+                                  f"the kernel: pid {pid} removes them once klptrace has "
+                                  "exited (it may never finish before a reboot)"]
+            else:
+                self.leftovers = self.probes.close()
 
     def mark(self, kind: EventKind, detail: str, ret: int | None = None) -> Event:
         """Insert a klptrace event (a step starts or fails) at the current time."""

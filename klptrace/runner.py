@@ -7,6 +7,7 @@ disabled and unloaded afterwards, whatever happened (see cleanup()).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import errno
 import os
 import time
@@ -17,7 +18,7 @@ from klptrace import checker, kmod, kmsg, stall
 from klptrace.checker import Verdict
 from klptrace.errors import KlptraceError, signals_deferred
 from klptrace.events import EventKind
-from klptrace.kmsg import KernelLog
+from klptrace.kmsg import KernelLog, Oops, OopsWatch
 from klptrace.recorder import Recording
 from klptrace.scenario import Scenario, Step
 from klptrace.transcript import insmod_error, rmmod_error
@@ -39,6 +40,29 @@ class StepTimeout(KlptraceError):
     """A transition did not reach the state a step waits for in time."""
 
 
+class KernelOops(KlptraceError):
+    """The kernel oopsed (or panicked) while a scenario ran."""
+
+    def __init__(self, oops: Oops, during: str) -> None:
+        self.oops = oops
+        where = next((line for line in oops.summary if line.startswith("RIP: ")), "")
+        first = oops.summary[0] if oops.summary else oops.lines[0]
+        super().__init__(
+            f"the kernel oopsed during `{during}`: {first}" + (f"; {where}" if where else ""),
+            "the livepatch core may be wedged (a callback that oopses dies holding its "
+            "mutex): reboot before running more scenarios")
+
+
+class Kernel(Protocol):
+    """What the runner needs to change the kernel (kmod.Actor, or a fake in tests)."""
+
+    stuck: str
+
+    def load(self, path: str, params: str = "", **kw: Any) -> int: ...
+    def unload(self, name: str, **kw: Any) -> int: ...
+    def write(self, path: str, value: str, **kw: Any) -> int: ...
+
+
 @dataclasses.dataclass
 class Result:
     """One scenario's outcome."""
@@ -51,11 +75,14 @@ class Result:
     notes: list[str] = dataclasses.field(default_factory=list)
     dmesg: list[str] = dataclasses.field(default_factory=list)
     stall: dict[str, Any] | None = None  # `klptrace stall`'s report, for stalling scenarios
+    oops: list[str] = dataclasses.field(default_factory=list)  # the kernel's oops, if any
+    start_time: str = ""  # wall clock (UTC, ISO 8601) when it began
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "status": self.status,
+            **({"start_time": self.start_time} if self.start_time else {}),
             "duration_s": round(self.duration_s, 3),
             "lost_events": self.recording.lost,
             "events": [e.to_json() for e in self.recording.events],
@@ -67,17 +94,26 @@ class Result:
             "notes": self.notes,
             "dmesg": self.dmesg,
             **({"stall": self.stall} if self.stall is not None else {}),
+            **({"oops": self.oops} if self.oops else {}),
         }
 
 
 class Runner:
     """Executes the steps of scenarios with modules from one directory."""
 
-    def __init__(self, rec: Rec, module_dir: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+    def __init__(self, rec: Rec, module_dir: str, kernel: Kernel, watch: OopsWatch | None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
                  log: Callable[[str], None] | None = None,
                  klog: KernelLog | None = None) -> None:
-        """klog: the kernel log, compared with the recording when given."""
+        """kernel: what does the syscalls that run livepatch code (kmod.Actor);
+        watch: the kernel log, watched for an oops while the steps run;
+        klog: the kernel log, compared with the recording when given."""
         self.rec = rec
+        self.kernel = kernel
+        self.watch = watch
+        #: why the kernel must not be touched any more ('' while it may)
+        self.wedged = ""
+        self._step = ""
         self.klog = klog
         self.module_dir = module_dir
         self.timeout_s = timeout_s
@@ -93,6 +129,7 @@ class Runner:
 
     # -- steps ----------------------------------------------------------------
     def _mark_step(self, cmd: str) -> None:
+        self._step = cmd
         self._step_start = self.rec.now()
         self.rec.mark(EventKind.STEP, cmd)
         if self.klog:
@@ -105,7 +142,7 @@ class Runner:
             self._mark_step(cmd)
             # counted as ours before the syscall: a signal may land right after it
             self.loaded.append(s.module)
-            err = kmod.load(self.ko(s.module), s.params)
+            err = self.kernel.load(self.ko(s.module), s.params, **self._waiting())
             if err:
                 self.loaded.remove(s.module)
                 self.rec.mark(EventKind.STEP_RESULT, insmod_error(f"{s.module}.ko", err), err)
@@ -122,7 +159,7 @@ class Runner:
         elif s.kind == "disable":
             path = f"/sys/kernel/livepatch/{s.patch}/enabled"
             self._mark_step(f"echo 0 > {path}")
-            err = kmod.write(path, "0")
+            err = self.kernel.write(path, "0", **self._waiting())
             if err:
                 self.rec.mark(EventKind.STEP_RESULT,
                               f"sh: write error: {os.strerror(err)}", err)
@@ -131,7 +168,7 @@ class Runner:
         elif s.kind == "set":
             path = f"/sys/module/{s.module}/parameters/{s.param}"
             self._mark_step(f"echo {s.value} > {path}")
-            err = kmod.write(path, s.value)
+            err = self.kernel.write(path, s.value, **self._waiting())
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, f"sh: write error: {os.strerror(err)}", err)
         elif s.kind == "wait_transition":
@@ -142,6 +179,27 @@ class Runner:
                 self.stall_report = stall.snapshot(s.patch, evs)
         else:  # scenario.py validates kinds; this is a bug
             raise AssertionError(f"unknown step kind {s.kind}")
+
+    def _waiting(self) -> dict[str, Any]:
+        """How a call into the kernel waits: at most the timeout, watching for an oops."""
+        return {"timeout": self.timeout_s, "idle": self._idle}
+
+    def _note_stuck(self) -> bool:
+        """Whether the kernel must be left alone: it oopsed, or a call never returned."""
+        if self.kernel.stuck and not self.wedged:
+            self.wedged = f"the kernel never returned from {self.kernel.stuck}"
+        return bool(self.wedged)
+
+    def _oops(self) -> Oops | None:
+        return self.watch.check() if self.watch else None
+
+    def _idle(self) -> None:
+        """While waiting on the kernel: deliver events, stop at once if it oopsed."""
+        self.rec.poll(0)
+        oops = self._oops()
+        if oops is not None:
+            self.wedged = self.wedged or "the kernel oopsed"
+            raise KernelOops(oops, self._step or "klptrace's setup")
 
     def wait_transition(self, patch: str, want: int) -> None:
         """Wait until the patch's transition file reads want (0: also when gone).
@@ -161,6 +219,7 @@ class Runner:
                     f"(waiting for {want})",
                     f"see which task blocks it with `klptrace stall {patch}`")
             self.rec.poll(100)
+            self._idle()
 
     def _completions_done(self, patch: str) -> bool:
         """Whether every completion of the patch's transition since the step began
@@ -180,7 +239,7 @@ class Runner:
         """
         deadline = time.monotonic() + self.timeout_s
         while True:
-            err = kmod.unload(module)
+            err = self.kernel.unload(module, **self._waiting())
             # its sysfs directory goes before the module reference is dropped
             retry = (err in (errno.EBUSY, errno.EAGAIN)
                      and module in self.livepatches
@@ -189,6 +248,7 @@ class Runner:
             if not retry:
                 break
             self.rec.poll(50)
+            self._idle()
         if not err and module in self.loaded:
             self.loaded.remove(module)
         return err
@@ -202,12 +262,23 @@ class Runner:
         start = self._start = self.rec.now()
         self.stall_report = None
         lost0 = self.rec.lost()
+        started = datetime.datetime.now(datetime.UTC)
         t0 = time.monotonic()
         error = ""
+        oops: list[str] = []
         try:
             for s in sc.steps:
                 self.step(s)
+            self._idle()  # an oops the last step caused
         except KlptraceError as e:
+            # a call whose task died in the kernel: the oops says why
+            found = e.oops if isinstance(e, KernelOops) else self._oops()
+            if found is not None:
+                self.wedged = self.wedged or "the kernel oopsed"
+                e = e if isinstance(e, KernelOops) else KernelOops(found, self._step)
+                oops = found.lines
+            else:
+                self._note_stuck()
             error = str(e)
         finally:
             # what cleanup does is part of the scenario's story (it is nothing
@@ -234,6 +305,7 @@ class Runner:
         if error:
             status = checker.ERROR
             verdict.problems.append(error)
+            verdict.problems.extend(Oops(oops, True).summary if oops else [])
             verdict.explanation = "; ".join(x for x in (error, verdict.explanation) if x)
         if left:
             status = checker.ERROR
@@ -242,10 +314,17 @@ class Runner:
         if self.stall_report is not None:
             report = self.stall_report.to_json()
             report["timeline"] = stall.timeline(rec.events, self.stall_report.patch)
-        return Result(sc.id, status, time.monotonic() - t0, rec, verdict, notes, dmesg, report)
+        return Result(sc.id, status, time.monotonic() - t0, rec, verdict, notes, dmesg, report,
+                      oops, started.isoformat(timespec="milliseconds"))
 
     def cleanup(self) -> list[str]:
-        """Disable and unload whatever this runner loaded; name what stays behind."""
+        """Disable and unload whatever this runner loaded; name what stays behind.
+
+        On a wedged kernel nothing is tried: every such call would sleep forever.
+        """
+        if self.wedged:
+            return [f"{m} is still loaded ({self.wedged}): reboot to clear it"
+                    for m in reversed(self.loaded) if kmod.is_loaded(m)]
         left: list[str] = []
         for module in reversed(list(self.loaded)):
             if not kmod.is_loaded(module):
@@ -255,10 +334,13 @@ class Runner:
                 self.livepatches.add(module)
             try:
                 self._settle_patch(module)
+                self._mark_step(f"rmmod {module}")
+                err = self.unload(module)
             except KlptraceError as e:
                 left.append(str(e))
-            self._mark_step(f"rmmod {module}")
-            err = self.unload(module)
+                if self._note_stuck():
+                    return left + self.cleanup()
+                continue
             if err and kmod.is_loaded(module):
                 left.append(f"{module} is still loaded ({os.strerror(err)}): run `rmmod {module}`")
         return left
@@ -270,10 +352,12 @@ class Runner:
             enabled = kmod.patch_attr(patch, "enabled")
             if enabled == "1":
                 self._mark_step(f"echo 0 > /sys/kernel/livepatch/{patch}/enabled")
-                kmod.write(f"/sys/kernel/livepatch/{patch}/enabled", "0")
+                self.kernel.write(f"/sys/kernel/livepatch/{patch}/enabled", "0",
+                                  **self._waiting())
             if time.monotonic() > deadline:
                 raise KlptraceError(
                     f"livepatch {patch} is still registered",
                     f"echo 0 > /sys/kernel/livepatch/{patch}/enabled; then rmmod {patch}")
             self.rec.poll(100)
+            self._idle()
 

@@ -10,6 +10,11 @@
  *
  * pre_patch_ret is returned by every pre_patch callback. It is writable at run
  * time, so a later module_coming can be made to fail.
+ *
+ * oops=<role> (pre_patch, post_patch, pre_unpatch or post_unpatch) makes that
+ * callback dereference NULL after printing its line: the fault a livepatch
+ * developer debugs. The task running it dies holding the livepatch core's
+ * mutex, which wedges the core until reboot.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -17,6 +22,7 @@
 #include <linux/livepatch.h>
 #include <linux/module.h>
 #include <linux/seq_file.h>
+#include <linux/string.h>
 #include <linux/workqueue.h>
 
 #include "klptrace_state.h"
@@ -25,25 +31,43 @@ static int pre_patch_ret;
 module_param(pre_patch_ret, int, 0644);
 MODULE_PARM_DESC(pre_patch_ret, "value every pre_patch callback returns (default 0)");
 
+static char *oops = "";
+module_param(oops, charp, 0644);
+MODULE_PARM_DESC(oops, "the callback that dereferences NULL (default: none)");
+
+/* never set; read with READ_ONCE so that the compiler keeps the faulting store */
+static int *klptrace_lp_nowhere;
+
+/* a macro, so that the faulting instruction is the callback's own (its RIP) */
+#define klptrace_lp_maybe_oops(role)					\
+do {									\
+	if (!strcmp(oops, role))					\
+		WRITE_ONCE(*READ_ONCE(klptrace_lp_nowhere), 1);	\
+} while (0)
+
 static int klptrace_lp_pre_patch(struct klp_object *obj)
 {
 	klptrace_callback_info("pre_patch", obj);
+	klptrace_lp_maybe_oops("pre_patch");
 	return pre_patch_ret;
 }
 
 static void klptrace_lp_post_patch(struct klp_object *obj)
 {
 	klptrace_callback_info("post_patch", obj);
+	klptrace_lp_maybe_oops("post_patch");
 }
 
 static void klptrace_lp_pre_unpatch(struct klp_object *obj)
 {
 	klptrace_callback_info("pre_unpatch", obj);
+	klptrace_lp_maybe_oops("pre_unpatch");
 }
 
 static void klptrace_lp_post_unpatch(struct klp_object *obj)
 {
 	klptrace_callback_info("post_unpatch", obj);
+	klptrace_lp_maybe_oops("post_unpatch");
 }
 
 static int livepatch_cmdline_proc_show(struct seq_file *m, void *v)

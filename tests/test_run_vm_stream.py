@@ -1,0 +1,74 @@
+"""`run --vm` across guest boots: the results stream, offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from klptrace import commands, scenario
+
+
+def _write(path: Path, records: list[object], torn: str = "") -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + torn)
+
+
+def _sc(sid: str, status: str = "pass") -> dict[str, object]:
+    return {"id": sid, "status": status, "duration_s": 1.0, "lost_events": 0, "events": []}
+
+
+def test_a_boot_that_finished(tmp_path: Path) -> None:
+    f = tmp_path / "s.jsonl"
+    probes = [{"name": "kprobe:x", "target": "x", "ok": True, "reason": ""}]
+    _write(f, [{"start": {"kernel": "6.1.0-9-amd64", "timing": {"compile_s": 5.0},
+                          "probes": probes}},
+               {"begin": "a"}, {"scenario": _sc("a")}, {"begin": "b"}, {"scenario": _sc("b")},
+               {"end": {"lost_events": 2, "probes": probes, "leftovers": []}}])
+    got = commands._read_stream(f)
+    assert [d["id"] for d in got["docs"]] == ["a", "b"]
+    assert got["begun"] is None and not got["wedged"] and got["end"]["lost_events"] == 2
+
+
+def test_a_guest_that_died_in_a_scenario(tmp_path: Path) -> None:
+    f = tmp_path / "s.jsonl"
+    _write(f, [{"start": {"kernel": "k", "timing": {}, "probes": []}}, {"begin": "a"},
+               {"scenario": _sc("a")}, {"begin": "b"}], torn='{"scenario": {"id": "b", "sta')
+    got = commands._read_stream(f)
+    assert [d["id"] for d in got["docs"]] == ["a"]
+    assert got["begun"] == "b"  # the one it died in
+    assert got["end"] is None
+
+
+def test_a_wedged_kernel_and_no_stream(tmp_path: Path) -> None:
+    f = tmp_path / "s.jsonl"
+    _write(f, [{"start": {"kernel": "k", "timing": {}, "probes": []}}, {"begin": "a"},
+               {"scenario": _sc("a", "error")}, {"wedged": "the kernel oopsed"}])
+    got = commands._read_stream(f)
+    assert got["wedged"] == "the kernel oopsed" and got["begun"] is None
+    assert commands._read_stream(tmp_path / "absent")["start"] is None
+
+
+def test_boots_merge_into_one_run() -> None:
+    ok = {"name": "kprobe:x", "target": "x", "ok": True, "reason": ""}
+    bad = {"name": "kprobe:y", "target": "y", "ok": False, "reason": "EINVAL"}
+    top: dict[str, object] = {"lost": 0, "probes": None, "timing": None, "leftovers": []}
+    commands._merge_boot(top, {"start": {"timing": {"compile_s": 5.0}, "probes": [ok],
+                                         "kernel_info": {"arch": "x86_64"}},
+                               "end": {"lost_events": 1, "probes": [ok], "leftovers": ["l1"]}})
+    commands._merge_boot(top, {"start": {"timing": {"compile_s": 9.0}, "probes": [ok, bad]},
+                               "end": None})
+    assert top == {"lost": 1, "probes": [ok, bad], "timing": {"compile_s": 5.0},
+                   "leftovers": ["l1"], "kernel_info": {"arch": "x86_64"}}
+
+
+def test_user_modules_are_staged_over_klptrace_s(tmp_path: Path) -> None:
+    built, user = tmp_path / "built", tmp_path / "user"
+    built.mkdir()
+    user.mkdir()
+    (built / "klptrace_target.ko").write_text("ours")
+    (built / "klptrace_lp.ko").write_text("ours")
+    (user / "klptrace_lp.ko").write_text("theirs")
+    scs = scenario.load_dir()
+    dest = commands._stage_modules(tmp_path / "m", built, str(user),
+                                   [s for s in scs if s.id == "target-module-before-livepatch"])
+    assert (dest / "klptrace_lp.ko").read_text() == "theirs"
+    assert (dest / "klptrace_target.ko").read_text() == "ours"
