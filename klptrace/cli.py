@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from klptrace import __version__
-from klptrace.errors import KlptraceError
+from klptrace.errors import KlptraceError, interrupt
 
 EPILOG = """\
 examples:
@@ -81,16 +82,22 @@ def _cmd_vm(args: argparse.Namespace) -> int:
     if not command:
         raise KlptraceError("no command to run in the guest", hint="klptrace vm -- CMD ...")
     vm.check_host()  # before a kernel download that would be for nothing
-    kernel = kernels.ensure(args.kernel, progress=_say)
-    return vm.run(
-        kernel,
-        command,
-        cpus=args.cpus,
-        memory=args.memory,
-        timeout=args.timeout,
-        rwdirs=[Path(d) for d in args.rwdir],
-        say=_say,
-    )
+    # a signal during the kernel fetch unwinds too (vm.run handles its own)
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        kernel = kernels.ensure(args.kernel, progress=_say)
+        return vm.run(
+            kernel,
+            command,
+            cpus=args.cpus,
+            memory=args.memory,
+            timeout=args.timeout,
+            rwdirs=[Path(d) for d in args.rwdir],
+            say=_say,
+        )
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -277,6 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.status
     except KeyboardInterrupt as err:
         name = getattr(err, "name", "SIGINT")
-        print(f"klptrace: interrupted by {name}; cleaned up (anything left is named above)",
-              file=sys.stderr)
+        done = getattr(err, "done", "cleaned up (anything left is named above)")
+        print(f"klptrace: interrupted by {name}; {done}", file=sys.stderr)
         return int(getattr(err, "status", 130))

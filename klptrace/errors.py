@@ -68,12 +68,18 @@ def check_interrupted() -> None:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM: unwinds like Ctrl-C so that every cleanup runs."""
+    """SIGINT or SIGTERM: unwinds like Ctrl-C so that every cleanup runs.
 
-    def __init__(self, signum: int, name: str) -> None:
+    done says what was cleaned up, for the CLI's last line.
+    """
+
+    def __init__(
+        self, signum: int, name: str, done: str = "cleaned up (anything left is named above)"
+    ) -> None:
         super().__init__(name)
         self.status = 128 + signum
         self.name = name
+        self.done = done
 
 
 @contextlib.contextmanager

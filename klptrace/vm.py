@@ -19,12 +19,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
-from klptrace.errors import KlptraceError
+from klptrace.errors import Interrupted, KlptraceError
 from klptrace.kernels import Kernel, cache_dir
 
 DEFAULT_MEMORY = "4G"
@@ -239,10 +241,13 @@ def vng_argv(
     return cmd
 
 
-def qemu_wrapper(real_qemu: str, console_log: Path) -> str:
-    """A QEMU stand-in that sends vng's kernel console (normally /dev/null) to a log."""
+def qemu_wrapper(real_qemu: str, console_log: Path, pid_file: Path) -> str:
+    """A QEMU stand-in: vng's kernel console (normally /dev/null) goes to a log, and QEMU's
+    pid to pid_file (exec keeps the pid), so that a stop can reach QEMU by its pid."""
     return f"""#!/bin/sh
-# Written by klptrace: keep the guest kernel's console for panic reports.
+# Written by klptrace: keep the guest kernel's console for panic reports, and
+# QEMU's pid so that klptrace can stop QEMU whatever becomes of vng.
+echo $$ > {shlex.quote(str(pid_file))}
 for a do
   shift
   case $a in
@@ -261,6 +266,66 @@ def panic_line(console: str) -> str | None:
     """The kernel's panic message in a console log, if it panicked."""
     m = _PANIC_RE.search(console)
     return m.group(0).strip() if m else None
+
+
+# QEMU's own failures, each followed by abort(): glibc's assert(), QEMU's
+# cpu_abort() and hw_error(), glib's g_assert*() and g_assert_not_reached().
+_QEMU_ABORT_RE = re.compile(
+    r"^\S*qemu\S*: .+: Assertion `.+' failed\.$"
+    r"|^qemu: (?:fatal|hardware error): .+$"
+    r"|^(?:Bail out! )?ERROR:\S+:\d+:.*(?:assertion failed|should not be reached).*$",
+    re.MULTILINE,
+)
+
+
+def qemu_abort_line(stderr: str) -> str | None:
+    """The line in QEMU's stderr that says QEMU itself aborted, if it did."""
+    m = _QEMU_ABORT_RE.search(stderr)
+    return m.group(0).strip() if m else None
+
+
+# --- errors a caller can tell apart ------------------------------------------------
+
+
+class GuestError(KlptraceError):
+    """The guest ended without bringing back the command's status (no QEMU is left)."""
+
+    def __init__(self, message: str, hint: str | None = None,
+                 console_log: Path | None = None) -> None:
+        super().__init__(message, hint)
+        self.console_log = console_log
+
+
+class GuestPanic(GuestError):
+    """The guest kernel panicked; panic is its "Kernel panic - not syncing: ..." line."""
+
+    def __init__(self, panic: str, console_log: Path) -> None:
+        super().__init__(f"the guest kernel panicked: {panic}",
+                         f"the kernel's console is in {console_log}", console_log)
+        self.panic = panic
+
+
+class GuestStopped(GuestError):
+    """vng or QEMU ended before the command finished, with no kernel panic."""
+
+    def __init__(self, message: str, hint: str | None, console_log: Path | None,
+                 vng_status: int | None) -> None:
+        super().__init__(message, hint, console_log)
+        self.vng_status = vng_status
+
+
+class QemuAborted(GuestStopped):
+    """QEMU itself aborted (its own assertion, not the guest's); line is what it said."""
+
+    def __init__(self, line: str, console_log: Path, vng_status: int | None) -> None:
+        super().__init__(f"QEMU itself aborted: {line}",
+                         f"a QEMU bug, not the guest's: run again; the kernel's console is in "
+                         f"{console_log}", console_log, vng_status)
+        self.line = line
+
+
+class GuestTimeout(GuestError):
+    """The guest outlived the timeout and was stopped."""
 
 
 # --- running ---------------------------------------------------------------------
@@ -296,45 +361,208 @@ def check_host() -> str:
     return qemu
 
 
-def _pump(proc: subprocess.Popen[bytes], deadline: float) -> bool:
-    """Copy the child's stdout/stderr to ours until it exits; False on timeout."""
+# SIGHUP too: a closed terminal must not leave a 4 GiB QEMU behind.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP while run() runs: they stop the guest, then unwind.
+
+    Until vng is started a signal raises Interrupted at once. From then on it is
+    only noted and wakes the pump through a pipe: an exception raised inside
+    Popen (vng started, its pid unknown) or in the middle of a stop would leave
+    QEMU running. The handlers are installed even over an inherited SIG_IGN:
+    a shell without job control starts background jobs with SIGINT ignored,
+    and the children then inherit it, so `kill -INT` did nothing until the
+    guest ended. SIGHUP ignored (nohup) stays ignored. signal.signal works only
+    in the main thread; elsewhere the caller's handling applies.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.raising = True
+        self._raised = False
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old: dict[int, signal.Handlers | Callable[..., object] | int] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
+                old = signal.signal(sig, self._note)
+                self._old[sig] = signal.SIG_DFL if old is None else old
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        os.close(self._r)
+        os.close(self._w)
+        if self.signum is not None and not self._raised:
+            # it came as the guest finished: the handler from before gets it
+            signal.raise_signal(self.signum)
+
+    def fileno(self) -> int:
+        """Readable once a signal came."""
+        return self._r
+
+    def _note(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self.raising:
+            raise self.interrupted("no guest was started")
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:
+            pass
+
+    def interrupted(self, done: str) -> Interrupted:
+        """The Interrupted to raise for the signal that came."""
+        signum = self.signum or signal.SIGINT
+        self._raised = True
+        return Interrupted(signum, signal.Signals(signum).name, done)
+
+
+def _proc_state(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of a process, from /proc; None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # the comm may hold spaces or ")"
+    return fields[0], int(fields[2])
+
+
+def _group_left(pgid: int) -> list[int]:
+    """Processes of group pgid that still run (zombies are done)."""
+    left = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            st = _proc_state(int(entry.name))
+            if st is not None and st[1] == pgid and st[0] != "Z":
+                left.append(int(entry.name))
+    return left
+
+
+def _our_qemu(pid_file: Path, marker: str) -> int | None:
+    """QEMU's pid from the wrapper's pid file, while that process runs and is ours.
+
+    Ours means marker (the run's private directory) is in its command line, so
+    a pid the system reused for another process is never signalled.
+    """
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    st = _proc_state(pid)
+    if st is None or st[0] == "Z" or marker.encode() not in cmdline:
+        return None
+    return pid
+
+
+#: seconds a stop waits after SIGTERM, then after SIGKILL
+STOP_GRACE = 5.0
+
+
+def _stop(proc: subprocess.Popen[bytes], pid_file: Path, marker: str,
+          grace: float | None = None) -> list[int]:
+    """Stop the guest: QEMU, vng's process group, QEMU by its pid if still there; pids left.
+
+    vng, virtme-run and QEMU share vng's group. QEMU gets the first SIGTERM
+    alone, so that virtme-run, its parent, reaps it: sent to the group,
+    SIGTERM makes virtme-run exit at once (its handler), and the orphaned QEMU
+    stays a zombie until init reaps it. Then the group gets SIGTERM (vng, and a
+    QEMU mid-boot whose pid is not known yet), and what is left after grace
+    seconds gets SIGKILL. vng is reaped only at the end: while it is a zombie
+    its pid, and so the group id, cannot be reused by a stranger.
+    """
+    wait = STOP_GRACE if grace is None else grace
+
+    def left() -> list[int]:
+        pids = _group_left(proc.pid)
+        qemu = _our_qemu(pid_file, marker)
+        return pids if qemu is None or qemu in pids else [*pids, qemu]
+
+    def settle(what: Callable[[], list[int]]) -> list[int]:
+        end = time.monotonic() + wait
+        while (pids := what()) and time.monotonic() < end:
+            time.sleep(0.05)
+        return pids
+
+    def qemu_left() -> list[int]:
+        qemu = _our_qemu(pid_file, marker)
+        return [] if qemu is None else [qemu]
+
+    def send(pid: int, sig: int, group: bool = False) -> None:
+        try:
+            (os.killpg if group else os.kill)(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    sigs = [signal.SIGTERM, signal.SIGKILL]
+    for qemu in qemu_left():
+        send(qemu, signal.SIGTERM)
+        if settle(qemu_left):
+            sigs = [signal.SIGKILL]  # it ignores SIGTERM
+    pids: list[int] = []
+    for sig in sigs:
+        send(proc.pid, sig, group=True)
+        for qemu in qemu_left():
+            send(qemu, sig)
+        pids = settle(left)
+        if not pids:
+            break
+    try:
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        pass
+    return pids
+
+
+def _left_note(left: list[int]) -> str:
+    """What a stop that failed left, and what to do about it."""
+    pids = " ".join(map(str, left))
+    return f"but processes of the guest did not stop (pids {pids}): kill -9 {pids}"
+
+
+def _pump(proc: subprocess.Popen[bytes], deadline: float, wake: int,
+          err_tail: bytearray) -> str:
+    """Copy the child's stdout/stderr to ours until it exits, keeping stderr's tail.
+
+    Returns "exited", "timeout", or "signal" once wake is readable.
+    """
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
-    outs = {proc.stdout: sys.stdout, proc.stderr: sys.stderr}
-    for pipe in outs:
-        sel.register(pipe, selectors.EVENT_READ)
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        for key, _ in sel.select(timeout=min(left, 1.0)):
-            data = os.read(key.fd, 65536)
-            if not data:
-                sel.unregister(key.fileobj)
-                continue
-            out = outs[key.fileobj]  # type: ignore[index]
-            out.flush()
-            out.buffer.write(data)
-            out.flush()
+    outs = {proc.stdout.fileno(): sys.stdout, proc.stderr.fileno(): sys.stderr}
+    for fd in outs:
+        sel.register(fd, selectors.EVENT_READ)
+    sel.register(wake, selectors.EVENT_READ)
     try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return False
-    return True
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """End vng and its QEMU (its own process group)."""
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        while len(sel.get_map()) > 1 or proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            # once both pipes are at their end, vng is about to exit
+            tick = 1.0 if len(sel.get_map()) > 1 else 0.05
+            for key, _ in sel.select(timeout=min(left, tick)):
+                if key.fd == wake:
+                    return "signal"
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fd)
+                    continue
+                if key.fd == proc.stderr.fileno():
+                    err_tail += data
+                    del err_tail[:-65536]
+                out = outs[key.fd]
+                out.flush()
+                out.buffer.write(data)
+                out.flush()
+    finally:
+        sel.close()
+    return "exited"
 
 
 def _stdin() -> int | None:
@@ -363,12 +591,16 @@ def run(
     cwd: Path | None = None,
     accel: Accel | None = None,
     say: Say | None = None,
+    retry_qemu_abort: bool = True,
 ) -> int:
     """Boot kernel, run argv as root in the guest, stream its output; return its status.
 
     rwdirs are host directories the guest writes through to (results); they are
-    created if missing. Raises KlptraceError on a panic, a timeout, or a guest
-    that stopped before argv finished.
+    created if missing. Every way out leaves no QEMU behind. Raises GuestPanic,
+    GuestStopped (QemuAborted when QEMU itself aborted), GuestTimeout, or, after
+    SIGINT, SIGTERM or SIGHUP, errors.Interrupted once the guest is stopped. A
+    guest that QEMU itself aborted boots again, once (said on stderr), unless
+    retry_qemu_abort is False; argv then runs again from the start.
     """
     note = say or (lambda _m: None)
     if not argv:
@@ -378,71 +610,137 @@ def run(
         raise KlptraceError(f"--cpus {cpus}: need at least one CPU")
     if not kernel.image.is_file():
         raise KlptraceError(f"no kernel image at {kernel.image}")
-    real_qemu = check_host()
-    vng = _find_vng()
-    accel = accel or choose_accel(kernel, real_qemu)
-    note(
-        f"accel: {accel.name} ({'hardware' if accel.name == 'kvm' else 'software emulation'}): "
-        f"{accel.reason}"
-    )
-    cpus, why = guest_cpus(kernel, accel, cpus)
-    if why:
-        note(why)
-    dirs = [Path(d).resolve() for d in rwdirs]
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-
-    run_dir = Path(tempfile.mkdtemp(prefix="klptrace-vm-"))
-    status_file = run_dir / "status"
-    console_log = run_dir / "console.log"
-    wrapper = run_dir / "qemu"
-    wrapper.write_text(qemu_wrapper(real_qemu, console_log))
-    wrapper.chmod(0o755)
-    cmd = vng_argv(
-        kernel, argv, status_file=status_file, accel=accel.name, cpus=cpus,
-        memory_mib=memory_mib, cwd=(cwd or Path.cwd()).resolve(), rwdirs=dirs,
-        qemu=str(wrapper), vng=vng,
-    )  # fmt: skip
-    env = dict(os.environ)
-    # vng runs virtme-run, which lives beside it.
-    env["PATH"] = f"{Path(vng).parent}{os.pathsep}{env.get('PATH', '')}"
-    note(f"booting {kernel.release} ({cpus} CPUs, {memory_mib}M)")
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, stdin=_stdin(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, start_new_session=True,
-    )  # fmt: skip
-    try:
-        finished = _pump(proc, started + timeout)
-    except BaseException:
-        _stop(proc)
-        raise
-    if not finished:
-        _stop(proc)
-        raise KlptraceError(
-            f"the guest did not finish within {timeout:g} s",
-            hint=f"raise --timeout; the kernel's console is in {console_log}",
+    with _Signals() as signals:
+        real_qemu = check_host()
+        vng = _find_vng()
+        accel = accel or choose_accel(kernel, real_qemu)
+        note(
+            f"accel: {accel.name} ({'hardware' if accel.name == 'kvm' else 'software emulation'}): "
+            f"{accel.reason}"
         )
-    note(f"guest done in {time.monotonic() - started:.1f} s")
-    try:
-        status = int(status_file.read_text().strip())
-    except (OSError, ValueError):
-        status = None
-    if status is not None:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return status
+        cpus, why = guest_cpus(kernel, accel, cpus)
+        if why:
+            note(why)
+        dirs = [Path(d).resolve() for d in rwdirs]
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # vng runs virtme-run, which lives beside it.
+        env["PATH"] = f"{Path(vng).parent}{os.pathsep}{env.get('PATH', '')}"
+        boot = _Boot(kernel, list(argv), vng, real_qemu, accel.name, cpus, memory_mib,
+                     (cwd or Path.cwd()).resolve(), dirs, env, timeout)
+        for attempt in (1, 2):
+            try:
+                return boot.once(signals, note)
+            except QemuAborted as e:
+                if attempt == 2 or not retry_qemu_abort:
+                    raise
+                if e.console_log is not None:  # the first boot's directory
+                    shutil.rmtree(e.console_log.parent, ignore_errors=True)
+                # said even without say: CI logs must show that a boot was repeated
+                (say or _stderr)(f"QEMU itself aborted ({e.line}); booting the guest "
+                                 "again (once)")
+    raise AssertionError("unreachable")
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    """Close our ends of the child's stdout and stderr."""
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+def _stderr(msg: str) -> None:
+    print(f"klptrace: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class _Boot:
+    """One guest boot's settings; once() boots it."""
+
+    kernel: Kernel
+    argv: list[str]
+    vng: str
+    real_qemu: str
+    accel: str
+    cpus: int
+    memory_mib: int
+    cwd: Path
+    rwdirs: list[Path]
+    env: dict[str, str]
+    timeout: float
+
+    def once(self, signals: _Signals, note: Say) -> int:
+        """Boot, run, stop: the command's status, or a named error once no QEMU is left."""
+        run_dir = Path(tempfile.mkdtemp(prefix="klptrace-vm-"))
+        keep = False  # the console log, for an error that names it
+        try:
+            status_file = run_dir / "status"
+            console_log = run_dir / "console.log"
+            pid_file = run_dir / "qemu.pid"
+            wrapper = run_dir / "qemu"
+            wrapper.write_text(qemu_wrapper(self.real_qemu, console_log, pid_file))
+            wrapper.chmod(0o755)
+            cmd = vng_argv(
+                self.kernel, self.argv, status_file=status_file, accel=self.accel,
+                cpus=self.cpus, memory_mib=self.memory_mib, cwd=self.cwd, rwdirs=self.rwdirs,
+                qemu=str(wrapper), vng=self.vng,
+            )  # fmt: skip
+            if signals.signum is not None:
+                raise signals.interrupted("no guest was started")
+            note(f"booting {self.kernel.release} ({self.cpus} CPUs, {self.memory_mib}M)")
+            started = time.monotonic()
+            err_tail = bytearray()
+            signals.raising = False  # from here a signal is acted on where it is safe
+            proc = subprocess.Popen(
+                cmd, stdin=_stdin(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=self.env, start_new_session=True,
+            )  # fmt: skip
+            try:
+                how = _pump(proc, started + self.timeout, signals.fileno(), err_tail)
+            except BaseException:
+                _close_pipes(proc)
+                _stop(proc, pid_file, str(run_dir))
+                raise
+            _close_pipes(proc)  # from here no one waits on a full pipe of ours
+            if how == "signal":
+                assert signals.signum is not None
+                note(f"{signal.Signals(signals.signum).name}: stopping the guest")
+                left = _stop(proc, pid_file, str(run_dir))
+                raise signals.interrupted(_left_note(left) if left else "the guest was stopped")
+            if how == "timeout":
+                left = _stop(proc, pid_file, str(run_dir))
+                keep = True
+                raise GuestTimeout(
+                    f"the guest did not finish within {self.timeout:g} s and was stopped"
+                    + (f", {_left_note(left)}" if left else ""),
+                    f"raise --timeout; the kernel's console is in {console_log}", console_log,
+                )
+            note(f"guest done in {time.monotonic() - started:.1f} s")
+            try:
+                return int(status_file.read_text().strip())
+            except (OSError, ValueError):
+                pass
+            keep = True
+            raise _early_end(console_log, err_tail.decode(errors="replace"), proc.returncode)
+        finally:
+            if not keep:
+                shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _early_end(console_log: Path, stderr: str, vng_status: int | None) -> GuestError:
+    """Why a guest ended with no status: the kernel's panic, QEMU's abort, or neither."""
     console = console_log.read_text(errors="replace") if console_log.exists() else ""
     panic = panic_line(console)
     if panic:
-        raise KlptraceError(
-            f"the guest kernel panicked: {panic}", hint=f"the kernel's console is in {console_log}"
-        )
+        return GuestPanic(panic, console_log)
+    abort = qemu_abort_line(stderr)
+    if abort:
+        return QemuAborted(abort, console_log, vng_status)
     if not console:
-        raise KlptraceError(
-            f"vng failed before the guest booted (exit {proc.returncode})",
-            hint="see vng's messages above",
-        )
-    raise KlptraceError(
-        f"the guest stopped before the command finished (vng exit {proc.returncode})",
-        hint=f"the kernel's console is in {console_log}",
+        return GuestStopped(f"vng failed before the guest booted (exit {vng_status})",
+                            "see vng's messages above", None, vng_status)
+    return GuestStopped(
+        f"the guest stopped before the command finished (vng exit {vng_status})",
+        f"the kernel's console is in {console_log}", console_log, vng_status,
     )

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import select
+import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from util import until
 
 from klptrace import build, cli, kernels, vm
-from klptrace.errors import KlptraceError
+from klptrace.errors import Interrupted, KlptraceError
 
 # --- --kernel specs -----------------------------------------------------------
 
@@ -388,18 +397,22 @@ def test_needs_overlay() -> None:
 
 def test_qemu_wrapper_redirects_only_the_console(tmp_path: Path) -> None:
     fake = tmp_path / "fake-qemu"
-    fake.write_text('#!/bin/sh\nfor a do echo "$a"; done\n')
+    fake.write_text('#!/bin/sh\necho "pid $$"; for a do echo "$a"; done\n')
     fake.chmod(0o755)
     wrapper = tmp_path / "qemu"
-    wrapper.write_text(vm.qemu_wrapper(str(fake), tmp_path / "con sole.log"))
+    pid_file = tmp_path / "q emu.pid"
+    wrapper.write_text(vm.qemu_wrapper(str(fake), tmp_path / "con sole.log", pid_file))
     wrapper.chmod(0o755)
     args = ["-chardev", "file,id=console,path=/dev/null", "-chardev",
             "file,id=stdout,path=/dev/null", "-append", "a b  c"]  # fmt: skip
     out = subprocess.run([str(wrapper), *args], capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines() == [
+    lines = out.stdout.splitlines()
+    assert lines[1:] == [
         "-chardev", f"file,id=console,path={tmp_path}/con sole.log", "-chardev",
         "file,id=stdout,path=/dev/null", "-append", "a b  c",
     ]  # fmt: skip
+    # exec keeps the wrapper's pid: the pid file names the process that became QEMU
+    assert lines[0] == f"pid {pid_file.read_text().strip()}"
 
 
 def test_panic_line() -> None:
@@ -581,3 +594,378 @@ def test_one_vcpu_under_tcg_for_kernels_that_rewrite_cond_resched(
 def test_smp_under_tcg_for_other_kernels(tmp_path: Path) -> None:
     k = _unpacked_kernel(tmp_path, cond_resched_rewrite=False)
     assert vm.guest_cpus(k, vm.Accel("tcg", "test"), 2) == (2, "")
+
+
+# --- QEMU's own aborts, and stopping a guest ------------------------------------------
+
+_GLIBC_ASSERT = ("qemu-system-x86_64: ../../accel/tcg/cpu-exec.c:1024: cpu_exec_setjmp: "
+                 "Assertion `cpu == current_cpu' failed.")
+
+
+@pytest.mark.parametrize("line", [
+    _GLIBC_ASSERT,
+    "qemu: fatal: Trying to execute code outside RAM or ROM at 0x00000000fffffff0",
+    "qemu: hardware error: pci: bad bus",
+    "Bail out! ERROR:../qom/object.c:1009:object_class_dynamic_cast_assert: "
+    "assertion failed: (class != NULL)",
+    "**\nERROR:../hw/core/cpu.c:42:f: code should not be reached",
+])
+def test_qemu_abort_line(line: str) -> None:
+    stderr = f"virtme-ng: booting\n{line}\n"
+    assert vm.qemu_abort_line(stderr) == line.splitlines()[-1]
+
+
+@pytest.mark.parametrize("text", [
+    "qemu-system-x86_64: warning: host doesn't support requested feature: CPUID.01H:ECX.vmx",
+    "qemu-system-x86_64: terminating on signal 15 from pid 4242 (python3)",
+    "[ 10.1] Kernel panic - not syncing: VFS: Unable to mount root fs",
+    "ERROR: cannot find kernel modules",
+])
+def test_qemu_abort_line_ignores_other_messages(text: str) -> None:
+    assert vm.qemu_abort_line(text + "\n") is None
+
+
+def _alive(pid: int) -> bool:
+    """Does pid run (a zombie does not)?"""
+    st = vm._proc_state(pid)
+    return st is not None and st[0] != "Z"
+
+
+def _ours(mark: str) -> list[int]:
+    """Running processes that carry mark in their environment (all of a fake guest's)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                env = Path(f"/proc/{entry.name}/environ").read_bytes()
+            except OSError:
+                continue
+            if f"KLPTRACE_TEST_MARK={mark}".encode() in env.split(b"\0") and _alive(
+                    int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_stop_ends_the_group_then_qemu_outside_it(tmp_path: Path) -> None:
+    # vng's group: a shell and a child that ignores SIGTERM; QEMU has left the group
+    # (setsid) and ignores SIGTERM too: only its pid reaches it, then SIGKILL.
+    marker = str(tmp_path / "run")
+    ready = tmp_path / "ready"
+    stubborn = "trap '' TERM; sleep 300 & touch " + shlex.quote(str(ready)) + "; wait"
+    group = subprocess.Popen(["sh", "-c", stubborn], start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    qemu = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done", marker],
+                            start_new_session=True)
+    pid_file = tmp_path / "qemu.pid"
+    pid_file.write_text(f"{qemu.pid}\n")
+    assert until(ready.exists, 10)
+    members = vm._group_left(group.pid)
+    assert group.pid in members and len(members) == 2
+    t0 = time.monotonic()
+    try:
+        left = vm._stop(group, pid_file, marker, grace=0.5)
+    finally:
+        qemu.poll()
+    assert left == []
+    assert time.monotonic() - t0 < 3
+    assert group.returncode == -signal.SIGKILL
+    assert not any(_alive(p) for p in (*members, qemu.pid))
+    assert qemu.wait(5) == -signal.SIGKILL
+
+
+def test_stop_lets_qemus_parent_reap_it(tmp_path: Path) -> None:
+    # like virtme-run: QEMU's parent exits at once on SIGTERM; QEMU, signalled
+    # first and alone, is reaped by it rather than left a zombie for init
+    marker = str(tmp_path / "run")
+    pid_file, reaped = tmp_path / "qemu.pid", tmp_path / "reaped"
+    parent = f"""import os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+pid = os.fork()
+if pid == 0:
+    os.execv("/bin/sh", ["sh", "-c", 'echo $$ > "$1"; while :; do sleep 0.1; done',
+                         {marker!r}, {str(pid_file)!r}])
+status = os.waitpid(pid, 0)[1]
+open({str(reaped)!r}, "w").write(str(status))
+"""
+    group = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
+    assert until(lambda: vm._our_qemu(pid_file, marker), 10)
+    assert vm._stop(group, pid_file, marker, grace=2) == []
+    assert reaped.read_text() == str(signal.SIGTERM)  # killed by SIGTERM, reaped by its parent
+    assert group.returncode == 0
+
+
+def test_stop_never_signals_a_pid_that_is_not_ours(tmp_path: Path) -> None:
+    # the pid file names a process whose command line lacks the run's directory
+    # (a reused pid): the stop leaves it alone
+    stranger = subprocess.Popen(["sleep", "300"])
+    group = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    pid_file = tmp_path / "qemu.pid"
+    pid_file.write_text(f"{stranger.pid}\n")
+    try:
+        assert vm._stop(group, pid_file, str(tmp_path / "run"), grace=0.5) == []
+        assert group.returncode == -signal.SIGTERM
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_signals_raise_at_once_before_the_guest_then_only_wake() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as err, vm._Signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # not reached: the handler raises in the next bytecode
+    assert (err.value.status, err.value.name, err.value.done) == (
+        143, "SIGTERM", "no guest was started")
+    assert signal.getsignal(signal.SIGTERM) == before
+    with vm._Signals() as sigs:
+        sigs.raising = False
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)  # during the stop: changes nothing
+        assert select.select([sigs.fileno()], [], [], 5)[0] == [sigs.fileno()]
+        assert sigs.signum == signal.SIGINT
+        exc = sigs.interrupted("the guest was stopped")
+    assert (exc.status, exc.name, exc.done) == (130, "SIGINT", "the guest was stopped")
+
+
+def test_signals_override_an_inherited_sigint_ignore_but_not_nohup() -> None:
+    # A shell without job control starts `klptrace vm ... &` with SIGINT ignored
+    # (the reason `kill -INT` did nothing); nohup's ignored SIGHUP is the user's wish.
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with vm._Signals():
+            assert callable(signal.getsignal(signal.SIGINT))
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGHUP, old_hup)
+
+
+def test_signals_outside_the_main_thread_install_nothing() -> None:
+    seen: list[object] = []
+
+    def body() -> None:
+        with vm._Signals():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == [before]
+
+
+# A stand-in for vng: runs --qemu the way virtme-run does (fork, exec, wait), in
+# the group vng was started in, and exits on SIGTERM without waiting for QEMU.
+_FAKE_VNG = '''#!/usr/bin/python3
+import os, signal, sys
+a = sys.argv[1:]
+qemu, script = a[a.index("--qemu") + 1], a[a.index("--exec") + 1]
+rw = [x.split("=", 1)[1] for x in a if x.startswith("--rwdir=")]
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+pid = os.fork()
+if pid == 0:
+    args = [qemu, "-chardev", "file,id=console,path=/dev/null"]
+    for d in rw:
+        args += ["-fsdev", "local,path=" + d]
+    os.execv(qemu, args + ["-append", script])
+sys.exit(0 if os.waitpid(pid, 0)[1] == 0 else 255)
+'''
+
+# A stand-in for QEMU: runs the guest's shell line on the host, or fails as
+# $FAKE_QEMU says; each start appends a line to $FAKE_QEMU_CALLS.
+_FAKE_QEMU = r'''#!/bin/sh
+while [ $# -gt 0 ]; do
+  case $1 in
+    -chardev) case $2 in file,id=console,path=*) console=${2#file,id=console,path=} ;; esac
+              shift ;;
+    -append) script=$2; shift ;;
+  esac
+  shift
+done
+echo $$ >> "$FAKE_QEMU_CALLS"
+abort() { echo "@ASSERT@" >&2; kill -ABRT $$; }
+case $FAKE_QEMU in
+  abort) abort ;;
+  abort-once) [ "$(wc -l < "$FAKE_QEMU_CALLS")" = 1 ] && abort ;;
+  panic) echo "[ 3.1] Kernel panic - not syncing: Attempted to kill init!" > "$console"
+         exit 0 ;;
+  die) kill -KILL $$ ;;
+  boot) echo "[ 0.1] Linux version 6.1" > "$console"; echo FAKE-BOOTING >&2; sleep 300 ;;
+  stubborn) trap '' TERM INT HUP ;;
+esac
+echo "[ 0.1] Linux version 6.1" > "$console"
+sh -c "$script"
+'''.replace("@ASSERT@", _GLIBC_ASSERT.replace("`", "\\`"))
+
+
+@pytest.fixture
+def fake_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A kernel path, a fake vng and a fake QEMU; the environment that selects them."""
+    image = tmp_path / "k" / "boot" / "vmlinuz-6.1.0-9-amd64"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"")
+    (tmp_path / "k" / "lib" / "modules" / "6.1.0-9-amd64").mkdir(parents=True)
+    for name, text in (("vng", _FAKE_VNG), ("qemu-system-x86_64", _FAKE_QEMU)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    (tmp_path / "t").mkdir()
+    env = {"KLPTRACE_TEST_MARK": f"{os.getpid()}-{tmp_path.name}", "KLPTRACE_ACCEL": "tcg",
+           "FAKE_QEMU_CALLS": str(tmp_path / "calls"), "FAKE_IMAGE": str(image),
+           "FAKE_VNG": str(tmp_path / "vng"), "FAKE_QEMU_BIN": str(tmp_path / "qemu-system-x86_64"),
+           "TMPDIR": str(tmp_path / "t"), "KLPTRACE_CACHE": str(tmp_path / "cache")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    monkeypatch.setattr(vm, "check_host", lambda: env["FAKE_QEMU_BIN"])
+    monkeypatch.setattr(vm, "_find_vng", lambda: env["FAKE_VNG"])
+    yield env
+    for pid in _ours(env["KLPTRACE_TEST_MARK"]):  # after a failure: leave nothing running
+        os.kill(pid, signal.SIGKILL)
+
+
+def _fake_kernel(lab: dict[str, str]) -> kernels.Kernel:
+    return kernels.ensure(lab["FAKE_IMAGE"], cache=Path(lab["KLPTRACE_CACHE"]))
+
+
+def _calls(lab: dict[str, str]) -> int:
+    path = Path(lab["FAKE_QEMU_CALLS"])
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_fake_guest_brings_back_the_status(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAKE_QEMU", "run")
+    assert vm.run(_fake_kernel(fake_lab), ["sh", "-c", "echo hi; exit 5"]) == 5
+    assert capfd.readouterr().out == "hi\n"
+    assert _calls(fake_lab) == 1 and _ours(fake_lab["KLPTRACE_TEST_MARK"]) == []
+    assert list(Path(fake_lab["TMPDIR"]).iterdir()) == []
+
+
+def test_qemu_abort_boots_again_once(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAKE_QEMU", "abort-once")
+    assert vm.run(_fake_kernel(fake_lab), ["sh", "-c", "exit 0"]) == 0
+    err = capfd.readouterr().err
+    assert _calls(fake_lab) == 2
+    assert err.count(f"klptrace: QEMU itself aborted ({_GLIBC_ASSERT}); booting the guest "
+                     "again (once)\n") == 1
+    assert list(Path(fake_lab["TMPDIR"]).iterdir()) == []  # nor the first boot's directory
+
+
+def test_qemu_abort_twice_is_named(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAKE_QEMU", "abort")
+    said: list[str] = []
+    with pytest.raises(vm.QemuAborted) as err:
+        vm.run(_fake_kernel(fake_lab), ["true"], say=said.append)
+    assert err.value.line == _GLIBC_ASSERT
+    assert err.value.vng_status == 255
+    assert _calls(fake_lab) == 2
+    assert sum("booting the guest again" in m for m in said) == 1
+    assert _ours(fake_lab["KLPTRACE_TEST_MARK"]) == []
+
+
+def test_qemu_abort_not_retried_when_asked(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_QEMU", "abort")
+    with pytest.raises(vm.QemuAborted):
+        vm.run(_fake_kernel(fake_lab), ["true"], retry_qemu_abort=False)
+    assert _calls(fake_lab) == 1
+
+
+def test_kernel_panic_is_not_a_qemu_abort(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_QEMU", "panic")
+    with pytest.raises(vm.GuestPanic) as err:
+        vm.run(_fake_kernel(fake_lab), ["true"])
+    assert err.value.panic == "Kernel panic - not syncing: Attempted to kill init!"
+    assert _calls(fake_lab) == 1  # a panic is the guest's: never retried
+
+
+def test_qemu_killed_without_a_word_is_a_stopped_guest(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_QEMU", "die")
+    with pytest.raises(vm.GuestStopped) as err:
+        vm.run(_fake_kernel(fake_lab), ["true"])
+    assert not isinstance(err.value, vm.QemuAborted)
+    assert "vng failed before the guest booted (exit 255)" in err.value.message
+    assert _calls(fake_lab) == 1
+
+
+def test_timeout_stops_the_guest_and_leaves_nothing(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_QEMU", "stubborn")  # ignores SIGTERM: needs the SIGKILL
+    monkeypatch.setattr(vm, "STOP_GRACE", 0.5)
+    with pytest.raises(vm.GuestTimeout, match="did not finish within 1 s and was stopped"):
+        vm.run(_fake_kernel(fake_lab), ["sleep", "300"], timeout=1)
+    assert _ours(fake_lab["KLPTRACE_TEST_MARK"]) == []
+
+
+_DRIVER = """\
+import os, sys
+from klptrace import cli, vm
+vm.check_host = lambda: os.environ["FAKE_QEMU_BIN"]
+vm._find_vng = lambda: os.environ["FAKE_VNG"]
+vm.STOP_GRACE = 1.0
+sys.exit(cli.main(["vm", "--kernel", os.environ["FAKE_IMAGE"], "--", *sys.argv[1:]]))
+"""
+
+
+def _read_until(proc: subprocess.Popen[bytes], fd: int, text: bytes, timeout: float) -> bytes:
+    """Read fd until text shows up; what was read."""
+    got = b""
+    end = time.monotonic() + timeout
+    while text not in got and time.monotonic() < end:
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            got += chunk
+    assert text in got, (got, proc.poll())
+    return got
+
+
+@pytest.mark.parametrize("when", ["boot", "command", "stop"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_klptrace_vm_stops_the_fake_guest(
+    fake_lab: dict[str, str], tmp_path: Path, when: str, sig: signal.Signals
+) -> None:
+    # klptrace starts as a shell without job control starts `klptrace vm ... &`:
+    # with SIGINT ignored
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DRIVER)
+    env = dict(os.environ, FAKE_QEMU={"boot": "boot", "command": "run", "stop": "stubborn"}[when])
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), "sh", "-c", "echo READY; sleep 300"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    if when == "boot":
+        _read_until(proc, proc.stderr.fileno(), b"FAKE-BOOTING", 30)
+    else:
+        _read_until(proc, proc.stdout.fileno(), b"READY", 30)
+    proc.send_signal(sig)
+    if when == "stop":
+        # more signals while the stop waits for a QEMU that ignores SIGTERM
+        _read_until(proc, proc.stderr.fileno(), f"{sig.name}: stopping the guest".encode(), 10)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig, err
+    assert f"klptrace: interrupted by {sig.name}; the guest was stopped\n" in err.decode()
+    assert "Traceback" not in err.decode()
+    if when == "boot":
+        assert b"READY" not in out
+    assert _ours(fake_lab["KLPTRACE_TEST_MARK"]) == []
+    assert list(Path(fake_lab["TMPDIR"]).iterdir()) == []
