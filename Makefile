@@ -78,5 +78,6 @@ lint: venv
 		$(VENV)/bin/python -m ruff check klptrace tests; \
 	else echo "lint: ruff is not installed in $(VENV), skipped"; fi
 	@if $(VENV)/bin/python -m mypy --version >/dev/null 2>&1; then \
-		$(VENV)/bin/python -m mypy --strict klptrace/kernels.py klptrace/vm.py klptrace/build.py; \
+		$(VENV)/bin/python -m mypy --strict klptrace/kernels.py klptrace/vm.py klptrace/build.py \
+			klptrace/files.py; \
 	else echo "lint: mypy is not installed in $(VENV), skipped"; fi
