@@ -267,3 +267,40 @@ def test_negative_lost_events_are_refused(tmp_path: Path,
     f.write_text(json.dumps(doc))
     assert cli.main(["check", str(f)]) == 1
     assert "'lost_events' a non-negative integer" in _one_error(capsys.readouterr().err)
+
+
+# --- the standard input handed to vng -----------------------------------------------------
+
+
+def _stdin_as(fd: int) -> int | None:
+    """vm._stdin() while fd is our standard input."""
+    saved = os.dup(0)
+    try:
+        os.dup2(fd, 0)
+        return vm._stdin()
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+
+
+def test_vng_gets_a_stdin_it_can_reopen(tmp_path: Path) -> None:
+    # vng falls back to "limited redirection" (the guest's stderr to /dev/null)
+    # unless it can open /proc/self/fd/0 read-write: hand it only such a stdin.
+    import socket
+
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    master, slave = os.openpty()
+    ro = os.open("/sys/kernel/uevent_seqnum", os.O_RDONLY)  # not writable, even for root
+    writable = os.open(tmp_path / "in.txt", os.O_RDWR | os.O_CREAT)
+    try:
+        assert _stdin_as(a.fileno()) == subprocess.DEVNULL
+        assert _stdin_as(slave) == subprocess.DEVNULL  # QEMU would make it raw
+        assert _stdin_as(ro) == subprocess.DEVNULL
+        assert _stdin_as(r) is None
+        assert _stdin_as(writable) is None
+    finally:
+        for fd in (r, w, master, slave, ro, writable):
+            os.close(fd)
+        a.close()
+        b.close()
