@@ -10,12 +10,14 @@ KLPTRACE := $(VENV)/bin/klptrace
 # and that `make bench` measures.
 TEST_KERNELS := 6.1 6.12
 
-# Debian packages: QEMU and virtme-ng's needs (busybox-static builds the guest's
-# initramfs; udev makes the guest's virtio-port links that carry the command's
-# I/O and status), bcc from Debian (never the unrelated PyPI package of that
-# name), and what kbuild needs to build modules against unpacked headers (the
-# headers call gcc-12; pahole for BTF; kmod's depmod indexes the modules).
-DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod \
+# Debian packages (Debian 12 and 13): QEMU and virtme-ng's needs (busybox-static
+# builds the guest's initramfs; udev makes the guest's virtio-port links that
+# carry the command's I/O and status; vng runs `file` to read the kernel
+# image's version, which a minimal Debian 13 lacks), bcc from Debian (never the
+# unrelated PyPI package of that name), and what kbuild needs to build modules
+# against unpacked headers (the headers call gcc-12; pahole for BTF; kmod's
+# depmod indexes the modules).
+DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod file \
 	python3-bpfcc bpfcc-tools python3-venv \
 	make gcc gcc-12 libc6-dev pahole
 
@@ -78,5 +80,6 @@ lint: venv
 		$(VENV)/bin/python -m ruff check klptrace tests; \
 	else echo "lint: ruff is not installed in $(VENV), skipped"; fi
 	@if $(VENV)/bin/python -m mypy --version >/dev/null 2>&1; then \
-		$(VENV)/bin/python -m mypy --strict klptrace/kernels.py klptrace/vm.py klptrace/build.py; \
+		$(VENV)/bin/python -m mypy --strict klptrace/kernels.py klptrace/vm.py klptrace/build.py \
+			klptrace/files.py; \
 	else echo "lint: mypy is not installed in $(VENV), skipped"; fi

@@ -9,6 +9,7 @@ of the KDIR they were built against: an unchanged tree is not rebuilt.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import os
 import re
@@ -37,8 +38,9 @@ class Built:
 
 
 def modules_source_dir() -> Path:
-    """The repository's modules/ directory."""
-    return Path(__file__).resolve().parent.parent / "modules"
+    """klptrace's modules/ sources: package data (a link to the repository's in a tree)."""
+    with importlib.resources.as_file(importlib.resources.files("klptrace") / "modules") as p:
+        return Path(p).resolve()  # plain files: the path itself, valid after the block
 
 
 def source_files(src: Path) -> list[Path]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from klptrace import __version__
-from klptrace.errors import KlptraceError, interrupt
+from klptrace.errors import KlptraceError, UsageError, interrupt
 
 EPILOG = """\
 examples:
@@ -28,6 +31,65 @@ examples:
 
 def _say(msg: str) -> None:
     print(f"klptrace: {msg}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with klptrace's form of an error: one line and a hint, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"klptrace: error: {message}\n  hint: see `{self.prog} --help`\n")
+
+
+# --- option values, checked while parsing: a usage error costs no download or boot ---
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        s = math.nan
+    if not (math.isfinite(s) and s > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+    return s
+
+
+def _memory(text: str) -> str:
+    """A guest memory size that vm.run will accept (vm imports only the stdlib and kernels)."""
+    from klptrace import vm
+
+    try:
+        vm.parse_memory(text)
+    except KlptraceError as e:
+        raise argparse.ArgumentTypeError(f"{e.message} ({e.hint})") from None
+    return text
+
+
+def _directory(text: str) -> str:
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is not a directory")
+    return text
+
+
+def _output(text: str) -> str:
+    """A file klptrace can create or overwrite, checked before the work that fills it."""
+    from klptrace import files
+
+    why = files.output_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return text
 
 
 def _add_kernel_option(p: argparse.ArgumentParser) -> None:
@@ -80,7 +142,7 @@ def _cmd_vm(args: argparse.Namespace) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
-        raise KlptraceError("no command to run in the guest", hint="klptrace vm -- CMD ...")
+        raise UsageError("no command to run in the guest", hint="klptrace vm -- CMD ...")
     vm.check_host()  # before a kernel download that would be for nothing
     # a signal during the kernel fetch unwinds too (vm.run handles its own)
     old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -101,32 +163,37 @@ def _cmd_vm(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from klptrace import commands
+    from klptrace import commands, files
 
-    sys.stdout.write(commands.list_text(commands.scenarios_for([], args.scenarios)))
+    files.write_stdout(commands.list_text(commands.scenarios_for([], args.scenarios)))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from klptrace import commands
 
-    return commands.run_vm(args) if args.vm else commands.run_local(args)
+    if not args.vm:
+        given = [(o, v) for o, v in (("--kernel", args.kernel), ("--cpus", args.cpus),
+                                     ("--memory", args.memory)) if v is not None]
+        if given:
+            names = " and ".join(o for o, _ in given)
+            one = len(given) == 1
+            raise UsageError(
+                f"{names} {'is an option' if one else 'are options'} of the lab VM: add --vm, "
+                f"or leave {'it' if one else 'them'} out to run on this machine's kernel",
+                "klptrace run --vm " + " ".join(f"{o} {v}" for o, v in given))
+        return commands.run_local(args)
+    args.cpus = _RUN_VM_CPUS if args.cpus is None else args.cpus
+    args.memory = _RUN_VM_MEMORY if args.memory is None else args.memory
+    # the scenarios and ids are read here, before the kernel is fetched and booted
+    commands.scenarios_for(args.ids, args.scenarios)
+    return commands.run_vm(args)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from klptrace import commands
 
     return commands.check(args)
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
-    return n
 
 
 def _cmd_stall(args: argparse.Namespace) -> int:
@@ -141,37 +208,61 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return commands.trace(args)
 
 
+def _examples(*lines: str) -> str:
+    """An epilog of examples, as at the end of every subcommand's --help."""
+    return "examples:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+_RAW = argparse.RawDescriptionHelpFormatter
+#: the lab VM's size for `run --vm` when --cpus/--memory are not given (as for `vm`)
+_RUN_VM_CPUS, _RUN_VM_MEMORY = 2, "4G"
+
+
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "json", "ktap", "junit"), default="text",
                    help="output format (default text)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE")
-    p.add_argument("--scenarios", metavar="DIR",
+    p.add_argument("-o", "--output", metavar="FILE", type=_output,
+                   help="write the output to FILE")
+    p.add_argument("--scenarios", metavar="DIR", type=_directory,
                    help="a directory of scenario files instead of klptrace's own")
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("list", help="list the scenarios")
-    p.add_argument("--scenarios", metavar="DIR", help="a directory of scenario files")
+    p = sub.add_parser(
+        "list", help="list the scenarios",
+        description="List the scenario ids and titles, in the order `run` runs them.",
+        epilog=_examples("klptrace list", "klptrace list --scenarios ./my-scenarios"),
+        formatter_class=_RAW)
+    p.add_argument("--scenarios", metavar="DIR", type=_directory,
+                   help="a directory of scenario files")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser(
         "run", help="run scenarios, record them with BPF and check them",
         description="Drive the kernel through livepatch scenarios while BPF records the "
         "livepatch core, and check the recorded order against the expected one. Exit "
-        "status: 0 all passed, 1 a scenario failed or errored, 4 nothing could run here.",
-        epilog="examples:\n  sudo klptrace run\n  klptrace run --vm --format ktap\n"
-        "  klptrace run --vm --kernel 6.1 -o r.json --format json atomic-replace\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "status: 0 all passed, 1 a scenario failed or errored, 4 nothing could run here, "
+        "2 a usage error.",
+        epilog=_examples(
+            "sudo klptrace run", "klptrace run --vm --format ktap",
+            "klptrace run --vm --kernel 6.1 -o r.json --format json atomic-replace",
+            "klptrace run --vm --cpus 1 --memory 2G --record rec.json",
+            "sudo klptrace run --scenarios ./my-scenarios --modules ./my-modules"),
+        formatter_class=_RAW)
     p.add_argument("ids", nargs="*", metavar="ID", help="scenario ids (default: all)")
     _add_output_options(p)
-    p.add_argument("--record", metavar="FILE", help="also save the recording (JSON) to FILE")
+    p.add_argument("--record", metavar="FILE", type=_output,
+                   help="also save the recording (JSON) to FILE")
     p.add_argument("--vm", action="store_true", help="run in the lab VM, results brought back")
     _add_kernel_option(p)
-    p.add_argument("--cpus", type=int, default=2, metavar="N", help="guest CPUs with --vm")
-    p.add_argument("--memory", default="4G", metavar="SIZE", help="guest memory with --vm")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    p.add_argument("--cpus", type=_positive, metavar="N",
+                   help=f"guest CPUs with --vm (default {_RUN_VM_CPUS})")
+    p.add_argument("--memory", type=_memory, metavar="SIZE",
+                   help=f"guest memory with --vm (default {_RUN_VM_MEMORY})")
+    p.add_argument("--timeout", type=_seconds, default=120.0, metavar="S",
                    help="longest wait for one transition or unload (default 120)")
-    p.add_argument("--modules", metavar="DIR", help="built test modules (default: the cache)")
+    p.add_argument("--modules", metavar="DIR", type=_directory,
+                   help="built test modules (default: the cache)")
     p.add_argument("--repeat", type=_positive, default=1, metavar="N",
                    help="run the scenarios N times in a row (one BPF compile)")
     p.add_argument("--allow-replace", action="store_true",
@@ -186,15 +277,15 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "patched function each sits in, the kernel's reason, and what to do next. The first "
         "answer comes from /proc and sysfs, at once; --watch adds BPF and follows the "
         "transition to its end.",
-        epilog="examples:\n  sudo klptrace stall\n  sudo klptrace stall klptrace_lp --format json\n"
-        "  sudo klptrace stall --wait --watch\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_examples("sudo klptrace stall", "sudo klptrace stall klptrace_lp --format json",
+                         "sudo klptrace stall --wait --watch --timeout 60"),
+        formatter_class=_RAW)
     p.add_argument("patch", nargs="?", metavar="PATCH", help="the livepatch (default: the one "
                    "in transition)")
     p.add_argument("--watch", action="store_true", help="follow it live until it completes, "
                    "then print its timeline")
     p.add_argument("--wait", action="store_true", help="wait for a transition to start")
-    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+    p.add_argument("--timeout", type=_seconds, default=600.0, metavar="S",
                    help="give up waiting or watching after S seconds (default 600)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_stall)
@@ -205,47 +296,70 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "livepatch events meanwhile, as the lines the kernel selftests expect in dmesg. "
         "Callbacks are traced for each --module, loaded or not yet. The exit status is "
         "COMMAND's; lost events or a probe that did not attach make it non-zero.",
-        epilog="examples:\n  sudo klptrace trace --module ./my_lp.ko -- sh -c "
-        "'insmod my_lp.ko; echo 0 > /sys/kernel/livepatch/my_lp/enabled; rmmod my_lp'\n"
-        "  sudo klptrace trace --module my_lp --expect expected.txt --format ktap -- ./test.sh\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_examples(
+            "sudo klptrace trace --module ./my_lp.ko -- sh -c 'insmod my_lp.ko; "
+            "echo 0 > /sys/kernel/livepatch/my_lp/enabled; rmmod my_lp'",
+            "sudo klptrace trace --module my_lp --expect expected.txt --format ktap -- ./test.sh",
+            "sudo klptrace trace --module my_lp --format json -o story.json"),
+        formatter_class=_RAW)
     p.add_argument("--module", action="append", default=[], metavar="NAME|PATH.ko",
                    help="a livepatch module whose callbacks to trace (repeatable)")
     p.add_argument("--format", choices=("transcript", "json", "ktap", "junit"),
                    default="transcript", help="output format (default transcript)")
-    p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE")
+    p.add_argument("-o", "--output", metavar="FILE", type=_output,
+                   help="write the output to FILE")
     p.add_argument("--expect", metavar="FILE", help="a transcript of what should happen "
                    "(# comments allowed): compare, print the diff, exit 1 on a mismatch")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
     p.set_defaults(func=_cmd_trace)
 
-    p = sub.add_parser("check", help="re-check a saved recording offline (no root)")
+    p = sub.add_parser(
+        "check", help="re-check a saved recording offline (no root)",
+        description="Check a saved run (`run --record FILE`, or `run --format json`) again "
+        "against the scenarios' expected orders, with no kernel and no root, and render it "
+        "in any format. Exit status as for run.",
+        epilog=_examples("klptrace check rec.json", "klptrace check rec.json --format junit "
+                         "-o junit.xml", "klptrace check rec.json --scenarios ./my-scenarios"),
+        formatter_class=_RAW)
     p.add_argument("recording", metavar="RECORDING", help="a file from `run --record`")
     _add_output_options(p)
-    p.add_argument("--record", help=argparse.SUPPRESS)
+    p.add_argument("--record", type=_output, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="klptrace",
         description="Record the Linux kernel livepatch core's callbacks and transitions "
         "with BPF, and check them.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RAW,
     )
     parser.add_argument("--version", action="version", version=f"klptrace {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("kernel", help="fetch a guest kernel into the cache and show it")
+    p = sub.add_parser(
+        "kernel", help="fetch a guest kernel into the cache and show it",
+        description="Download a stock Debian kernel's image, headers and kbuild packages into "
+        "the cache (never installed: the host's /boot stays as it is) and print where they are.",
+        epilog=_examples("klptrace kernel", "klptrace kernel --kernel 6.12",
+                         "klptrace kernel --refresh"),
+        formatter_class=_RAW)
     _add_kernel_option(p)
     p.add_argument("--refresh", action="store_true", help="re-read the package lists first")
     p.set_defaults(func=_cmd_kernel)
 
-    p = sub.add_parser("build", help="build the test modules against a kernel's headers")
+    p = sub.add_parser(
+        "build", help="build the test modules against a kernel's headers",
+        description="Build klptrace's test modules (modules/) on the host against a cached "
+        "kernel's headers or a kbuild directory, into the cache; print the .ko paths.",
+        epilog=_examples("klptrace build", "klptrace build --kernel 6.12",
+                         "klptrace build --kdir /lib/modules/$(uname -r)/build"),
+        formatter_class=_RAW)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--kernel", metavar="VERSION|PATH", help="as for vm (default: 6.1)")
-    group.add_argument("--kdir", metavar="DIR", help="a kernel build directory (headers)")
+    group.add_argument("--kdir", metavar="DIR", type=_directory,
+                       help="a kernel build directory (headers)")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser(
@@ -253,12 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="boot a kernel in QEMU and run a command as root in it",
         description="Boot a guest kernel with the host's / shared copy-on-write, run CMD "
         "as root, stream its output and exit with its status.",
+        epilog=_examples("klptrace vm -- uname -r",
+                         "klptrace vm --kernel 6.12 --cpus 1 --memory 2G -- dmesg",
+                         "klptrace vm --rwdir results -- sh -c 'dmesg > results/dmesg.txt'",
+                         "klptrace vm --timeout 600 -- .venv/bin/klptrace run"),
+        formatter_class=_RAW,
     )
     _add_kernel_option(p)
-    p.add_argument("--cpus", type=int, default=2, metavar="N", help="guest CPUs (default 2)")
-    p.add_argument("--memory", default="4G", metavar="SIZE", help="guest memory (default 4G)")
+    p.add_argument("--cpus", type=_positive, default=2, metavar="N",
+                   help="guest CPUs (default 2)")
+    p.add_argument("--memory", type=_memory, default="4G", metavar="SIZE",
+                   help="guest memory (default 4G)")
     p.add_argument(
-        "--timeout", type=float, default=1800.0, metavar="S",
+        "--timeout", type=_seconds, default=1800.0, metavar="S",
         help="give up on the guest after S seconds (default 1800)",
     )  # fmt: skip
     p.add_argument(
@@ -274,6 +395,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run klptrace; return the exit status."""
     args = build_parser().parse_args(argv)
+    return _flushed(_dispatch(args))
+
+
+def _flushed(status: int) -> int:
+    """status, once the standard output is written out; 1 if it cannot be (a full disk)."""
+    from klptrace import files
+
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        files.discard_stdout()
+        print(f"klptrace: error: cannot write the standard output: {e.strerror}\n"
+              "  hint: write to a file with -o FILE", file=sys.stderr)
+        return status or 1
+    return status
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """The subcommand's exit status; a KlptraceError becomes its one-line message."""
     try:
         status: int = args.func(args)
         return status

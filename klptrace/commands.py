@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from klptrace import checker, kmod, kmsg, report, results, scenario, sysinfo
+from klptrace import checker, files, kmod, kmsg, report, results, scenario, sysinfo
 from klptrace.errors import KlptraceError, NotSupported, UsageError, interrupt
 from klptrace.recorder import Recording, RecordingError
 
@@ -195,15 +195,47 @@ def _skipped(s: scenario.Scenario, why: str) -> dict[str, Any]:
 
 
 def _emit(doc: dict[str, Any], args: Any) -> int:
+    doc = _account_lost(doc)
+    failed: KlptraceError | None = None
     if getattr(args, "record", None):
-        results_path = Path(args.record)
-        results_path.write_text(json.dumps(doc, indent=1) + "\n")
+        try:
+            files.write_text(args.record, json.dumps(doc, indent=1) + "\n")
+        except KlptraceError as e:
+            failed = e  # the results still go where they were asked to
     text = report.render(args.format, doc)
     if args.output:
-        Path(args.output).write_text(text)
+        files.write_text(args.output, text)
     else:
-        sys.stdout.write(text)
+        files.write_stdout(text)
+    if failed:
+        raise failed
     return results.exit_status(doc)
+
+
+def _account_lost(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document with events lost outside every scenario's own count made each one's error.
+
+    The BPF ring buffer's lost counter is global; a scenario's share is what it
+    grew by during that scenario. Events lost that no share accounts for may
+    belong to any scenario's recording, so none of them can pass.
+    """
+    scs = doc["scenarios"]
+    own = sum(s.get("lost_events", 0) for s in scs)
+    unaccounted = doc["lost_events"] - own
+    if unaccounted <= 0:
+        return doc
+    why = (f"{unaccounted} events were lost that no scenario accounts for (lost_events "
+           f"{doc['lost_events']} in all, {own} in the scenarios): this recording may lack some")
+    marked = []
+    for s in scs:
+        if s["status"] != checker.SKIP:
+            problems = [*s.get("problems", []), why]
+            s = {**s, "status": checker.ERROR, "problems": problems,
+                 "explanation": "the recording cannot be trusted: " + "; ".join(problems)}
+        marked.append(s)
+    rest = {k: v for k, v in doc.items()
+            if k not in ("kernel", "lost_events", "probes", "scenarios", "totals")}
+    return results.run_document(doc["kernel"], marked, doc["lost_events"], doc["probes"], **rest)
 
 
 def run_vm(args: Any) -> int:
@@ -342,10 +374,8 @@ def _errored(s: scenario.Scenario, why: str) -> dict[str, Any]:
 
 def check(args: Any) -> int:
     """`klptrace check RECORDING`: re-check a saved run offline."""
-    try:
-        raw = Path(args.recording).read_text()
-    except OSError as e:
-        raise UsageError(f"cannot read {args.recording}: {e.strerror}") from None
+    raw = files.read_text(args.recording, RecordingError,
+                          "check reads a file written by `klptrace run --record FILE`")
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -354,8 +384,16 @@ def check(args: Any) -> int:
     if not isinstance(doc, dict) or not isinstance(doc.get("scenarios"), list):
         raise RecordingError(f"{args.recording}: not a klptrace recording (no 'scenarios' list)",
                              "write one with `klptrace run --record FILE`")
-    known = {s.id: s for s in scenario.load_dir(args.scenarios or scenario.BUILTIN_DIR)}
+    kernel = doc.get("kernel", "?")
+    lost = doc.get("lost_events", 0)
+    if (not isinstance(kernel, str) or isinstance(lost, bool) or not isinstance(lost, int)
+            or lost < 0):
+        raise RecordingError(f"{args.recording}: 'kernel' must be a string, 'lost_events' "
+                             "a non-negative integer")
     probes = doc.get("probes", [])
+    if not isinstance(probes, list) or not all(isinstance(p, dict) for p in probes):
+        raise RecordingError(f"{args.recording}: 'probes' must be a list of objects")
+    known = {s.id: s for s in scenario.load_dir(args.scenarios or scenario.BUILTIN_DIR)}
     out = []
     for i, sd in enumerate(doc["scenarios"]):
         where = f"{args.recording}: scenarios[{i}]"
@@ -386,15 +424,8 @@ def check(args: Any) -> int:
                     "expected": v.expected, "recorded": v.recorded,
                     "explanation": v.explanation, "diff": v.diff, "problems": v.problems,
                     "notes": [], **({"oops": oops} if oops else {})})
-    kernel = doc.get("kernel", "?")
-    lost = doc.get("lost_events", 0)
-    if not isinstance(kernel, str) or isinstance(lost, bool) or not isinstance(lost, int):
-        raise RecordingError(
-            f"{args.recording}: 'kernel' must be a string, 'lost_events' an integer")
     new = results.run_document(kernel, out, lost, probes)
     return _emit(new, args)
-
-
 
 
 def trace(args: Any) -> int:
@@ -412,10 +443,8 @@ def trace(args: Any) -> int:
         command = command[1:]
     expected = None
     if args.expect:
-        try:
-            expected = parse_expectation(Path(args.expect).read_text())
-        except OSError as e:
-            raise UsageError(f"cannot read {args.expect}: {e.strerror}") from None
+        expected = parse_expectation(files.read_text(
+            args.expect, hint="--expect reads a transcript you wrote (a text file)"))
     kos = [tr.resolve_module(m) for m in args.module]
     probes.check_kernel()
     old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)} \
@@ -494,9 +523,9 @@ def trace(args: Any) -> int:
     else:
         text = "".join(f"{line}\n" for line in lines)
     if args.output:
-        Path(args.output).write_text(text)
+        files.write_text(args.output, text)
     else:
-        sys.stdout.write(text)
+        files.write_stdout(text)
     if problems:
         return status or 1
     return status

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from klptrace import files
 from klptrace.errors import KlptraceError, UsageError
 from klptrace.transcript import parse_expectation
 
@@ -136,15 +137,25 @@ def load_dir(directory: str | Path = BUILTIN_DIR) -> list[Scenario]:
     p = Path(directory)
     if not p.is_dir():
         raise ScenarioError(f"{p} is not a directory of scenario files")
-    files = sorted(p.glob("*.toml"))
+    # names starting with a dot are editors' files (an Emacs lock is a dangling link)
+    files = sorted(f for f in p.glob("*.toml") if not f.name.startswith("."))
     if not files:
         raise ScenarioError(f"{p} has no *.toml scenario files")
-    out = [parse(f.read_text(), str(f)) for f in files]
+    out = [parse(_read(f), str(f)) for f in files]
     ids = [s.id for s in out]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise ScenarioError(f"{p}: duplicate scenario id(s) {', '.join(sorted(dup))}")
     return out
+
+
+def _read(f: Path) -> str:
+    """The text of one scenario file; a named error for anything else found as *.toml."""
+    why = files.special_file(f)
+    if why:
+        raise UsageError(f"{f} {why}, not a scenario file",
+                         "scenario directories hold one TOML file per scenario: move it away")
+    return files.read_text(f, ScenarioError)
 
 
 def select(scenarios: list[Scenario], ids: list[str]) -> list[Scenario]:

@@ -535,7 +535,7 @@ def test_cli_vm_needs_a_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(vm, "check_host", lambda: "/usr/bin/qemu-system-x86_64")
-    assert cli.main(["vm", "--"]) == 1
+    assert cli.main(["vm", "--"]) == 2
     assert "no command to run in the guest" in capsys.readouterr().err
 
 

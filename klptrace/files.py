@@ -1,0 +1,120 @@
+"""A user's files: read what klptrace is given, write what it produces, with named errors.
+
+A file that cannot be read at all (missing, a directory, no permission) is a usage error
+(exit 2); a file that is read but is not text is the caller's kind of error (exit 1, like a
+file that is not JSON or not TOML). Writes that fail keep the output in a spare file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tempfile
+from pathlib import Path
+
+from klptrace.errors import KlptraceError, UsageError
+
+
+class NotText(KlptraceError):
+    """A file that was read but is not UTF-8 text (a binary file, another encoding)."""
+
+
+def special_file(path: Path) -> str:
+    """Why path is not a regular file to read ('' when it is one).
+
+    Said before opening it: reading a FIFO would block until someone writes to it.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "is a broken symbolic link" if path.is_symlink() else "does not exist"
+    except OSError as e:
+        return f"cannot be read: {e.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a FIFO, a socket or a device)"
+    return ""
+
+
+def read_text(path: str | Path, error: type[KlptraceError] = NotText, hint: str | None = None,
+              ) -> str:
+    """The UTF-8 text of a file; UsageError (with hint) if it cannot be read, error if it is
+    not text."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}", hint) from None
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})",
+                    "is it the right file? klptrace reads UTF-8 text (JSON, TOML)") from None
+
+
+def output_problem(path: str | Path) -> str:
+    """Why an output file could not be written ('' when it looks writable), said before a run."""
+    p = Path(path)
+    parent = p.parent
+    if p.is_dir():
+        return f"{p} is a directory: name a file in it, e.g. {p / 'results.json'}"
+    if not parent.exists():
+        return f"directory {parent} does not exist: create it first"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if p.exists():
+        if not os.access(p, os.W_OK):
+            return f"{p} is not writable"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create files in {parent} (no permission)"
+    return ""
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text to path; if that fails, keep it in a spare file and say where."""
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        kept = _keep(text, Path(path).suffix)
+        hint = (f"the output is in {kept} instead" if kept
+                else "the output is lost: make room, or choose another file")
+        raise KlptraceError(f"cannot write {path}: {e.strerror}", hint) from None
+
+
+def _keep(text: str, suffix: str) -> str:
+    """A spare copy of text in the temporary directory; '' if that fails too."""
+    try:
+        fd, name = tempfile.mkstemp(prefix="klptrace-output-", suffix=suffix)
+    except OSError:
+        return ""
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError:
+        os.unlink(name)
+        return ""
+    return name
+
+
+def write_stdout(text: str) -> None:
+    """Write text to the standard output; a named error if it cannot take it (a full disk)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as e:
+        discard_stdout()
+        raise KlptraceError(f"cannot write the standard output: {e.strerror}",
+                            "write to a file with -o FILE") from None
+
+
+def discard_stdout() -> None:
+    """Send what is still buffered for the standard output nowhere.
+
+    Otherwise the interpreter tries again at exit and prints its own message.
+    """
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # not a real file (a test's capture): nothing is left to fail at exit
