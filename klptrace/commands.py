@@ -142,7 +142,8 @@ def _emit(doc: dict[str, Any], args: Any) -> int:
     if getattr(args, "record", None):
         results_path = Path(args.record)
         results_path.write_text(json.dumps(doc, indent=1) + "\n")
-    text = report.render(args.format, doc)
+    text = report.render(args.format, doc,
+                         kcidb_origin=getattr(args, "kcidb_origin", "klptrace"))
     if args.output:
         Path(args.output).write_text(text)
     else:
