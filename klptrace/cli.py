@@ -145,9 +145,9 @@ def _kcidb_origin(text: str) -> str:
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("text", "json", "ktap", "junit", "kcidb"),
+    p.add_argument("--format", choices=("text", "json", "ktap", "junit", "kcidb", "trace-event"),
                    default="text", help="output format (default text; kcidb: KernelCI's "
-                   "KCIDB schema)")
+                   "KCIDB schema; trace-event: for Perfetto's UI and chrome://tracing)")
     p.add_argument("--kcidb-origin", metavar="NAME", type=_kcidb_origin, default="klptrace",
                    help="the origin of --format kcidb ids (default klptrace)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE")

@@ -2,12 +2,12 @@
 
 Each module has `render(run: dict) -> str`, where run is the JSON document of
 a run (klptrace.results.run_document()) or of a matrix (results.matrix_document();
-kcidb takes both). kcidb also takes `origin`, given here as
+kcidb and trace-event take both). kcidb also takes `origin`, given here as
 `kcidb_origin`.
 """
 
-FORMATS = ("text", "json", "ktap", "junit", "kcidb")
-_MODULES = {"json": "json_"}
+FORMATS = ("text", "json", "ktap", "junit", "kcidb", "trace-event")
+_MODULES = {"json": "json_", "trace-event": "trace_event"}
 
 
 def render(fmt: str, run: dict, *, kcidb_origin: str = "klptrace") -> str:  # type: ignore[type-arg]
