@@ -218,9 +218,22 @@ _RAW = argparse.RawDescriptionHelpFormatter
 _RUN_VM_CPUS, _RUN_VM_MEMORY = 2, "4G"
 
 
+def _kcidb_origin(text: str) -> str:
+    from klptrace.report.kcidb import ORIGIN_RE
+
+    if not ORIGIN_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"a KCIDB origin is lower-case letters, digits and _ (as KernelCI agreed it "
+            f"with you), not {text!r}")
+    return text
+
+
 def _add_output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("text", "json", "ktap", "junit"), default="text",
-                   help="output format (default text)")
+    p.add_argument("--format", choices=("text", "json", "ktap", "junit", "kcidb", "trace-event"),
+                   default="text", help="output format (default text; kcidb: KernelCI's "
+                   "KCIDB schema; trace-event: for Perfetto's UI and chrome://tracing)")
+    p.add_argument("--kcidb-origin", metavar="NAME", type=_kcidb_origin, default="klptrace",
+                   help="the origin of --format kcidb ids (default klptrace)")
     p.add_argument("-o", "--output", metavar="FILE", type=_output,
                    help="write the output to FILE")
     p.add_argument("--scenarios", metavar="DIR", type=_directory,

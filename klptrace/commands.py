@@ -202,7 +202,8 @@ def _emit(doc: dict[str, Any], args: Any) -> int:
             files.write_text(args.record, json.dumps(doc, indent=1) + "\n")
         except KlptraceError as e:
             failed = e  # the results still go where they were asked to
-    text = report.render(args.format, doc)
+    text = report.render(args.format, doc,
+                         kcidb_origin=getattr(args, "kcidb_origin", "klptrace"))
     if args.output:
         files.write_text(args.output, text)
     else:

@@ -1,13 +1,16 @@
 """Formatters: a run's results in, text out. No logic beyond layout.
 
 Each module has `render(run: dict) -> str`, where run is the JSON document of
-a run (klptrace.results.run_document()).
+a run (klptrace.results.run_document()) or of a matrix (results.matrix_document();
+kcidb and trace-event take both). kcidb also takes `origin`, given here as
+`kcidb_origin`.
 """
 
-FORMATS = ("text", "json", "ktap", "junit")
+FORMATS = ("text", "json", "ktap", "junit", "kcidb", "trace-event")
+_MODULES = {"json": "json_", "trace-event": "trace_event"}
 
 
-def render(fmt: str, run: dict) -> str:  # type: ignore[type-arg]
+def render(fmt: str, run: dict, *, kcidb_origin: str = "klptrace") -> str:  # type: ignore[type-arg]
     """Render a run document in one of FORMATS."""
     import importlib
 
@@ -15,6 +18,8 @@ def render(fmt: str, run: dict) -> str:  # type: ignore[type-arg]
         raise ValueError(f"unknown format {fmt!r}")
     # only the one asked for: tabulate and xml.etree took 0.8 s to import
     # in the emulated guest, on every run
-    module = importlib.import_module(f"klptrace.report.{'json_' if fmt == 'json' else fmt}")
+    module = importlib.import_module(f"klptrace.report.{_MODULES.get(fmt, fmt)}")
+    if fmt == "kcidb":
+        return str(module.render(run, origin=kcidb_origin))
     out: str = module.render(run)
     return out

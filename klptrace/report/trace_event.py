@@ -1,0 +1,225 @@
+"""trace-event: the recording as Chrome trace-event JSON, for Perfetto's UI and chrome://tracing.
+
+One process per kernel, and in it one track (a thread) for the scenarios, one per
+livepatch for its transitions, one per klp_object (and livepatch module), one per
+task. Time is microseconds since the run's first event, on the kernel's clock,
+so every scenario of a run shares one axis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from klptrace.results import is_matrix
+
+# a function's entry and its return, drawn as one complete (X) event:
+# entry kind -> (return kind, the kernel's function)
+_CALLS = {
+    "enable": ("enable_ret", "klp_enable_patch"),
+    "module_coming": ("module_coming_ret", "klp_module_coming"),
+    "module_init": ("module_init_ret", "do_init_module"),
+}
+_RETURNS = {ret: entry for entry, (ret, _) in _CALLS.items()}
+# instants, by the kernel's word for them (other kinds are named by their kind)
+_NAMES = {
+    "transition_start": "start", "transition_try": "klp_try_complete_transition",
+    "transition_complete": "complete",
+    "transition_cancel": "cancel", "transition_reverse": "reverse",
+    "transition_reversed": "reversed", "transition_force": "force",
+    "unpatch_objects": "klp_unpatch_objects", "patch_object": "klp_patch_object",
+    "unpatch_object": "klp_unpatch_object", "module_going": "klp_module_going",
+    "module_free": "free_module", "task_blocked": "task blocked", "step_result": "step failed",
+}
+_TRACK_ORDER = ("scenarios", "transition", "object", "task")
+Track = tuple[str, str]
+
+
+def render(run: dict[str, Any]) -> str:
+    """The trace of a run document or a matrix document, as JSON."""
+    runs = run["runs"] if is_matrix(run) else [run]
+    events: list[dict[str, Any]] = []
+    for pid, r in enumerate(runs, 1):
+        events += _process(pid, r)
+    doc = {"traceEvents": events, "displayTimeUnit": "ms",
+           "otherData": {"generator": "klptrace",
+                         "kernels": ", ".join(r["kernel"] for r in runs),
+                         "clock": "microseconds since each kernel's first recorded event"}}
+    return json.dumps(doc, indent=0) + "\n"
+
+
+def _track(e: dict[str, Any]) -> Track:
+    """The track an event belongs on: its livepatch's transitions, its klp_object or task."""
+    kind = e["kind"]
+    if kind == "transition_try":  # a task's work: which one tries matters in a stall
+        return ("task", str(e.get("tid", 0)))
+    if kind.startswith("transition_") or kind == "unpatch_objects":
+        return ("transition", e.get("patch", ""))
+    if kind in ("callback", "patch_object", "unpatch_object") or kind.startswith("module_"):
+        return ("object", e.get("object", ""))
+    return ("task", str(e.get("tid", 0)))
+
+
+def _all_events(run: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for sc in run["scenarios"]:
+        yield from sc.get("events", [])
+
+
+def _thread_names(run: dict[str, Any]) -> dict[Track, str]:
+    """Every track of a run in display order, with its name."""
+    comms: dict[str, list[str]] = {}
+    livepatch: set[str] = set()
+    found: dict[Track, None] = {}
+    for e in _all_events(run):
+        t = _track(e)
+        if e["kind"].startswith("transition_"):  # its span, wherever the event itself goes
+            found[("transition", e.get("patch", ""))] = None
+        found[t] = None
+        if t[0] == "task" and e.get("comm") and e["comm"] not in comms.setdefault(t[1], []):
+            comms[t[1]].append(e["comm"])
+        if e.get("livepatch"):
+            livepatch.add(e.get("object", ""))
+    names: dict[Track, str] = {("scenarios", ""): "scenarios"}
+    for t in sorted(found, key=lambda t: _TRACK_ORDER.index(t[0])):  # stable: first seen
+        if t[0] == "transition":
+            names[t] = f"{t[1]} transitions"
+        elif t[0] == "object":
+            names[t] = f"livepatch {t[1]}" if t[1] in livepatch else f"klp_object {t[1]}"
+        else:
+            names[t] = f"{'/'.join(comms.get(t[1], [])) or 'task'} {t[1]}"
+    return names
+
+
+def _process(pid: int, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """One kernel's run: its metadata, then every scenario's events."""
+    names = _thread_names(run)
+    tids = {t: i for i, t in enumerate(names, 1)}
+    out: list[dict[str, Any]] = [
+        _meta(pid, 0, "process_name", name=f"kernel {run['kernel']}"),
+        _meta(pid, 0, "process_sort_index", sort_index=pid)]
+    for t, tid in tids.items():
+        out += [_meta(pid, tid, "thread_name", name=names[t]),
+                _meta(pid, tid, "thread_sort_index", sort_index=tid)]
+    t0 = min((e["ts_ns"] for e in _all_events(run)), default=0)
+    for sc in run["scenarios"]:
+        out += _scenario(sc, pid, tids, t0)
+    return out
+
+
+def _meta(pid: int, tid: int, what: str, **args: Any) -> dict[str, Any]:
+    """A metadata event: names and orders a process or a thread (its ts is not used)."""
+    return {"ph": "M", "name": what, "ts": 0, "pid": pid, "tid": tid, "args": args}
+
+
+def _us(ns: int, t0: int) -> float:
+    return round((ns - t0) / 1000, 3)
+
+
+def _fields(e: dict[str, Any]) -> dict[str, Any]:
+    """An event's fields as args: the task, the patch, object, callback, state and ret."""
+    return {k: v for k, v in e.items() if k not in ("kind", "ts_ns")}
+
+
+def _scenario(sc: dict[str, Any], pid: int, tids: dict[Track, int],
+              t0: int) -> list[dict[str, Any]]:
+    """One scenario: a span on the scenarios track, and its events on theirs."""
+    evs = sc.get("events", [])
+    if not evs:  # skipped: nothing happened in the kernel to draw
+        return []
+    end = max(e["ts_ns"] for e in evs)
+    begin = min(e["ts_ns"] for e in evs)
+    out = [_complete(pid, tids[("scenarios", "")], sc["id"], "scenario", begin, end,
+                     t0, {"status": sc["status"], "duration_s": sc["duration_s"],
+                          "explanation": sc.get("explanation", "")})]
+    calls: dict[tuple[Track, str], dict[str, Any]] = {}
+    transitions: dict[str, dict[str, Any]] = {}
+    for e in evs:
+        track, kind = _track(e), e["kind"]
+        tid = tids[track]
+        if kind in _CALLS:
+            calls[(track, kind)] = e
+        elif kind in _RETURNS and (track, _RETURNS[kind]) in calls:
+            entry = calls.pop((track, _RETURNS[kind]))
+            out.append(_complete(pid, tid, _call_name(entry), "call", entry["ts_ns"],
+                                 e["ts_ns"], t0, {**_fields(entry), "ret": e.get("ret")}))
+        elif kind.startswith("transition_") or kind == "unpatch_objects":
+            out += _transition(transitions, e, pid, tid, tids[("transition", e.get("patch", ""))],
+                               t0)
+        else:
+            name = (f"% {e.get('detail', '')}" if kind == "step" else
+                    e.get("callback", kind) if kind == "callback" else _NAMES.get(kind, kind))
+            out.append(_instant(pid, tid, str(name), _category(kind), e["ts_ns"], t0,
+                                _fields(e)))
+    # what had not returned or completed when the scenario ended: drawn to its end
+    for (track, _), entry in calls.items():
+        out.append(_complete(pid, tids[track], _call_name(entry), "call", entry["ts_ns"], end,
+                             t0, {**_fields(entry), "returned": False}))
+    for patch, tr in transitions.items():
+        out.append(_transition_event(pid, tids[("transition", patch)], tr, end, t0, False))
+    return out
+
+
+def _call_name(entry: dict[str, Any]) -> str:
+    fn = _CALLS[entry["kind"]][1]
+    what = entry.get("patch") or entry.get("object")
+    return f"{fn} {what}" if what else fn
+
+
+def _category(kind: str) -> str:
+    if kind == "callback":
+        return "callback"
+    if kind.startswith("module_"):
+        return "module"
+    if kind in ("patch_object", "unpatch_object"):
+        return "klp_object"
+    if kind.startswith("step"):
+        return "step"
+    return "task"
+
+
+def _transition(open_: dict[str, dict[str, Any]], e: dict[str, Any], pid: int, tid: int,
+                span_tid: int, t0: int) -> list[dict[str, Any]]:
+    """A transition event: it opens, marks or closes its livepatch's transition span
+    (on span_tid); tid is the event's own track."""
+    patch, kind = e.get("patch", ""), e["kind"]
+    tr = open_.setdefault(patch, {"begin": e, "target": e.get("target", ""), "tries": 0,
+                                  "reversed": False, "cancelled": False, "forced": False})
+    if e.get("target"):
+        tr["final_target"] = e["target"]
+    if kind == "transition_try":
+        tr["tries"] += 1
+    for flag, by in (("reversed", "transition_reversed"), ("cancelled", "transition_cancel"),
+                     ("forced", "transition_force")):
+        tr[flag] = tr[flag] or kind == by
+    if kind == "transition_done":
+        del open_[patch]
+        return [_transition_event(pid, span_tid, tr, e["ts_ns"], t0, True)]
+    if kind == "transition_init":
+        return []  # the span's beginning
+    return [_instant(pid, tid, _NAMES.get(kind, kind), "transition", e["ts_ns"], t0,
+                     _fields(e))]
+
+
+def _transition_event(pid: int, tid: int, tr: dict[str, Any], end: int, t0: int,
+                      complete: bool) -> dict[str, Any]:
+    """A transition from klp_init_transition() to klp_complete_transition()'s end."""
+    name = {"patched": "patching", "unpatched": "unpatching"}.get(tr["target"], "transition")
+    name += "".join(f", {w}" for w in ("reversed", "cancelled", "forced") if tr[w])
+    args = {"patch": tr["begin"].get("patch", ""), "target": tr["target"],
+            "final_target": tr.get("final_target", tr["target"]), "tries": tr["tries"],
+            "reversed": tr["reversed"], "cancelled": tr["cancelled"], "forced": tr["forced"],
+            "complete": complete, "begun_by": tr["begin"]["kind"]}
+    return _complete(pid, tid, name, "transition", tr["begin"]["ts_ns"], end, t0, args)
+
+
+def _complete(pid: int, tid: int, name: str, cat: str, begin: int, end: int, t0: int,
+              args: dict[str, Any]) -> dict[str, Any]:
+    return {"ph": "X", "name": name, "cat": cat, "ts": _us(begin, t0),
+            "dur": round((end - begin) / 1000, 3), "pid": pid, "tid": tid, "args": args}
+
+
+def _instant(pid: int, tid: int, name: str, cat: str, ts: int, t0: int,
+             args: dict[str, Any]) -> dict[str, Any]:
+    return {"ph": "i", "s": "t", "name": name, "cat": cat, "ts": _us(ts, t0), "pid": pid,
+            "tid": tid, "args": args}
