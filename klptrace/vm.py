@@ -501,11 +501,16 @@ def _stop(proc: subprocess.Popen[bytes], pid_file: Path, marker: str,
         except ProcessLookupError:
             pass
 
+    def unreaped(pid: int) -> Callable[[], list[int]]:
+        return lambda: [pid] if _proc_state(pid) is not None else []
+
     sigs = [signal.SIGTERM, signal.SIGKILL]
     for qemu in qemu_left():
         send(qemu, signal.SIGTERM)
         if settle(qemu_left):
             sigs = [signal.SIGKILL]  # it ignores SIGTERM
+        else:
+            settle(unreaped(qemu))  # its parent reaps it before it gets a signal itself
     pids: list[int] = []
     for sig in sigs:
         send(proc.pid, sig, group=True)

@@ -678,14 +678,23 @@ def test_stop_lets_qemus_parent_reap_it(tmp_path: Path) -> None:
     # first and alone, is reaped by it rather than left a zombie for init
     marker = str(tmp_path / "run")
     pid_file, reaped = tmp_path / "qemu.pid", tmp_path / "reaped"
-    parent = f"""import os, signal, sys
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    # SIGTERM is held and looked at between polls, so that what comes first decides:
+    # a SIGTERM before QEMU's end makes it exit without reaping, as virtme-run does
+    parent = f"""import os, signal, sys, time
+signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
 pid = os.fork()
 if pid == 0:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGTERM}})
     os.execv("/bin/sh", ["sh", "-c", 'echo $$ > "$1"; while :; do sleep 0.1; done',
                          {marker!r}, {str(pid_file)!r}])
-status = os.waitpid(pid, 0)[1]
-open({str(reaped)!r}, "w").write(str(status))
+while True:
+    if signal.SIGTERM in signal.sigpending():
+        sys.exit(1)
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        open({str(reaped)!r}, "w").write(str(status))
+        sys.exit(0)
+    time.sleep(0.01)
 """
     group = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
     assert until(lambda: vm._our_qemu(pid_file, marker), 10)
