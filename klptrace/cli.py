@@ -135,7 +135,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("text", "json", "ktap", "junit"), default="text",
+    p.add_argument("--format", choices=("text", "json", "ktap", "junit", "html"), default="text",
                    help="output format (default text)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the output to FILE")
     p.add_argument("--scenarios", metavar="DIR",

@@ -4,7 +4,7 @@ Each module has `render(run: dict) -> str`, where run is the JSON document of
 a run (klptrace.results.run_document()).
 """
 
-FORMATS = ("text", "json", "ktap", "junit")
+FORMATS = ("text", "json", "ktap", "junit", "html")
 
 
 def render(fmt: str, run: dict) -> str:  # type: ignore[type-arg]
