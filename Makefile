@@ -21,22 +21,35 @@ DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod file \
 	python3-bpfcc bpfcc-tools python3-venv \
 	make gcc gcc-12 libc6-dev pahole
 
-.PHONY: setup deb-packages venv kernel modules test-kernels run test bench lint
+# What only `make test` needs: tests/test_html.py opens the HTML report in
+# headless Chromium, driven by selenium through Debian's chromium-driver.
+TEST_DEB_PACKAGES := chromium chromium-driver
+
+.PHONY: setup deb-packages test-deb-packages venv kernel modules test-kernels run test bench \
+	screenshot lint
 
 setup: deb-packages venv kernel modules
 
-deb-packages:
-	@missing=$$(for p in $(DEB_PACKAGES); do \
+# $(call apt_install,WHAT,PACKAGES): install the PACKAGES not installed yet.
+define apt_install
+	@missing=$$(for p in $(2); do \
 		dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed$$' || echo "$$p"; \
 	done); \
 	if [ -z "$$missing" ]; then \
-		echo "setup: Debian packages: all present, nothing to install"; \
+		echo "setup: $(1): all present, nothing to install"; \
 	else \
-		echo "setup: installing Debian packages:" $$missing; \
+		echo "setup: installing $(1):" $$missing; \
 		if [ "$$(id -u)" != 0 ]; then echo "setup: need root to install them" >&2; exit 1; fi; \
 		apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+deb-packages:
+	$(call apt_install,Debian packages,$(DEB_PACKAGES))
+
+test-deb-packages:
+	$(call apt_install,Debian packages for the tests,$(TEST_DEB_PACKAGES))
 
 venv: $(VENV)/.installed
 	@echo "setup: $(VENV): up to date with pyproject.toml"
@@ -66,13 +79,19 @@ test-kernels: setup
 run: setup
 	$(KLPTRACE) run --vm
 
-test: test-kernels
+test: test-kernels test-deb-packages
 	KLPTRACE_TEST_KERNELS="$(TEST_KERNELS)" $(VENV)/bin/pytest -v
 
 # A benchmark, not a test: klptrace against a selftest-style shell harness, one
 # VM boot per kernel; prints the figures and writes them to bench/results.md.
 bench: test-kernels
 	$(VENV)/bin/python bench/run.py $(foreach k,$(TEST_KERNELS),--kernel $(k))
+
+# The README's picture: the HTML report of busy-target-module from the saved
+# run, drawn by headless Chromium.
+screenshot: venv test-deb-packages
+	$(VENV)/bin/python tests/browser.py tests/data/run-6.1.json busy-target-module \
+		docs/busy-target-module.png
 
 # Optional: ruff and mypy are not among the dependencies (pip install ruff mypy).
 lint: venv
@@ -81,5 +100,5 @@ lint: venv
 	else echo "lint: ruff is not installed in $(VENV), skipped"; fi
 	@if $(VENV)/bin/python -m mypy --version >/dev/null 2>&1; then \
 		$(VENV)/bin/python -m mypy --strict klptrace/kernels.py klptrace/vm.py klptrace/build.py \
-			klptrace/files.py; \
+			klptrace/files.py klptrace/report/html.py klptrace/report/timeline.py; \
 	else echo "lint: mypy is not installed in $(VENV), skipped"; fi

@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from klptrace import __version__
 from klptrace.errors import KlptraceError, UsageError, interrupt
+from klptrace.report import FORMATS
 
 EPILOG = """\
 examples:
@@ -229,9 +230,10 @@ def _kcidb_origin(text: str) -> str:
 
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("text", "json", "ktap", "junit", "kcidb", "trace-event"),
-                   default="text", help="output format (default text; kcidb: KernelCI's "
-                   "KCIDB schema; trace-event: for Perfetto's UI and chrome://tracing)")
+    p.add_argument("--format", choices=FORMATS, default="text",
+                   help="output format (default text; html: one page with a timeline per "
+                   "scenario; kcidb: KernelCI's KCIDB schema; trace-event: for Perfetto's UI "
+                   "and chrome://tracing)")
     p.add_argument("--kcidb-origin", metavar="NAME", type=_kcidb_origin, default="klptrace",
                    help="the origin of --format kcidb ids (default klptrace)")
     p.add_argument("-o", "--output", metavar="FILE", type=_output,

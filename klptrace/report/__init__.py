@@ -6,7 +6,7 @@ kcidb and trace-event take both). kcidb also takes `origin`, given here as
 `kcidb_origin`.
 """
 
-FORMATS = ("text", "json", "ktap", "junit", "kcidb", "trace-event")
+FORMATS = ("text", "json", "ktap", "junit", "html", "kcidb", "trace-event")
 _MODULES = {"json": "json_", "trace-event": "trace_event"}
 
 

@@ -1,0 +1,633 @@
+"""One scenario's recorded events laid out as a timeline, in pixels: lanes, bars, marks, labels.
+
+Pure layout, no verdicts: time maps linearly to x on one axis that every lane
+shares. Lanes are grouped: the steps; the modules (loaded from module_coming to
+free_module, their COMING, LIVE and GOING states); per livepatch its
+transitions (a bar from klp_init_transition to the end of klp_complete_transition,
+split where it was reversed or cancelled, a tick per klp_try_complete_transition)
+and a lane per klp_object with its callbacks; and the tasks that did not switch.
+Every mark carries a label whose box is computed from its text (a monospace
+font of known advance); marks with their labels are packed into rows so that
+no two boxes overlap (Layout.boxes, checked by the tests). report/html.py
+draws a Layout as SVG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from klptrace.events import KLP_PATCHED, Callback, Event, EventKind
+from klptrace.stall import REASONS
+from klptrace.transcript import callback_line
+
+WIDTH = 1120  # px, the whole SVG (drawn at up to this width, scaled down to fit)
+GUTTER = 200  # px left of the plot, for the lane names
+RIGHT = 12  # px right of the plot
+AXIS_H = 30  # px, the time axis at the top
+GROUP_H = 20  # px, a group's title strip
+ROW_H = 17  # px, one row of marks with their labels
+BAND_H = 16  # px, the row of a lane's bars
+LANE_PAD = 3  # px above and below a lane's rows
+FONT_PX = 11  # the labels' font size (monospace)
+# DejaVu Sans Mono, Menlo and Consolas advance 0.60-0.62 em per character;
+# a label's box is computed with the widest, so the text never spills over it
+CHAR_W = 0.625 * FONT_PX
+ASCENT, DESCENT = 0.93 * FONT_PX, 0.25 * FONT_PX  # DejaVu's, the tallest of them
+MARK_R = 5.0  # px, half a mark's size
+GAP = 8.0  # px kept free between two labels in a row
+NAME_X, LANE_NAME_X = 8.0, 20.0  # where group titles and lane names start
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """An axis-aligned rectangle in SVG pixels."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    def overlaps(self, other: Box) -> bool:
+        """Whether the two rectangles share any area."""
+        return (self.x < other.x + other.w and other.x < self.x + self.w
+                and self.y < other.y + other.h and other.y < self.y + self.h)
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    """Text drawn from x (its start) on baseline y, inside box."""
+
+    text: str
+    x: float
+    y: float
+    box: Box
+    cls: str
+    title: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Mark:
+    """A shape centred on (x, y): its kind says which (see SHAPES)."""
+
+    shape: str
+    x: float
+    y: float
+    cls: str
+    title: str
+
+    @property
+    def box(self) -> Box:
+        """The square the shape is drawn in."""
+        return Box(self.x - MARK_R, self.y - MARK_R, 2 * MARK_R, 2 * MARK_R)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bar:
+    """A span of time on a lane's band; open_end: still going when the recording ended."""
+
+    x0: float
+    x1: float
+    y: float
+    h: float
+    cls: str
+    title: str
+    open_end: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Tick:
+    """A short vertical line at x, e.g. one try of a transition."""
+
+    x: float
+    y0: float
+    y1: float
+    cls: str
+    title: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Lane:
+    """A horizontal strip of the plot, y to y + h."""
+
+    group: str
+    name: str
+    y: float
+    h: float
+    kind: str
+
+
+@dataclasses.dataclass
+class Layout:
+    """Everything to draw, in pixels; t0_ns is x = plot_x0."""
+
+    width: float
+    height: float
+    plot_x0: float
+    plot_x1: float
+    plot_y0: float
+    t0_ns: int
+    ns_per_px: float
+    lanes: list[Lane] = dataclasses.field(default_factory=list)
+    groups: list[tuple[str, float]] = dataclasses.field(default_factory=list)  # (title, y)
+    bars: list[Bar] = dataclasses.field(default_factory=list)
+    ticks: list[Tick] = dataclasses.field(default_factory=list)
+    marks: list[Mark] = dataclasses.field(default_factory=list)
+    labels: list[Label] = dataclasses.field(default_factory=list)
+    grid: list[float] = dataclasses.field(default_factory=list)  # x of the axis' ticks
+    guides: list[float] = dataclasses.field(default_factory=list)  # x of each step
+
+    def boxes(self) -> list[tuple[str, Box]]:
+        """Every label's and mark's box, named: what must not overlap."""
+        out = [(f"label {lb.text!r}", lb.box) for lb in self.labels]
+        out += [(f"mark {m.shape} at {m.x:.0f},{m.y:.0f}", m.box) for m in self.marks]
+        return out
+
+
+#: mark shapes and what they stand for (the legend draws them)
+SHAPES = {
+    "pre_patch": "pre_patch callback",
+    "post_patch": "post_patch callback",
+    "pre_unpatch": "pre_unpatch callback",
+    "post_unpatch": "post_unpatch callback",
+    "object": "klp_patch_object / klp_unpatch_object",
+    "step": "a step of the scenario",
+    "coming": "module_coming",
+    "going": "module_going",
+    "fail": "an error returned",
+    "forced": "transition forced",
+    "signal": "fake signals sent",
+    "task": "a task not switched at a try",
+    "swatch": "a transition's direction",
+}
+
+
+def text_width(text: str) -> float:
+    """Pixels the text takes in the labels' monospace font (wide characters count twice)."""
+    n = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        n += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return n * CHAR_W
+
+
+def errname(ret: int) -> str:
+    """A negative errno as the kernel names it: -19 is -ENODEV."""
+    name = errno.errorcode.get(-ret) if ret < 0 else None
+    return f"-{name}" if name else str(ret)
+
+
+def duration(ns: float) -> str:
+    """A duration for a label: 0.4 ms, 137 ms, 1.32 s."""
+    if ns < 1e6:
+        return f"{ns / 1e6:.1f} ms"
+    if ns < 1e9:
+        return f"{ns / 1e6:.0f} ms"
+    return f"{ns / 1e9:.2f} s"
+
+
+# ---- what goes on each lane, in nanoseconds (before pixels) ----
+
+@dataclasses.dataclass
+class _Item:
+    ts: int
+    text: str
+    shape: str
+    cls: str
+    title: str
+
+
+@dataclasses.dataclass
+class _Span:
+    t0: int
+    t1: int
+    cls: str
+    title: str
+    open_end: bool = False
+
+
+@dataclasses.dataclass
+class _LaneSpec:
+    group: str
+    name: str
+    kind: str
+    items: list[_Item] = dataclasses.field(default_factory=list)
+    spans: list[_Span] = dataclasses.field(default_factory=list)
+    ticks: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)  # ts, cls, title
+
+    @property
+    def has_band(self) -> bool:
+        return bool(self.spans or self.ticks)
+
+
+@dataclasses.dataclass
+class Segment:
+    """A stretch of one patch's transition in one direction."""
+
+    patch: str
+    t0: int
+    t1: int
+    direction: str  # patching or unpatching
+    after: str  # "", "reversed" or "cancelled": how this stretch began
+    end: str  # complete, reversed, cancelled, or "" (still in transition at the end)
+    tries: list[int] = dataclasses.field(default_factory=list)
+
+
+def _direction(state: int | None) -> str:
+    return "patching" if state == KLP_PATCHED else "unpatching"
+
+
+def segments(events: Sequence[Event], patch: str) -> list[Segment]:
+    """The patch's transitions, split where each was reversed or cancelled."""
+    out: list[Segment] = []
+    cur: Segment | None = None
+    last = events[-1].ts_ns if events else 0
+
+    def close(ts: int, end: str) -> None:
+        nonlocal cur
+        if cur is not None:
+            cur.t1, cur.end = ts, end
+            out.append(cur)
+        cur = None
+
+    for e in events:
+        if e.patch != patch or e.kind == EventKind.TASK_BLOCKED:
+            continue
+        k = e.kind
+        if k in (EventKind.TRANSITION_INIT, EventKind.TRANSITION_START) and cur is None:
+            cur = Segment(patch, e.ts_ns, e.ts_ns, _direction(e.state), "", "")
+        elif k == EventKind.TRANSITION_TRY:
+            if cur is None:  # recorded from the middle of a transition
+                cur = Segment(patch, e.ts_ns, e.ts_ns, _direction(e.state), "", "")
+            cur.tries.append(e.ts_ns)
+        elif k == EventKind.TRANSITION_REVERSE:
+            old = cur.direction if cur is not None else _direction(e.state)
+            close(e.ts_ns, "reversed")
+            new = "unpatching" if old == "patching" else "patching"
+            cur = Segment(patch, e.ts_ns, e.ts_ns, new, "reversed", "")
+        elif k == EventKind.TRANSITION_CANCEL:
+            close(e.ts_ns, "cancelled")
+            cur = Segment(patch, e.ts_ns, e.ts_ns, "unpatching", "cancelled", "")
+        elif k == EventKind.TRANSITION_DONE:
+            if cur is None:
+                cur = Segment(patch, e.ts_ns, e.ts_ns, _direction(e.state), "", "")
+            close(e.ts_ns, "complete")
+    if cur is not None:
+        close(last, "")
+    return out
+
+
+def _segment_text(s: Segment) -> str:
+    n = len(s.tries)
+    head = s.direction + (f", {s.after}" if s.after else "")
+    end = f" → {s.end}" if s.end else " → still in transition when the recording ended"
+    return f"{head} · {n} {'try' if n == 1 else 'tries'} · {duration(s.t1 - s.t0)}{end}"
+
+
+def _patches(events: Sequence[Event]) -> list[str]:
+    """The livepatches named by the events, in the order they first appear."""
+    seen: dict[str, None] = {}
+    for e in events:
+        if e.patch and e.kind != EventKind.STEP:
+            seen.setdefault(e.patch, None)
+    return list(seen)
+
+
+def _steps_lane(events: Sequence[Event]) -> _LaneSpec:
+    lane = _LaneSpec("steps", "scenario", "steps")
+    for e in events:
+        if e.kind == EventKind.STEP:
+            lane.items.append(_Item(e.ts_ns, f"% {e.detail}", "step", "step", e.detail))
+        elif e.kind == EventKind.STEP_RESULT:
+            lane.items.append(_Item(e.ts_ns, e.detail or f"failed: {e.ret}", "fail", "fail",
+                                    e.detail))
+    return lane
+
+
+_MODULE_KINDS = (EventKind.MODULE_COMING, EventKind.MODULE_COMING_RET, EventKind.MODULE_INIT,
+                 EventKind.MODULE_INIT_RET, EventKind.MODULE_GOING, EventKind.MODULE_FREE)
+
+
+def _module_lanes(events: Sequence[Event], first: int, last: int) -> list[_LaneSpec]:
+    lanes: dict[str, _LaneSpec] = {}
+    state: dict[str, tuple[str, int]] = {}  # module -> (its state, since when)
+    seen: set[str] = set()
+
+    def phase(lane: _LaneSpec, m: str, ts: int, new: str | None) -> None:
+        if m in state:
+            old, since = state.pop(m)
+            lane.spans.append(_Span(since, ts, f"mod-{old.lower()}", f"{m}: {old}"))
+        if new:
+            state[m] = (new, ts)
+
+    for e in events:
+        if e.kind not in _MODULE_KINDS or not e.object:
+            continue
+        m, k = e.object, e.kind
+        name = m + (" (livepatch)" if e.livepatch else "")
+        lane = lanes.setdefault(m, _LaneSpec("modules", name, "module"))
+        if m not in seen and k not in (EventKind.MODULE_COMING, EventKind.MODULE_FREE):
+            state[m] = ("LIVE", first)  # loaded before the recording began
+        seen.add(m)
+        if k == EventKind.MODULE_COMING:
+            phase(lane, m, e.ts_ns, "COMING")
+            lane.items.append(_Item(e.ts_ns, "coming", "coming", "module",
+                                    f"klp_module_coming({m})"))
+        elif k == EventKind.MODULE_COMING_RET and e.ret:
+            # a refused module is freed on load_module()'s error path (bug_cleanup in
+            # kernel/module/main.c), never by free_module(): its load ends here
+            phase(lane, m, e.ts_ns, None)
+            lane.items.append(_Item(e.ts_ns, f"refused: {errname(e.ret)}", "fail", "fail",
+                                    f"klp_module_coming({m}) returned {e.ret}"))
+        elif k == EventKind.MODULE_INIT:
+            lane.ticks.append((e.ts_ns, "init", f"{m}: do_init_module"))
+        elif k == EventKind.MODULE_INIT_RET:
+            if e.ret:
+                lane.items.append(_Item(e.ts_ns, f"init failed: {errname(e.ret)}", "fail",
+                                        "fail", f"{m}: do_init_module returned {e.ret}"))
+            elif state.get(m, ("", 0))[0] == "COMING":
+                phase(lane, m, e.ts_ns, "LIVE")
+        elif k == EventKind.MODULE_GOING:
+            phase(lane, m, e.ts_ns, "GOING")
+            lane.items.append(_Item(e.ts_ns, "going", "going", "module",
+                                    f"klp_module_going({m})"))
+        elif k == EventKind.MODULE_FREE:
+            phase(lane, m, e.ts_ns, None)
+    for m, (st, since) in list(state.items()):
+        lanes[m].spans.append(_Span(since, last, f"mod-{st.lower()}", f"{m}: {st}",
+                                    open_end=True))
+    return list(lanes.values())
+
+
+def _callback_text(e: Event) -> tuple[str, str, str]:
+    """(label, shape, class) of a callback mark."""
+    role = e.callback.word if e.callback else "callback"
+    st = e.module_state
+    text = role + (f" ({st.name})" if st is not None else "")
+    if e.callback == Callback.PRE_PATCH and e.ret:
+        return f"{text} → {errname(e.ret)}, failed", role, "fail"
+    return text, role, role
+
+
+def _patch_lanes(events: Sequence[Event], patch: str, last: int) -> list[_LaneSpec]:
+    group = f"livepatch {patch}"
+    trans = _LaneSpec(group, "transition", "transition")
+    for s in segments(events, patch):
+        cls = f"{s.direction}{' cancelled' if s.after == 'cancelled' else ''}"
+        trans.spans.append(_Span(s.t0, s.t1, cls, _segment_text(s), open_end=not s.end))
+        trans.items.append(_Item(s.t0, _segment_text(s), "swatch", cls, _segment_text(s)))
+        for i, ts in enumerate(s.tries, 1):
+            trans.ticks.append((ts, "try", f"{s.direction}: try {i}"))
+    objects: dict[str, _LaneSpec] = {}
+    for e in events:
+        if e.patch != patch:
+            continue
+        if e.kind == EventKind.TRANSITION_FORCE:
+            trans.items.append(_Item(e.ts_ns, "forced", "forced", "fail",
+                                     "klp_force_transition: every task marked switched"))
+        elif e.kind == EventKind.TRANSITION_TRY and e.ret and e.ret % 15 == 0:
+            # SIGNALS_TIMEOUT: klp_send_signals() every 15 tries (kernel/livepatch/transition.c)
+            trans.items.append(_Item(e.ts_ns, "fake signals", "signal", "signal",
+                                     "klp_send_signals: fake signals to the remaining tasks"))
+        elif e.kind in (EventKind.CALLBACK, EventKind.PATCH_OBJECT, EventKind.UNPATCH_OBJECT):
+            lane = objects.setdefault(e.object, _LaneSpec(group, e.object or "?", "object"))
+            if e.kind == EventKind.CALLBACK:
+                text, shape, cls = _callback_text(e)
+                lane.items.append(_Item(e.ts_ns, text, shape, cls, callback_line(e)))
+            elif e.kind == EventKind.PATCH_OBJECT and e.ret:
+                lane.items.append(_Item(e.ts_ns, f"patch failed: {errname(e.ret)}", "fail",
+                                        "fail", f"klp_patch_object({e.object}) returned {e.ret}"))
+            else:
+                word = "patched" if e.kind == EventKind.PATCH_OBJECT else "unpatched"
+                fn = "klp_patch_object" if word == "patched" else "klp_unpatch_object"
+                lane.items.append(_Item(e.ts_ns, word, "object", "object",
+                                        f"{fn}({e.object})"))
+    lanes = [trans] if trans.spans else []
+    return lanes + list(objects.values())
+
+
+def _held_until(segs: Sequence[Segment], ts: int) -> tuple[int, str, bool]:
+    """Until when a task seen not switched at ts held its transition: the next try
+    (which found it switched: it is not recorded again) or the end of that stretch.
+    Returns (when, how the stretch ended, whether still open)."""
+    for s in segs:
+        if s.t0 <= ts <= s.t1:
+            later = [t for t in s.tries if t > ts]
+            if later:
+                return later[0], "switched by the next try", False
+            return s.t1, s.end or "still in transition", not s.end
+    return ts, "", False
+
+
+def _task_lanes(events: Sequence[Event], stall: Mapping[str, Any] | None,
+                last: int) -> list[_LaneSpec]:
+    reported: dict[int, Mapping[str, Any]] = {}
+    if stall:
+        for t in stall.get("tasks") or []:
+            if isinstance(t, Mapping) and isinstance(t.get("tid"), int):
+                reported[t["tid"]] = t
+    blocked: dict[int, list[Event]] = {}
+    for e in events:
+        if e.kind == EventKind.TASK_BLOCKED:
+            blocked.setdefault(e.tid, []).append(e)
+    segs = {p: segments(events, p) for p in _patches(events)}
+    lanes = []
+    for tid, evs in blocked.items():
+        e0 = evs[-1]
+        group = f"tasks not switched ({e0.patch})" if e0.patch else "tasks not switched"
+        lane = _LaneSpec(group, f"{e0.comm}:{tid}", "task")
+        reason = REASONS.get(e0.ret or 0, f"other ({e0.ret})")
+        until, how, still = _held_until(segs.get(e0.patch, []), e0.ts_ns)
+        n = len(evs)
+        text = (f"{reason}{' ' + e0.object + '()' if e0.object else ''} · not switched at "
+                f"{n} {'try' if n == 1 else 'tries'} · held it {duration(until - evs[0].ts_ns)}"
+                + (f" → {how}" if how else ""))
+        lane.spans.append(_Span(evs[0].ts_ns, until, "blocked", text, open_end=still))
+        lane.ticks += [(e.ts_ns, "task", f"not switched: {REASONS.get(e.ret or 0, e.ret)}")
+                       for e in evs]
+        lane.items.append(_Item(evs[0].ts_ns, text, "task", "blocked", text))
+        lanes.append(lane)
+    # tasks the stall report names (from /proc) that BPF did not see at a try:
+    # not switched since the transition started, for blocking_s at the report
+    patch = str(stall.get("patch", "")) if stall else ""
+    start = next((e.ts_ns for e in events if e.patch == patch and e.kind in (
+        EventKind.TRANSITION_START, EventKind.TRANSITION_REVERSED)), None)
+    for tid, t in reported.items():
+        if tid in blocked:
+            continue
+        lane = _LaneSpec(f"tasks not switched ({patch})", f"{t.get('comm', '?')}:{tid}", "task")
+        fn = f" {t['function']}()" if t.get("function") else ""
+        held = t.get("blocking_s")
+        text = f"{t.get('reason', '?')}{fn} · in the stall report"
+        if isinstance(held, (int, float)) and start is not None:
+            text += f" · not switched for {held:.1f} s"
+            end_ns = start + int(held * 1e9)
+            lane.spans.append(_Span(start, min(last, end_ns), "blocked", text,
+                                    open_end=end_ns > last))
+        lane.items.append(_Item(start if start is not None else last, text, "task", "blocked",
+                                text))
+        lanes.append(lane)
+    return lanes
+
+
+def lanes_of(events: Sequence[Event], stall: Mapping[str, Any] | None = None,
+             flags: Sequence[tuple[int, str]] = ()) -> list[_LaneSpec]:
+    """What each lane holds, in time: steps (and flags: (ts, text) such as the first
+    divergence), modules, each patch, the tasks."""
+    if not events:
+        return []
+    first, last = events[0].ts_ns, events[-1].ts_ns
+    steps = _steps_lane(events)
+    for ts, text in flags:
+        steps.items.append(_Item(ts, text, "fail", "fail", text))
+    steps.items.sort(key=lambda it: it.ts)
+    out = [steps]
+    out += _module_lanes(events, first, last)
+    for p in _patches(events):
+        out += _patch_lanes(events, p, last)
+    out += _task_lanes(events, stall, last)
+    return [lane for lane in out if lane.items or lane.has_band]
+
+
+# ---- pixels ----
+
+def _nice_step(span_ns: float, max_ticks: int) -> int:
+    """1, 2 or 5 times a power of ten, in ns, giving at most max_ticks ticks."""
+    step = 1
+    while True:
+        for m in (1, 2, 5):
+            if span_ns / (m * step) <= max_ticks:
+                return m * step
+        step *= 10
+
+
+def _time_text(ns: int, step: int) -> str:
+    if step >= 1_000_000_000:
+        return f"{ns / 1e9:g} s"
+    if step >= 100_000_000:
+        return f"{ns / 1e9:.1f} s"
+    if step >= 1_000_000:
+        return f"{ns / 1e6:g} ms"
+    return f"{ns / 1e6:.3f} ms"
+
+
+def _label(text: str, x: float, baseline: float, cls: str, title: str = "") -> Label:
+    w = text_width(text)
+    return Label(text, x, baseline, Box(x, baseline - ASCENT, w, ASCENT + DESCENT), cls, title)
+
+
+def _fit(text: str, width: float) -> str:
+    """The text, cut with an ellipsis to fit width pixels."""
+    if text_width(text) <= width:
+        return text
+    while text and text_width(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def pack(spans: Sequence[tuple[float, float]], gap: float = GAP) -> list[int]:
+    """Rows for horizontal spans (x0, x1), first fit in the order given (time): no two
+    spans in a row come closer than gap."""
+    rows: list[list[tuple[float, float]]] = []
+    out = [0] * len(spans)
+    for i, (x0, x1) in enumerate(spans):
+        for r, row in enumerate(rows):
+            if all(x1 + gap <= a or b + gap <= x0 for a, b in row):
+                row.append((x0, x1))
+                out[i] = r
+                break
+        else:
+            rows.append([(x0, x1)])
+            out[i] = len(rows) - 1
+    return out
+
+
+def layout(events: Sequence[Event], stall: Mapping[str, Any] | None = None,
+           width: float = WIDTH, flags: Sequence[tuple[int, str]] = ()) -> Layout:
+    """The timeline of one scenario's events (and its stall report, and flags on the
+    steps' lane), in pixels."""
+    specs = lanes_of(events, stall, flags)
+    t0 = events[0].ts_ns if events else 0
+    t1 = max([events[-1].ts_ns if events else 0] + [s.t1 for sp in specs for s in sp.spans])
+    x0, x1 = float(GUTTER), width - RIGHT
+    span = max(t1 - t0, 1_000_000)  # at least 1 ms, so that one event still has an axis
+    lay = Layout(width, 0.0, x0, x1, AXIS_H, t0, span / (x1 - x0))
+
+    def x(ts: int) -> float:
+        return x0 + (ts - t0) / lay.ns_per_px
+
+    step = _nice_step(span, int((x1 - x0) // 90))
+    for k in range(0, span + 1, step):
+        gx = x(t0 + k)
+        lay.grid.append(gx)
+        text = _time_text(k, step)
+        lab = _label(text, gx - text_width(text) / 2, AXIS_H - 10, "axis")
+        if lab.box.x + lab.box.w <= width:
+            lay.labels.append(lab)
+    lay.labels.append(_label("time from the first event", NAME_X, AXIS_H - 10, "axis-title"))
+
+    y = float(AXIS_H)
+    group = None
+    name_w = GUTTER - LANE_NAME_X - GAP
+    for spec in specs:
+        if spec.group != group:
+            group = spec.group
+            lay.groups.append((group, y))
+            lay.labels.append(_label(_fit(group, width - NAME_X - GAP), NAME_X, y + 14,
+                                     "group", group))
+            y += GROUP_H
+        top = y + LANE_PAD
+        band = BAND_H if spec.has_band else 0
+        # each item: its mark at x, its label to the right, or to the left near the edge
+        # (the side with more room, the text cut to fit it when neither has enough)
+        boxes, texts = [], []
+        for it in spec.items:
+            mx = x(it.ts)
+            right, left = width - 2 - (mx + MARK_R + 3), (mx - MARK_R - 3) - x0
+            side_right = text_width(it.text) <= right or right >= left
+            text = _fit(it.text, right if side_right else left)
+            w = text_width(text)
+            texts.append(text)
+            if side_right:
+                boxes.append((mx - MARK_R, mx + MARK_R + 3 + w, mx + MARK_R + 3))
+            else:
+                boxes.append((mx - MARK_R - 3 - w, mx + MARK_R, mx - MARK_R - 3 - w))
+        rows = pack([(a, b) for a, b, _ in boxes])
+        nrows = max(rows) + 1 if rows else 0
+        h = LANE_PAD * 2 + band + nrows * ROW_H
+        lay.lanes.append(Lane(spec.group, spec.name, y, h, spec.kind))
+        first_row_mid = top + (band / 2 if band else ROW_H / 2)
+        lay.labels.append(_label(_fit(spec.name, name_w), LANE_NAME_X,
+                                 first_row_mid + FONT_PX * 0.35, "lane", spec.name))
+        by = top + 2
+        for s in spec.spans:
+            lay.bars.append(Bar(x(s.t0), max(x(s.t1), x(s.t0) + 2), by, band - 4, s.cls,
+                                s.title, s.open_end))
+        for ts, cls, title in spec.ticks:
+            lay.ticks.append(Tick(x(ts), by - 2, by + band - 2, cls, title))
+        for it, text, (_a, _b, tx), r in zip(spec.items, texts, boxes, rows, strict=True):
+            cy = top + band + r * ROW_H + ROW_H / 2
+            lay.marks.append(Mark(it.shape, x(it.ts), cy, it.cls, it.title))
+            lay.labels.append(_label(text, tx, cy + FONT_PX * 0.35, it.cls, it.title))
+        y += h
+    lay.height = y + 6
+    steps = next((s for s in specs if s.kind == "steps"), None)
+    lay.guides = [x(it.ts) for it in steps.items if it.shape == "step"] if steps else []
+    return lay
+
+
+def overlaps(lay: Layout) -> list[str]:
+    """Pairs of boxes that overlap (none, in a good layout), and boxes off the picture."""
+    found = []
+    named = lay.boxes()
+    for i, (n1, b1) in enumerate(named):
+        if b1.x < 0 or b1.y < 0 or b1.x + b1.w > lay.width or b1.y + b1.h > lay.height:
+            found.append(f"{n1} leaves the picture")
+        for n2, b2 in named[i + 1:]:
+            if b1.overlaps(b2):
+                found.append(f"{n1} overlaps {n2}")
+    return found
