@@ -275,7 +275,8 @@ def run_vm(args: Any) -> int:
             died = ""
             try:
                 guest_status = vm.run(kernel, argv, cpus=args.cpus, memory=args.memory,
-                                      rwdirs=[Path(rw)], say=_say)
+                                      rwdirs=[Path(rw)], say=_say,
+                                      done=lambda f=stream: _stream_ended(f))
             except KlptraceError as e:  # a panic, a guest that stopped: not a signal
                 died, guest_status = e.message, None
             got = _read_stream(stream)
@@ -353,6 +354,17 @@ def _read_stream(path: Path) -> dict[str, Any]:
         elif "end" in rec:
             got["end"] = rec["end"]
     return got
+
+
+def _stream_ended(path: Path) -> bool:
+    """Whether the guest's run has written its last record (read from the file's tail)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+            tail = f.read()
+    except OSError:
+        return False
+    return tail.startswith(b'{"end": ') or b'\n{"end": ' in tail
 
 
 def _merge_boot(top: dict[str, Any], got: dict[str, Any]) -> None:

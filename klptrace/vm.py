@@ -532,12 +532,18 @@ def _left_note(left: list[int]) -> str:
     return f"but processes of the guest did not stop (pids {pids}): kill -9 {pids}"
 
 
+#: how long a guest may take to power off once its caller says the command is done
+DONE_GRACE_S = 30.0
+
+
 def _pump(proc: subprocess.Popen[bytes], deadline: float, wake: int,
-          err_tail: bytearray) -> str:
+          err_tail: bytearray, done: Callable[[], bool] | None = None) -> str:
     """Copy the child's stdout/stderr to ours until it exits, keeping stderr's tail.
 
-    Returns "exited", "timeout", or "signal" once wake is readable.
+    Returns "exited", "timeout", "signal" once wake is readable, or "done" when
+    done() has been true for DONE_GRACE_S and the guest still runs.
     """
+    done_at: float | None = None
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
     outs = {proc.stdout.fileno(): sys.stdout, proc.stderr.fileno(): sys.stderr}
@@ -549,6 +555,10 @@ def _pump(proc: subprocess.Popen[bytes], deadline: float, wake: int,
             left = deadline - time.monotonic()
             if left <= 0:
                 return "timeout"
+            if done_at is None and done is not None and done():
+                done_at = time.monotonic()
+            if done_at is not None and time.monotonic() - done_at > DONE_GRACE_S:
+                return "done"
             # once both pipes are at their end, vng is about to exit
             tick = 1.0 if len(sel.get_map()) > 1 else 0.05
             for key, _ in sel.select(timeout=min(left, tick)):
@@ -602,6 +612,7 @@ def run(
     accel: Accel | None = None,
     say: Say | None = None,
     retry_qemu_abort: bool = True,
+    done: Callable[[], bool] | None = None,
 ) -> int:
     """Boot kernel, run argv as root in the guest, stream its output; return its status.
 
@@ -610,7 +621,10 @@ def run(
     GuestStopped (QemuAborted when QEMU itself aborted), GuestTimeout, or, after
     SIGINT, SIGTERM or SIGHUP, errors.Interrupted once the guest is stopped. A
     guest that QEMU itself aborted boots again, once (said on stderr), unless
-    retry_qemu_abort is False; argv then runs again from the start.
+    retry_qemu_abort is False; argv then runs again from the start. done(),
+    when given, tells that the command's work is over (its results are in):
+    a guest that does not power off within DONE_GRACE_S after it is stopped
+    (GuestStopped), since a wedged guest kernel may never get there.
     """
     note = say or (lambda _m: None)
     if not argv:
@@ -638,7 +652,7 @@ def run(
         # vng runs virtme-run, which lives beside it.
         env["PATH"] = f"{Path(vng).parent}{os.pathsep}{env.get('PATH', '')}"
         boot = _Boot(kernel, list(argv), vng, real_qemu, accel.name, cpus, memory_mib,
-                     (cwd or Path.cwd()).resolve(), dirs, env, timeout)
+                     (cwd or Path.cwd()).resolve(), dirs, env, timeout, done)
         for attempt in (1, 2):
             try:
                 return boot.once(signals, note)
@@ -679,6 +693,7 @@ class _Boot:
     rwdirs: list[Path]
     env: dict[str, str]
     timeout: float
+    done: Callable[[], bool] | None = None
 
     def once(self, signals: _Signals, note: Say) -> int:
         """Boot, run, stop: the command's status, or a named error once no QEMU is left."""
@@ -707,7 +722,8 @@ class _Boot:
                 env=self.env, start_new_session=True,
             )  # fmt: skip
             try:
-                how = _pump(proc, started + self.timeout, signals.fileno(), err_tail)
+                how = _pump(proc, started + self.timeout, signals.fileno(), err_tail,
+                            self.done)
             except BaseException:
                 _close_pipes(proc)
                 _stop(proc, pid_file, str(run_dir))
@@ -718,6 +734,14 @@ class _Boot:
                 note(f"{signal.Signals(signals.signum).name}: stopping the guest")
                 left = _stop(proc, pid_file, str(run_dir))
                 raise signals.interrupted(_left_note(left) if left else "the guest was stopped")
+            if how == "done":
+                left = _stop(proc, pid_file, str(run_dir))
+                keep = True
+                raise GuestStopped(
+                    f"the command's work was done but the guest did not power off within "
+                    f"{DONE_GRACE_S:g} s, so it was stopped"
+                    + (f", {_left_note(left)}" if left else ""),
+                    f"the kernel's console is in {console_log}", console_log, None)
             if how == "timeout":
                 left = _stop(proc, pid_file, str(run_dir))
                 keep = True

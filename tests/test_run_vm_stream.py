@@ -24,6 +24,7 @@ def test_a_boot_that_finished(tmp_path: Path) -> None:
                {"begin": "a"}, {"scenario": _sc("a")}, {"begin": "b"}, {"scenario": _sc("b")},
                {"end": {"lost_events": 2, "probes": probes, "leftovers": []}}])
     got = commands._read_stream(f)
+    assert commands._stream_ended(f)
     assert [d["id"] for d in got["docs"]] == ["a", "b"]
     assert got["begun"] is None and not got["wedged"] and got["end"]["lost_events"] == 2
 
@@ -33,6 +34,7 @@ def test_a_guest_that_died_in_a_scenario(tmp_path: Path) -> None:
     _write(f, [{"start": {"kernel": "k", "timing": {}, "probes": []}}, {"begin": "a"},
                {"scenario": _sc("a")}, {"begin": "b"}], torn='{"scenario": {"id": "b", "sta')
     got = commands._read_stream(f)
+    assert not commands._stream_ended(f) and not commands._stream_ended(tmp_path / "absent")
     assert [d["id"] for d in got["docs"]] == ["a"]
     assert got["begun"] == "b"  # the one it died in
     assert got["end"] is None

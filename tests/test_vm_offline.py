@@ -920,6 +920,24 @@ def test_timeout_stops_the_guest_and_leaves_nothing(
     assert _ours(fake_lab["KLPTRACE_TEST_MARK"]) == []
 
 
+def test_a_guest_that_never_powers_off_after_its_work_is_stopped(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a wedged guest kernel may never power off once klptrace has written its results
+    monkeypatch.setattr(vm, "DONE_GRACE_S", 0.5)
+    monkeypatch.setattr(vm, "STOP_GRACE", 0.5)
+    polls: list[int] = []
+
+    def done() -> bool:
+        polls.append(1)
+        return True
+
+    with pytest.raises(vm.GuestStopped, match="work was done but the guest did not power off"):
+        vm.run(_fake_kernel(fake_lab), ["sleep", "300"], timeout=60, done=done)
+    assert polls
+    assert _ours(fake_lab["KLPTRACE_TEST_MARK"]) == []
+
+
 _DRIVER = """\
 import os, sys
 from klptrace import cli, vm
