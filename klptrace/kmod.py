@@ -69,6 +69,11 @@ def patches() -> list[str]:
         return []
 
 
+def is_patch(name: str) -> bool:
+    """Whether a livepatch of that name is registered (/sys/kernel/livepatch/<name>)."""
+    return (LIVEPATCH_SYSFS / name).is_dir()
+
+
 def patch_attr(patch: str, attr: str) -> str | None:
     """/sys/kernel/livepatch/<patch>/<attr> (enabled, transition), or None if gone."""
     try:
@@ -194,6 +199,11 @@ class Actor:
                                 "see the kernel log for an oops")
             self._buf += data
             wait = 0.0
+
+    # what the kernel shows is read here, at once: reading sysfs takes no livepatch lock
+    is_loaded = staticmethod(is_loaded)
+    is_patch = staticmethod(is_patch)
+    patch_attr = staticmethod(patch_attr)
 
     def load(self, path: str, params: str = "", **kw: Any) -> int:
         return self.call("load", path, params, **kw)

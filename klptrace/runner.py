@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from klptrace import checker, kmod, kmsg, stall
+from klptrace import checker, kmsg, stall
 from klptrace.checker import Verdict
 from klptrace.errors import KlptraceError, signals_deferred
 from klptrace.events import EventKind
@@ -54,9 +54,14 @@ class KernelOops(KlptraceError):
 
 
 class Kernel(Protocol):
-    """What the runner needs to change the kernel (kmod.Actor, or a fake in tests)."""
+    """What the runner needs of the kernel (kmod.Actor, or a fake in tests): the calls
+    that change it, and what it shows in sysfs."""
 
     stuck: str
+
+    def is_loaded(self, name: str) -> bool: ...
+    def is_patch(self, name: str) -> bool: ...
+    def patch_attr(self, patch: str, attr: str) -> str | None: ...
 
     def load(self, path: str, params: str = "", **kw: Any) -> int: ...
     def unload(self, name: str, **kw: Any) -> int: ...
@@ -104,10 +109,14 @@ class Runner:
     def __init__(self, rec: Rec, module_dir: str, kernel: Kernel, watch: OopsWatch | None,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
                  log: Callable[[str], None] | None = None,
-                 klog: KernelLog | None = None) -> None:
+                 klog: KernelLog | None = None,
+                 snapshot: Callable[[str, list[Any]], stall.Report | None] = stall.snapshot,
+                 ) -> None:
         """kernel: what does the syscalls that run livepatch code (kmod.Actor);
         watch: the kernel log, watched for an oops while the steps run;
-        klog: the kernel log, compared with the recording when given."""
+        klog: the kernel log, compared with the recording when given;
+        snapshot: `klptrace stall`'s report of a transition held on purpose."""
+        self.snapshot = snapshot
         self.rec = rec
         self.kernel = kernel
         self.watch = watch
@@ -147,7 +156,7 @@ class Runner:
                 self.loaded.remove(s.module)
                 self.rec.mark(EventKind.STEP_RESULT, insmod_error(f"{s.module}.ko", err), err)
                 return
-            if kmod.patch_attr(s.module, "transition") is not None:
+            if self.kernel.patch_attr(s.module, "transition") is not None:
                 self.livepatches.add(s.module)
                 if s.wait:
                     self.wait_transition(s.module, 0)
@@ -176,7 +185,7 @@ class Runner:
             if s.transition == 1:  # stalled on purpose: say who holds it, as `klptrace stall`
                 self.rec.poll(0)
                 evs = self.rec.recording(self._start).events
-                self.stall_report = stall.snapshot(s.patch, evs)
+                self.stall_report = self.snapshot(s.patch, evs)
         else:  # scenario.py validates kinds; this is a bug
             raise AssertionError(f"unknown step kind {s.kind}")
 
@@ -209,7 +218,7 @@ class Runner:
         """
         deadline = time.monotonic() + self.timeout_s
         while True:
-            cur = kmod.patch_attr(patch, "transition")
+            cur = self.kernel.patch_attr(patch, "transition")
             if cur == str(want) or (want == 0 and cur is None):
                 if want == 1 or self._completions_done(patch):
                     return
@@ -243,7 +252,7 @@ class Runner:
             # its sysfs directory goes before the module reference is dropped
             retry = (err in (errno.EBUSY, errno.EAGAIN)
                      and module in self.livepatches
-                     and kmod.patch_attr(module, "enabled") in ("0", None)
+                     and self.kernel.patch_attr(module, "enabled") in ("0", None)
                      and time.monotonic() < deadline)
             if not retry:
                 break
@@ -324,13 +333,13 @@ class Runner:
         """
         if self.wedged:
             return [f"{m} is still loaded ({self.wedged}): reboot to clear it"
-                    for m in reversed(self.loaded) if kmod.is_loaded(m)]
+                    for m in reversed(self.loaded) if self.kernel.is_loaded(m)]
         left: list[str] = []
         for module in reversed(list(self.loaded)):
-            if not kmod.is_loaded(module):
+            if not self.kernel.is_loaded(module):
                 self.loaded.remove(module)
                 continue
-            if os.path.isdir(f"/sys/kernel/livepatch/{module}"):
+            if self.kernel.is_patch(module):
                 self.livepatches.add(module)
             try:
                 self._settle_patch(module)
@@ -341,15 +350,15 @@ class Runner:
                 if self._note_stuck():
                     return left + self.cleanup()
                 continue
-            if err and kmod.is_loaded(module):
+            if err and self.kernel.is_loaded(module):
                 left.append(f"{module} is still loaded ({os.strerror(err)}): run `rmmod {module}`")
         return left
 
     def _settle_patch(self, patch: str) -> None:
         """Bring a livepatch of ours to disabled, reversing an unfinished transition."""
         deadline = time.monotonic() + self.timeout_s
-        while os.path.isdir(f"/sys/kernel/livepatch/{patch}"):
-            enabled = kmod.patch_attr(patch, "enabled")
+        while self.kernel.is_patch(patch):
+            enabled = self.kernel.patch_attr(patch, "enabled")
             if enabled == "1":
                 self._mark_step(f"echo 0 > /sys/kernel/livepatch/{patch}/enabled")
                 self.kernel.write(f"/sys/kernel/livepatch/{patch}/enabled", "0",

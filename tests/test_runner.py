@@ -1,0 +1,261 @@
+"""The runner offline: a fake recorder and a fake kernel stand in for BPF and the syscalls."""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from klptrace import runner, scenario
+from klptrace.events import Event, EventKind
+from klptrace.kmod import Abandoned
+from klptrace.kmsg import Oops
+from klptrace.recorder import Recording
+
+
+class FakeRec:
+    """Records klptrace's own marks; the 'kernel' sends no events."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.polls = 0
+
+    def mark(self, kind: EventKind, detail: str, ret: int | None = None) -> Event:
+        ev = Event(kind, time.monotonic_ns(), comm="klptrace", detail=detail, ret=ret)
+        self.events.append(ev)
+        return ev
+
+    def poll(self, timeout_ms: int = 50) -> None:
+        self.polls += 1
+
+    def now(self) -> int:
+        return time.monotonic_ns()
+
+    def recording(self, start_ns: int = 0, end_ns: int | None = None) -> Recording:
+        end = end_ns if end_ns is not None else time.monotonic_ns()
+        return Recording([e for e in self.events if start_ns <= e.ts_ns <= end])
+
+    def lost(self) -> int:
+        return 0
+
+
+class FakeKernel:
+    """Modules and livepatches as sysfs shows them. A module named *lp* is a livepatch:
+    enabled on load, gone from sysfs once disabled (the kernel frees the patch)."""
+
+    def __init__(self) -> None:
+        self.loaded: list[str] = []
+        self.patches: dict[str, dict[str, str]] = {}
+        self.refuse: dict[str, int] = {}  # module -> errno of its load
+        self.stall: set[str] = set()  # livepatches whose transition never ends
+        self.calls: list[str] = []
+        self.stuck = ""
+        self.hang: str | None = None  # the call that never returns
+
+    def _enter(self, what: str, idle: Callable[[], None] | None = None) -> None:
+        self.calls.append(what)
+        if self.hang and what.startswith(self.hang):
+            if idle is not None:
+                idle()  # the runner's oops watch may end the wait
+            self.stuck = f"`{what}`"
+            raise Abandoned(f"`{what}` did not return within 1 s: it is left waiting")
+
+    def load(self, path: str, params: str = "", **kw: Any) -> int:
+        name = path.rsplit("/", 1)[-1].removesuffix(".ko")
+        self._enter(f"insmod {name}", kw.get("idle"))
+        if name in self.refuse:
+            return self.refuse[name]
+        self.loaded.append(name)
+        if "lp" in name:
+            self.patches[name] = {"enabled": "1",
+                                  "transition": "1" if name in self.stall else "0"}
+        return 0
+
+    def unload(self, name: str, **kw: Any) -> int:
+        self._enter(f"rmmod {name}", kw.get("idle"))
+        if name not in self.loaded:
+            return errno.ENOENT
+        if name in self.patches:
+            return errno.EBUSY
+        self.loaded.remove(name)
+        return 0
+
+    def write(self, path: str, value: str, **kw: Any) -> int:
+        self._enter(f"echo {value} > {path}", kw.get("idle"))
+        parts = path.split("/")
+        if parts[:4] == ["", "sys", "kernel", "livepatch"] and parts[-1] == "enabled":
+            patch = parts[4]
+            if patch not in self.patches:
+                return errno.ENOENT
+            if value == "0":  # reversed or disabled: the core frees the patch
+                del self.patches[patch]
+            return 0
+        return 0
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self.loaded
+
+    def is_patch(self, name: str) -> bool:
+        return name in self.patches
+
+    def patch_attr(self, patch: str, attr: str) -> str | None:
+        return self.patches.get(patch, {}).get(attr)
+
+
+class FakeWatch:
+    def __init__(self) -> None:
+        self.oops: Oops | None = None
+
+    def check(self) -> Oops | None:
+        return self.oops
+
+
+def _sc(steps: str, expect: str) -> scenario.Scenario:
+    return scenario.parse(f'id = "t"\ntitle = "t"\ndoc = "why"\nsteps = [{steps}]\n'
+                          f'expect = """{expect}"""\n', "test.toml")
+
+
+def _runner(kernel: FakeKernel, watch: FakeWatch | None = None,
+            timeout: float = 5.0) -> tuple[runner.Runner, FakeRec]:
+    rec = FakeRec()
+    return runner.Runner(rec, "/mods", kernel, watch or FakeWatch(),  # type: ignore[arg-type]
+                         timeout_s=timeout, snapshot=lambda p, e: None), rec
+
+
+LOAD_DISABLE_UNLOAD = ('{ load = "tgt" }, { load = "lp" }, { disable = "lp" }, '
+                       '{ unload = "lp" }, { unload = "tgt" }')
+STEPS = """
+% insmod tgt.ko
+% insmod lp.ko
+% echo 0 > /sys/kernel/livepatch/lp/enabled
+% rmmod lp
+% rmmod tgt
+"""
+
+
+def test_steps_run_in_order_and_pass_on_their_expectation() -> None:
+    k = FakeKernel()
+    run, _rec = _runner(k)
+    r = run.run(_sc(LOAD_DISABLE_UNLOAD, STEPS))
+    assert r.status == "pass", r.verdict.explanation
+    assert k.calls == ["insmod tgt", "insmod lp", "echo 0 > /sys/kernel/livepatch/lp/enabled",
+                       "rmmod lp", "rmmod tgt"]
+    assert r.verdict.recorded == [line for line in STEPS.splitlines() if line]
+    assert not k.loaded and not run.loaded
+
+
+def test_a_refused_load_is_a_step_result_and_the_scenario_goes_on() -> None:
+    k = FakeKernel()
+    k.refuse["lp"] = errno.ENODEV
+    run, _rec = _runner(k)
+    r = run.run(_sc('{ load = "lp" }, { load = "tgt" }, { unload = "tgt" }',
+                    "% insmod lp.ko\ninsmod: ERROR: could not insert module lp.ko: "
+                    "No such device\n% insmod tgt.ko\n% rmmod tgt\n"))
+    assert r.status == "pass", r.verdict.explanation
+    assert "lp" not in run.loaded and not k.loaded
+
+
+def test_a_transition_that_never_ends_times_out_and_is_cleaned_up() -> None:
+    k = FakeKernel()
+    k.stall.add("lp")
+    run, _rec = _runner(k, timeout=0.3)
+    r = run.run(_sc('{ load = "tgt" }, { load = "lp" }', "% insmod tgt.ko\n% insmod lp.ko\n"))
+    assert r.status == "error"
+    assert "transition still reads 1" in r.verdict.explanation
+    assert "klptrace stall lp" in r.verdict.explanation
+    # cleanup disabled the patch (the reversal), then unloaded both, the latest first
+    assert k.calls[2:] == ["echo 0 > /sys/kernel/livepatch/lp/enabled", "rmmod lp",
+                           "rmmod tgt"]
+    assert not k.loaded
+    assert "% echo 0 > /sys/kernel/livepatch/lp/enabled" in r.verdict.recorded
+
+
+def test_what_cleanup_cannot_remove_is_named() -> None:
+    k = FakeKernel()
+    run, _rec = _runner(k, timeout=0.3)
+    k.unload = lambda name, **kw: errno.EBUSY  # type: ignore[method-assign]
+    r = run.run(_sc('{ load = "tgt" }', "% insmod tgt.ko\n"))
+    assert r.status == "error"
+    assert any("tgt is still loaded" in p and "rmmod tgt" in p for p in r.verdict.problems)
+
+
+def test_a_signal_in_a_step_still_cleans_up() -> None:
+    k = FakeKernel()
+    run, _rec = _runner(k)
+    real_write = k.write
+
+    def write_then_signal(path: str, value: str, **kw: Any) -> int:
+        real_write(path, value, **kw)
+        raise KeyboardInterrupt  # SIGINT while the disable step waits
+
+    k.write = write_then_signal  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        run.run(_sc(LOAD_DISABLE_UNLOAD, STEPS))
+    assert k.calls[-2:] == ["rmmod lp", "rmmod tgt"]  # the cleanup ran before it went on
+    assert not k.loaded and not run.loaded
+
+
+def test_an_oops_ends_the_scenario_and_the_kernel_is_left_alone() -> None:
+    k = FakeKernel()
+    watch = FakeWatch()
+    run, _rec = _runner(k, watch)
+    k.stall.add("lp")  # the transition never completes: the kworker died in post_patch
+    oops = Oops(["BUG: kernel NULL pointer dereference, address: 0000000000000000",
+                 "Oops: 0002 [#1] PREEMPT SMP NOPTI",
+                 "CPU: 1 PID: 101 Comm: kworker/1:2 Tainted: G OE K 6.1.0-57-amd64 #1",
+                 "RIP: 0010:lp_post_patch+0x71/0x7c [lp]",
+                 "---[ end trace 0000000000000000 ]---"], True)
+    real_load = k.load
+
+    def load_then_oops(path: str, params: str = "", **kw: Any) -> int:
+        err = real_load(path, params, **kw)
+        if path.endswith("/lp.ko"):
+            watch.oops = oops
+        return err
+
+    k.load = load_then_oops  # type: ignore[method-assign]
+    r = run.run(_sc('{ load = "tgt" }, { load = "lp" }, { unload = "tgt" }',
+                    "% insmod tgt.ko\n% insmod lp.ko\n% rmmod tgt\n"))
+    assert r.status == "error"
+    assert r.verdict.explanation.startswith(
+        "the kernel oopsed during `insmod lp.ko`: BUG: kernel NULL pointer dereference")
+    assert "RIP: 0010:lp_post_patch+0x71/0x7c [lp]" in r.verdict.problems
+    assert r.oops == oops.lines and r.to_json()["oops"] == oops.lines
+    assert run.wedged == "the kernel oopsed"
+    assert k.calls == ["insmod tgt", "insmod lp"]  # nothing after the oops, no cleanup call
+    assert any("lp is still loaded (the kernel oopsed): reboot" in p for p in r.verdict.problems)
+
+
+def test_a_call_that_never_returns_wedges_the_kernel() -> None:
+    k = FakeKernel()
+    k.hang = "echo 0"
+    run, _rec = _runner(k)
+    r = run.run(_sc(LOAD_DISABLE_UNLOAD, STEPS))
+    assert r.status == "error"
+    assert "did not return within" in r.verdict.explanation
+    assert run.wedged.startswith("the kernel never returned from `echo 0 > ")
+    assert k.calls == ["insmod tgt", "insmod lp", "echo 0 > /sys/kernel/livepatch/lp/enabled"]
+    assert {"tgt", "lp"} == set(k.loaded)  # left, and named
+    assert sum("is still loaded" in p for p in r.verdict.problems) == 2
+
+
+def test_a_module_whose_task_died_in_the_kernel_is_named_by_the_oops() -> None:
+    # the actor died in finit_module (its own pre_patch oopsed): the oops explains it
+    k = FakeKernel()
+    watch = FakeWatch()
+    run, _rec = _runner(k, watch)
+
+    def died(path: str, params: str = "", **kw: Any) -> int:
+        watch.oops = Oops(["Oops: 0002 [#1] SMP", "RIP: 0010:lp_pre_patch+0x5/0x9 [lp]"], True)
+        k.stuck = "`insmod lp.ko`"
+        raise Abandoned("`insmod lp.ko`: klptrace's kernel actor (pid 7) died in the kernel")
+
+    k.load = died  # type: ignore[method-assign]
+    r = run.run(_sc('{ load = "lp" }', "% insmod lp.ko\n"))
+    assert r.status == "error"
+    assert "the kernel oopsed during `insmod lp.ko`: Oops: 0002 [#1] SMP" in \
+        r.verdict.explanation
+    assert run.wedged == "the kernel oopsed"
