@@ -154,8 +154,8 @@ def build(
             if place.codename else None)
     where = f"{place.codename}'s build root {root}" if root else "the host"
     note(f"compiler: {compiler.version_text}: "
-         + (f"{compiler.command} is not on this host, building in {where}" if root
-            else "building on the host"))
+         + (f"{compiler.command} is not on this host: modules build in {where}" if root
+            else "modules build on the host"))
     digest = source_digest(src, files, kdir, release, place.key())
 
     dest = base / "modules" / release
