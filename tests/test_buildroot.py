@@ -251,8 +251,9 @@ def test_build_in_the_root_when_the_host_lacks_the_compiler(
     assert "Debian 14.2.0" in built.compiler
     assert calls[0] == ("root", "trixie")
     assert calls[1] == ("run", (root, [kernel.root, kernel.root.resolve(), built.dir]))
-    assert said[0].startswith("compiler: x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0: "
-                              "x86_64-linux-gnu-gcc-14 is not on this host: modules build in trixie's")
+    assert said[0].startswith(
+        "compiler: x86_64-linux-gnu-gcc-14 (Debian 14.2.0-19) 14.2.0: "
+        "x86_64-linux-gnu-gcc-14 is not on this host: modules build in trixie's")
     calls.clear()
     again = build.build(kernel, src=src, cache=tmp_path / "cache")
     assert not again.rebuilt and calls == []  # neither a root nor a build the second time
