@@ -1,6 +1,6 @@
 """klptrace's benchmark: `klptrace run` against a selftest-style shell harness.
 
-    .venv/bin/python bench/run.py [--kernel 6.1 --kernel 6.12] [-o bench/results.md]
+    .venv/bin/python bench/run.py [--kernel 6.1 --kernel latest] [-o bench/results.md]
 
 Boots the lab VM once per kernel and runs bench/guest.py there (see its doc
 for what it measures), then prints the figures and writes them, with the
@@ -76,7 +76,7 @@ class _Others:
 def measure(spec: str, threads: int) -> dict[str, Any]:
     """Boot one kernel and run the guest side; its figures plus the accelerator."""
     kernel = kernels.ensure(spec, progress=_say)
-    built = build.build(kernel)
+    built = build.build(kernel, say=_say)
     accel = vm.choose_accel(kernel, vm.check_host())
     with tempfile.TemporaryDirectory(prefix="klptrace-bench-", dir="/tmp") as rw:
         out = Path(rw) / "bench.json"
@@ -230,12 +230,13 @@ def markdown(docs: list[dict[str, Any]], when: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kernel", action="append", metavar="VERSION|PATH",
-                    help="a kernel to measure (repeatable; default: 6.1 and 6.12)")
+    ap.add_argument("--kernel", action="append", metavar="NAME|PATH",
+                    help="a kernel to measure, as klptrace's --kernel (repeatable; default: 6.1 "
+                    "and latest, the newest kernel Debian carries)")
     ap.add_argument("-o", "--output", default=str(REPO / "bench" / "results.md"))
     ap.add_argument("--threads", type=int, default=5000, help="sleeping threads for the load")
     args = ap.parse_args()
-    specs = args.kernel or ["6.1", "6.12"]
+    specs = args.kernel or ["6.1", "latest"]
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     docs = []
     for spec in specs:

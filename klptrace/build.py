@@ -1,9 +1,11 @@
-"""Build klptrace's test modules (modules/) against one kernel's headers, on the host.
+"""Build klptrace's test modules (modules/) against one kernel's headers.
 
 The sources are copied into `<cache>/modules/<release>/` and built there with
 kbuild (`make -C KDIR M=DIR modules`), so the working tree stays clean and each
-kernel release has its own .ko files. A stamp holds the hash of the sources and
-of the KDIR they were built against: an unchanged tree is not rebuilt.
+kernel release has its own .ko files. kbuild runs on the host when the host
+has the compiler the headers call, else in the kernel's suite's build root
+(buildroot.py). A stamp holds the hash of the sources, of the KDIR and of
+where they were built: an unchanged tree is not rebuilt.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from klptrace import archive, buildroot
 from klptrace.errors import KlptraceError
 from klptrace.kernels import Kernel, cache_dir
 
@@ -35,6 +39,37 @@ class Built:
     dir: Path
     modules: tuple[Path, ...]
     rebuilt: bool
+    compiler: str = ""  # the kernel's CONFIG_CC_VERSION_TEXT
+    where: str = "the host"  # or "<codename>'s build root <path>"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where kbuild runs for one kernel: the host, or a suite's build root."""
+
+    compiler: buildroot.Compiler
+    codename: str | None  # None: the host
+
+    def key(self) -> str:
+        """What the build stamp records of the place."""
+        if self.codename is None:
+            return "host"
+        return "root:" + buildroot.root_name(self.codename, self.compiler)
+
+
+def choose_place(compiler: buildroot.Compiler, suite: str | None, kdir: Path,
+                 on_host: bool) -> Place:
+    """The host when it has the headers' compiler, else the kernel's suite's build root."""
+    if on_host:
+        return Place(compiler, None)
+    if suite is None:
+        raise KlptraceError(
+            f"the headers at {kdir} call {compiler.command} ({compiler.version_text}), "
+            "which this host does not have",
+            hint=f"apt-get install {compiler.package or compiler.command}, or let klptrace "
+            "fetch the kernel (--kernel NAME) so that it builds in the kernel's suite's root",
+        )
+    return Place(compiler, buildroot.codename_of(suite))
 
 
 def modules_source_dir() -> Path:
@@ -54,10 +89,11 @@ def source_files(src: Path) -> list[Path]:
     return sorted(found)
 
 
-def source_digest(src: Path, files: list[Path], kdir: Path, release: str) -> str:
-    """A hash of the sources' names and contents and of the headers they build against."""
+def source_digest(src: Path, files: list[Path], kdir: Path, release: str,
+                  place: str = "host") -> str:
+    """A hash of the sources' names and contents, the headers and where they are built."""
     h = hashlib.sha256()
-    h.update(f"{release}\0{kdir.resolve()}\0".encode())
+    h.update(f"{release}\0{kdir.resolve()}\0{place}\0".encode())
     for rel in files:
         h.update(str(rel).encode() + b"\0")
         h.update(hashlib.sha256((src / rel).read_bytes()).digest())
@@ -89,11 +125,15 @@ def build(
     src: Path | None = None,
     cache: Path | None = None,
     jobs: int | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Built:
     """Build the modules in src (default modules/) for kernel, or against kdir.
 
-    Rebuilds only when a source's content or the KDIR changed.
+    Rebuilds only when a source's content, the KDIR or the build place changed.
+    A build root is made (once) only when something must be built in it.
     """
+    note = say or (lambda _m: None)
+    base = cache or cache_dir()
     if kdir is None:
         if kernel is None or kernel.kdir is None:
             raise KlptraceError(
@@ -109,9 +149,18 @@ def build(
     files = source_files(src)
     if not any(f.name in _SOURCE_NAMES for f in files):
         raise KlptraceError(f"no test modules in {src}", hint="expected a Kbuild or Makefile there")
-    digest = source_digest(src, files, kdir, release)
+    compiler = buildroot.kernel_compiler(kdir)
+    place = choose_place(compiler, kernel.suite if kernel else None, kdir,
+                         shutil.which(compiler.command) is not None)
+    root = (buildroot.roots_dir(base) / buildroot.root_name(place.codename, compiler)
+            if place.codename else None)
+    where = f"{place.codename}'s build root {root}" if root else "the host"
+    note(f"compiler: {compiler.version_text}: "
+         + (f"{compiler.command} is not on this host: modules build in {where}" if root
+            else "modules build on the host"))
+    digest = source_digest(src, files, kdir, release, place.key())
 
-    dest = (cache or cache_dir()) / "modules" / release
+    dest = base / "modules" / release
     stamp = dest / _STAMP
     try:
         old = json.loads(stamp.read_text())
@@ -120,7 +169,8 @@ def build(
     if old.get("digest") == digest:
         kos = tuple(dest / m for m in old.get("modules", []))
         if kos and all(k.is_file() for k in kos):
-            return Built(release, dest, kos, rebuilt=False)
+            return Built(release, dest, kos, rebuilt=False, compiler=compiler.version_text,
+                         where=where)
 
     if dest.exists():
         shutil.rmtree(dest)
@@ -128,17 +178,26 @@ def build(
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dest / rel)
     cmd = ["make", "-C", str(kdir), f"M={dest}", f"-j{jobs or os.cpu_count() or 1}", "modules"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise KlptraceError(
-            "make not found", hint="apt-get install make gcc (make setup does)"
-        ) from None
+    if root is not None and place.codename is not None:
+        assert kernel is not None
+        sources = archive.derive_sources(archive.host_apt_entries(), [place.codename])
+        buildroot.ensure_root(place.codename, compiler, sources, base, note,
+                              archive.host_acquire_options())
+        binds = [kernel.root, kernel.root.resolve(), dest]
+        proc = buildroot.run_in_root(root, binds, cmd)
+    else:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise KlptraceError(
+                "make not found", hint="apt-get install make gcc (make setup does)"
+            ) from None
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise KlptraceError(
-            f"building the modules for {release} failed:\n{tail}",
-            hint=f"the build tree is {dest}; rerun: {' '.join(cmd)}",
+            f"building the modules for {release} on {where} failed:\n{tail}",
+            hint=f"the build tree is {dest}; rerun: {' '.join(cmd)}"
+            + (f" (in the build root: chroot {root})" if root else ""),
         )
     kos = tuple(sorted(dest.rglob("*.ko")))
     if not kos:
@@ -146,4 +205,4 @@ def build(
     stamp.write_text(
         json.dumps({"digest": digest, "modules": [str(k.relative_to(dest)) for k in kos]}) + "\n"
     )
-    return Built(release, dest, kos, rebuilt=True)
+    return Built(release, dest, kos, rebuilt=True, compiler=compiler.version_text, where=where)

@@ -18,13 +18,14 @@ from klptrace.report import FORMATS
 EPILOG = """\
 examples:
   sudo klptrace run                    run the 11 callback scenarios on this kernel
-  klptrace run --vm                    the same in the lab VM (Debian 12's stock 6.1)
-  klptrace run --vm --kernel 6.12      the same on Debian 12's backports 6.12
+  klptrace run --vm                    the same in the lab VM (this Debian's stock kernel)
+  klptrace run --vm --kernel latest    the same on the newest kernel Debian carries
+  klptrace run --vm --kernel sid       ... on sid's (also: 6.1, 6.12, trixie, 7.3, a release)
   klptrace run --vm --format json -o r.json busy-target-module
   klptrace check r.json                re-check a saved run offline
   klptrace list                        the scenario ids
-  klptrace kernel                      fetch Debian 12's stock 6.1 kernel into the cache
-  klptrace build                       build modules/ against it
+  klptrace kernel                      fetch the default kernel into the cache
+  klptrace build                       build modules/ against it (host or build root)
   klptrace vm -- uname -r              boot it and run a command as root in the guest
   klptrace vm --rwdir results -- sh -c 'dmesg > results/dmesg.txt'
 """
@@ -96,10 +97,11 @@ def _output(text: str) -> str:
 def _add_kernel_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kernel",
-        metavar="VERSION|PATH",
-        help="6.1 (default: Debian 12's stock kernel), 6.12 (Debian 12's backports "
-        "kernel), a release such as 6.1.0-56-amd64, "
-        "or a vmlinuz path with ../lib/modules beside it",
+        metavar="NAME|PATH",
+        help="a suite's kernel: 6.1 (bookworm), 6.12 (bookworm-backports), trixie, "
+        "trixie-backports, sid (unstable); latest; an upstream version such as 7.3; a "
+        "release such as 7.3.4+deb13-amd64; or a vmlinuz path with its modules beside it "
+        "(default: the stock kernel of this host's Debian release)",
     )
 
 
@@ -113,9 +115,10 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
         _say(msg)
 
     k = kernels.ensure(args.kernel, refresh=args.refresh, progress=progress)
-    if not said:
+    if not any(m.startswith("downloading") for m in said):
         _say(f"kernel {k.release}: in the cache, nothing downloaded")
     print(f"release  {k.release}")
+    print(f"suite    {k.suite or '(not known: not fetched from a suite)'}")
     print(f"image    {k.image}")
     print(f"modules  {k.modules_dir}")
     print(f"kdir     {k.kdir or '(no headers)'}")
@@ -126,9 +129,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from klptrace import build, kernels
 
     if args.kdir:
-        built = build.build(kdir=Path(args.kdir))
+        built = build.build(kdir=Path(args.kdir), say=_say)
     else:
-        built = build.build(kernels.ensure(args.kernel, progress=_say))
+        built = build.build(kernels.ensure(args.kernel, progress=_say), say=_say)
     state = "built" if built.rebuilt else "up to date, nothing rebuilt"
     _say(f"modules for {built.release}: {state} in {built.dir}")
     for ko in built.modules:
@@ -372,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "klptrace build --kdir /lib/modules/$(uname -r)/build"),
         formatter_class=_RAW)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--kernel", metavar="VERSION|PATH", help="as for vm (default: 6.1)")
+    group.add_argument("--kernel", metavar="NAME|PATH",
+                       help="as for vm (default: the stock kernel of this host's Debian)")
     group.add_argument("--kdir", metavar="DIR", type=_directory,
                        help="a kernel build directory (headers)")
     p.set_defaults(func=_cmd_build)

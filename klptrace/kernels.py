@@ -1,10 +1,16 @@
 """Guest kernels: stock Debian kernels unpacked into a cache, never installed.
 
-A kernel is fetched with `apt-get download` through a private apt configuration
-(its own sources, lists and archive cache), unpacked with `dpkg -x` into
-`<cache>/kernels/<release>/`, and made usable there: the headers work as a
-kbuild KDIR and `depmod` has indexed the modules. The host's /boot, its
-bootloader and its apt state are never touched.
+A kernel is fetched with `apt-get download` through a private apt state per
+suite (archive.py), unpacked with `dpkg -x` into `<cache>/kernels/<release>/`,
+and made usable there: the headers work as a kbuild KDIR and `depmod` has
+indexed the modules. The host's /boot, its bootloader and its apt state are
+never touched.
+
+Two package layouts exist. Up to 6.12, `linux-image-<rel>` holds
+boot/vmlinuz-<rel> and lib/modules/<rel>. Since the 6.13-era packaging it is
+a metapackage depending on `linux-binary-<rel>` (usr/lib/modules/<rel>/vmlinuz),
+`linux-modules-<rel>` (.ko.xz under usr/lib/modules) and `linux-base-<rel>`
+(whose System.map is a one-line stub: nothing here reads it).
 """
 
 from __future__ import annotations
@@ -17,85 +23,130 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from klptrace.errors import KlptraceError
-
-#: the short name that `--kernel` defaults to
-DEFAULT_SPEC = "6.1"
+from klptrace import archive
+from klptrace.archive import Package, SuiteApt
+from klptrace.errors import KlptraceError, UsageError
 
 Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class Kernel:
-    """A guest kernel: its image, its modules and (if known) its headers."""
+    """A guest kernel: its image, its modules and (if known) its headers and suite."""
 
     release: str
     image: Path
     modules_dir: Path
     kdir: Path | None
     root: Path
+    suite: str | None = None  # the Debian suite it came from; None for a path
 
 
 @dataclass(frozen=True)
 class Track:
-    """A line of Debian kernels that a short name stands for."""
+    """A line of Debian kernels that a short name stands for: a suite's linux-image-amd64."""
 
     name: str
     suites: tuple[str, ...]
-    meta: str  # the metapackage whose Depends names the current image
+    about: str
 
 
-# Short names for --kernel. 6.12 is Debian's stock 6.12 for Debian 12, from
-# bookworm-backports: built with gcc-12 like 6.1, so its headers build modules
-# with this machine's compiler (trixie's 6.12 needs gcc-14). Backports alone in
-# its track, so that its linux-image-amd64 is the candidate despite the suite's
-# low pin priority. (bookworm-security also carries a linux-6.12 for LTS; a
-# release of it, e.g. 6.12.117+deb12-amd64, is found through the 6.1 track.)
+# Short names for --kernel. A track's kernel is the release that the newest
+# linux-image-amd64 among its suites depends on, so a point release needs no
+# change here. 6.12 is bookworm-backports' kernel: built with gcc-12 like 6.1,
+# it builds on a Debian 12 host. (bookworm-security's LTS linux-6.12 releases,
+# e.g. 6.12.117+deb12-amd64, are reachable as releases.)
 TRACKS: dict[str, Track] = {
-    "6.1": Track("6.1", ("bookworm", "bookworm-updates", "bookworm-security"), "linux-image-amd64"),
-    "6.12": Track("6.12", ("bookworm-backports",), "linux-image-amd64"),
-}
+    t.name: t
+    for t in (
+        Track("6.1", ("bookworm", "bookworm-updates", "bookworm-security"),
+              "Debian 12's stock kernel"),
+        Track("6.12", ("bookworm-backports",), "Debian 12's backports kernel"),
+        Track("trixie", ("trixie", "trixie-updates", "trixie-security"),
+              "Debian 13's stock kernel"),
+        Track("trixie-backports", ("trixie-backports",), "Debian 13's backports kernel"),
+        Track("sid", ("sid",), "Debian unstable's kernel"),
+    )
+}  # fmt: skip
+ALIASES = {"bookworm": "6.1", "bookworm-backports": "6.12", "unstable": "sid"}
+
+#: every suite klptrace looks in, for `latest`, an upstream X.Y and a release
+KNOWN_SUITES: tuple[str, ...] = tuple(s for t in TRACKS.values() for s in t.suites)
+
+#: the host's Debian release (VERSION_CODENAME) -> the default track
+DEFAULT_BY_CODENAME = {"bookworm": "6.1", "trixie": "trixie"}
+#: the default on any other host: Debian's stable release
+DEFAULT_FALLBACK = "trixie"
 
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """What `--kernel` asked for: a track's short name, a release, or an image path."""
+    """What `--kernel` asked for."""
 
-    kind: str  # "track" | "release" | "path"
+    kind: str  # "track" | "upstream" | "latest" | "release" | "path"
     value: str
 
 
-# 6.1.0-56-amd64, 6.12.95+deb12-amd64, 6.1.0-56-cloud-amd64
+# 6.1.0-56-amd64, 6.12.95+deb12-amd64, 7.3.4+deb13-amd64, 6.1.0-56-cloud-amd64
 _RELEASE_RE = re.compile(r"^\d+\.\d+\.\d+[-+][0-9A-Za-z.+~-]*-(?:[a-z0-9]+-)*amd64$")
-
-_SPEC_HINT = (
-    "--kernel takes a short name ({names}), a Debian kernel release such as "
-    "6.1.0-56-amd64, or the path of a vmlinuz with lib/modules beside it"
-)
+# the generic flavour only: its ABI part ends in a digit (not -cloud, -rt)
+_GENERIC_RE = re.compile(r"^\d+\.\d+\.\d+[-+][0-9A-Za-z.+~-]*[0-9]-amd64$")
+_UPSTREAM_RE = re.compile(r"^\d+\.\d+$")
 
 
 def spec_hint() -> str:
     """The accepted forms of --kernel, for error hints."""
-    return _SPEC_HINT.format(names=", ".join(sorted(TRACKS)))
+    names = [f"{n}/{a}" if a else n for n, a in
+             ((t, next((k for k, v in ALIASES.items() if v == t), "")) for t in TRACKS)]
+    return ("--kernel takes a suite's kernel (" + ", ".join(names) + "), latest, an "
+            "upstream version such as 7.3, a Debian kernel release such as "
+            "7.3.4+deb13-amd64, or the path of a vmlinuz with its modules beside it")
 
 
-def parse_spec(text: str | None) -> KernelSpec:
-    """Classify a --kernel value without touching the network."""
-    if text is None or text == "":
-        return KernelSpec("track", DEFAULT_SPEC)
-    if text in TRACKS:
-        return KernelSpec("track", text)
+def parse_spec(text: str) -> KernelSpec:
+    """Classify a --kernel value without touching the network; UsageError if it has no form."""
+    name = ALIASES.get(text, text)
+    if name in TRACKS:
+        return KernelSpec("track", name)
+    if text == "latest":
+        return KernelSpec("latest", text)
     if "/" in text or text.startswith((".", "~")):
         return KernelSpec("path", text)
     if _RELEASE_RE.match(text):
         return KernelSpec("release", text)
+    if _UPSTREAM_RE.match(text):
+        return KernelSpec("upstream", text)
     if os.path.isfile(text):
         return KernelSpec("path", text)
-    raise KlptraceError(f"unknown kernel {text!r}", hint=spec_hint())
+    raise UsageError(f"unknown kernel {text!r}", hint=spec_hint())
+
+
+def default_track(os_release: str) -> tuple[str, str]:
+    """The default track for a host with this /etc/os-release, and why, for stderr."""
+    m = re.search(r"(?m)^VERSION_CODENAME=\"?([^\"\n]*)\"?$", os_release)
+    codename = m.group(1) if m else ""
+    if codename in DEFAULT_BY_CODENAME:
+        name = DEFAULT_BY_CODENAME[codename]
+        return name, (f"default kernel: {name} ({TRACKS[name].about}: this host is "
+                      f"{codename}); --kernel overrides")
+    return DEFAULT_FALLBACK, (
+        f"default kernel: {DEFAULT_FALLBACK} ({TRACKS[DEFAULT_FALLBACK].about}: this host "
+        f"is {codename or 'not Debian'}, not a Debian release klptrace knows); "
+        "--kernel overrides")
+
+
+def host_default_track() -> tuple[str, str]:
+    """default_track() of this host."""
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        text = ""
+    return default_track(text)
 
 
 def cache_dir() -> Path:
@@ -114,237 +165,132 @@ def cached_releases(cache: Path | None = None) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / _MARKER).is_file())
 
 
-# --- apt sources ------------------------------------------------------------
+# --- what the suites carry ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class AptEntry:
-    """One deb source of the host: where a Debian archive is and how it is signed."""
+class Candidate:
+    """A kernel release one suite carries, with its linux-image package's version."""
 
-    uris: tuple[str, ...]
-    suites: tuple[str, ...]
-    signed_by: str | None
-
-
-def parse_deb822_sources(text: str) -> list[AptEntry]:
-    """Parse a deb822 .sources file into its enabled binary (deb) entries."""
-    entries = []
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = None
-        for line in stanza.splitlines():
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            if line[0] in " \t" and key is not None:
-                fields[key] += "\n" + line.strip()
-                continue
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split():
-            continue
-        if fields.get("enabled", "yes").lower() == "no":
-            continue
-        entries.append(
-            AptEntry(
-                uris=tuple(fields.get("uris", "").split()),
-                suites=tuple(fields.get("suites", "").split()),
-                signed_by=fields.get("signed-by") or None,
-            )
-        )
-    return entries
+    release: str
+    version: str
+    suite: str
 
 
-def parse_one_line_sources(text: str) -> list[AptEntry]:
-    """Parse a one-line-style sources.list into its deb entries."""
-    entries = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        m = re.match(r"^deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)", line)
-        if not m:
-            continue
-        options = dict(opt.split("=", 1) for opt in (m.group(1) or "").split() if "=" in opt)
-        entries.append(AptEntry((m.group(2),), (m.group(3),), options.get("signed-by")))
-    return entries
-
-
-def host_apt_entries(etc: Path = Path("/etc/apt")) -> list[AptEntry]:
-    """The host's deb sources, from sources.list and sources.list.d."""
-    entries = []
-    one_line = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*.list"))]
-    for path in one_line:
-        if path.is_file():
-            entries += parse_one_line_sources(path.read_text(errors="replace"))
-    for path in sorted((etc / "sources.list.d").glob("*.sources")):
-        entries += parse_deb822_sources(path.read_text(errors="replace"))
-    return entries
-
-
-def _suite_kind(suite: str) -> str:
-    """'' for a release suite (bookworm), else its suffix (-security, -backports)."""
-    return suite[suite.index("-") :] if "-" in suite else ""
-
-
-def derive_sources(host: Sequence[AptEntry], suites: Iterable[str]) -> str:
-    """A deb822 sources file for `suites`, reusing the host's archive URIs and keys.
-
-    Security suites come from the host's security archive; every other suite
-    (the release, -updates, -backports) from the archive that serves a plain
-    release suite. No archive host name is written anywhere by klptrace itself.
-    """
-    groups: dict[tuple[tuple[str, ...], str | None], list[str]] = {}
-    for suite in suites:
-        kind = _suite_kind(suite)
-        wanted = "-security" if kind == "-security" else ""
-        source = next(
-            (e for e in host if e.uris and any(_suite_kind(s) == wanted for s in e.suites)),
-            None,
-        )
-        if source is None:
-            if kind == "-security":
-                continue  # a host without security sources: do without
-            raise KlptraceError(
-                "no Debian archive in the host's apt sources",
-                hint="klptrace fetches kernels from the archive that /etc/apt/sources.list"
-                "(.d) names; add Debian's archive there",
-            )
-        groups.setdefault((source.uris, source.signed_by), []).append(suite)
-    stanzas = []
-    for (uris, signed_by), group in groups.items():
-        lines = [
-            "Types: deb",
-            f"URIs: {' '.join(uris)}",
-            f"Suites: {' '.join(group)}",
-            "Components: main",
-        ]
-        if signed_by:
-            if "\n" in signed_by:  # an inline key block keeps its continuation lines
-                signed_by = signed_by.replace("\n", "\n ")
-            lines.append(f"Signed-By: {signed_by}")
-        stanzas.append("\n".join(lines) + "\n")
-    return "\n".join(stanzas)
-
-
-# --- apt-cache output --------------------------------------------------------
-
-
-def parse_depends(text: str) -> list[str]:
-    """Package names in `apt-cache depends` output's Depends lines."""
-    return re.findall(r"^\s*\|?Depends:\s*<?([^\s>]+)>?\s*$", text, re.MULTILINE)
-
-
-def image_release(depends_text: str) -> str | None:
+def image_release(meta: Package) -> str | None:
     """The release that a linux-image metapackage depends on (linux-image-<release>)."""
-    for name in parse_depends(depends_text):
+    for name in meta.depends:
         m = re.match(r"^linux-image-(\d.*)$", name)
         if m and not m.group(1).endswith(("-unsigned", "-dbg")):
             return m.group(1)
     return None
 
 
-def header_packages(depends_text: str) -> list[str]:
+def track_candidate(metas: Sequence[tuple[str, Package]]) -> Candidate | None:
+    """Of (suite, linux-image-amd64) pairs, the release of the highest version."""
+    best: Candidate | None = None
+    for suite, meta in metas:
+        release = image_release(meta)
+        if release is None:
+            continue
+        if best is None or archive.compare_versions(meta.version, best.version) > 0:
+            best = Candidate(release, meta.version, suite)
+    return best
+
+
+def generic_images(names: Iterable[str]) -> list[str]:
+    """Of package names, the linux-image-<release> of the generic amd64 flavour."""
+    return [n for n in names
+            if n.startswith("linux-image-") and _GENERIC_RE.match(n[len("linux-image-"):])]
+
+
+def image_candidates(suite: str, packages: Iterable[Package]) -> list[Candidate]:
+    """The releases of a suite's linux-image-<release> packages."""
+    return [Candidate(p.name[len("linux-image-"):], p.version, suite)
+            for p in packages if generic_images([p.name])]
+
+
+def newest(cands: Iterable[Candidate]) -> Candidate | None:
+    """The candidate of the highest package version."""
+    return max(cands, key=lambda c: archive.version_key(c.version), default=None)
+
+
+def upstream_of(cand: Candidate) -> str:
+    """The upstream X.Y of a candidate: 7.3 of 7.3.4-1~bpo13+1."""
+    return ".".join(archive.upstream_version(cand.version).split(".")[:2])
+
+
+def pick(spec: KernelSpec, cands: Sequence[Candidate]) -> Candidate | None:
+    """The candidate that `latest`, an upstream X.Y or a release names."""
+    if spec.kind == "latest":
+        return newest(cands)
+    if spec.kind == "upstream":
+        return newest(c for c in cands if upstream_of(c) == spec.value)
+    if spec.kind == "release":
+        return newest(c for c in cands if c.release == spec.value)
+    raise ValueError(spec.kind)
+
+
+def newest_per_upstream(cands: Iterable[Candidate], n: int = 8) -> list[Candidate]:
+    """The newest release of each upstream X.Y, newest first, for hints."""
+    best: dict[str, Candidate] = {}
+    for c in cands:
+        old = best.get(upstream_of(c))
+        if old is None or archive.compare_versions(c.version, old.version) > 0:
+            best[upstream_of(c)] = c
+    ordered = sorted(best.values(), key=lambda c: archive.version_key(c.version), reverse=True)
+    return ordered[:n]
+
+
+def header_packages(headers: Package) -> list[str]:
     """Of linux-headers-<release>'s dependencies, those kbuild needs unpacked."""
-    return [
-        name
-        for name in parse_depends(depends_text)
-        if re.match(r"^linux-(headers-.*-common.*|kbuild-.*)$", name)
-    ]
+    return [name for name in headers.depends
+            if re.match(r"^linux-(headers-.*-common.*|kbuild-.*)$", name)]
 
 
-# --- the private apt ---------------------------------------------------------
+def release_packages(release: str, image: Package | None, headers: Package | None) -> list[str]:
+    """The packages to unpack for a release, in either layout.
+
+    The new layout's linux-image-<release> is a metapackage: the image, the
+    modules and the base (config, modules.builtin) are its dependencies named
+    after the release. The headers bring their -common tree and kbuild.
+    """
+    names = [f"linux-image-{release}"]
+    for pkg in (image, headers):
+        if pkg is None:
+            continue
+        if pkg is headers:
+            names.append(pkg.name)
+            names += header_packages(pkg)
+        names += [d for d in pkg.depends if d.startswith("linux-") and d.endswith(f"-{release}")]
+    return list(dict.fromkeys(names))
 
 
-class _Apt:
-    """apt-get/apt-cache with private sources, lists and archive cache for one track."""
-
-    def __init__(self, track: Track, base: Path) -> None:
-        self.track = track
-        self.dir = base / "apt" / track.name
-        self.sources_dir = self.dir / "sources.list.d"
-        self.lists = self.dir / "lists"
-        self.archives = self.dir / "cache"
-
-    def options(self) -> list[str]:
-        return [
-            "-o", "Dir::Etc::sourcelist=/dev/null",
-            "-o", f"Dir::Etc::sourceparts={self.sources_dir}",
-            "-o", f"Dir::State::Lists={self.lists}",
-            "-o", f"Dir::Cache={self.archives}",
-            "-o", "Dir::State::status=/dev/null",
-            "-o", "APT::Sandbox::User=root",
-            "-o", "Acquire::Languages=none",
-        ]  # fmt: skip
-
-    def configure(self) -> bool:
-        """Write the private sources; True when the lists must be (re)fetched."""
-        text = derive_sources(host_apt_entries(), self.track.suites)
-        for d in (self.sources_dir, self.lists / "partial", self.archives / "archives" / "partial"):
-            d.mkdir(parents=True, exist_ok=True)
-        path = self.sources_dir / "klptrace.sources"
-        changed = not path.is_file() or path.read_text() != text
-        if changed:
-            path.write_text(text)
-        has_lists = any(self.lists.glob("*_Packages*"))
-        return changed or not has_lists
-
-    def run(self, tool: str, *args: str, cwd: Path | None = None) -> str:
-        cmd = [tool, "-q", *self.options(), *args]
-        try:
-            proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-        except FileNotFoundError:
-            raise KlptraceError(
-                f"{tool} not found", hint="klptrace fetches kernels with Debian's apt"
-            ) from None
-        if proc.returncode != 0:
-            raise KlptraceError(
-                f"{tool} {' '.join(args[:2])} failed: {_last_lines(proc.stderr or proc.stdout)}",
-                hint="check the network and the host's apt sources",
-            )
-        return proc.stdout
-
-    def update(self) -> None:
-        self.run("apt-get", "update")
-
-    def depends(self, package: str) -> str:
-        return self.run("apt-cache", "depends", package)
-
-    def has_package(self, package: str) -> bool:
-        proc = subprocess.run(
-            ["apt-cache", "-q", *self.options(), "show", package],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        return proc.returncode == 0 and "Package:" in proc.stdout
-
-    def releases(self) -> list[str]:
-        """Releases whose image this track's archive has."""
-        out = self.run("apt-cache", "pkgnames", "linux-image-")
-        found = set(re.findall(r"(?m)^linux-image-(\d+\.\d+\.\d+[-+][^-\s]+-amd64)$", out))
-        return sorted(found, key=_version_key)
-
-
-def _version_key(release: str) -> list[int | str]:
-    """Sort key that orders 6.1.0-9 before 6.1.0-56."""
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", release)]
-
-
-def _last_lines(text: str, n: int = 3) -> str:
-    return " / ".join(line for line in text.strip().splitlines()[-n:])
-
-
-# --- fetch and unpack --------------------------------------------------------
+# --- the unpacked tree ---------------------------------------------------------------
 
 _MARKER = ".klptrace-kernel.json"
 
 
-def _kernel_at(root: Path, release: str) -> Kernel:
-    modules_dir = root / "lib" / "modules" / release
+def _kernel_at(root: Path, release: str, suite: str | None = None) -> Kernel:
+    """The kernel unpacked at root, in either package layout."""
+    if suite is None:
+        try:
+            suite = json.loads((root / _MARKER).read_text()).get("suite")
+        except (OSError, ValueError):
+            suite = None
+    modules_dir = root / "lib" / "modules" / release  # lib is usr/lib in the new layout
     kdir = root / "usr" / "src" / f"linux-headers-{release}"
+    image = root / "boot" / f"vmlinuz-{release}"
+    new_layout = root / "usr" / "lib" / "modules" / release / "vmlinuz"
+    if not image.is_file() and new_layout.is_file():
+        image = new_layout
     return Kernel(
         release=release,
-        image=root / "boot" / f"vmlinuz-{release}",
+        image=image,
         modules_dir=modules_dir,
         kdir=kdir if (kdir / "Makefile").is_file() else None,
         root=root,
+        suite=suite,
     )
 
 
@@ -374,24 +320,45 @@ def relink_absolute(root: Path) -> list[Path]:
 
 
 def rewrite_headers_makefile(kdir: Path, root: Path) -> None:
-    """Make the headers' Makefile include the unpacked -common tree, not /usr/src."""
+    """Make the headers' Makefile name the unpacked trees, not /usr/src.
+
+    It includes the -common tree's Makefile; the new layout's also sets
+    KBUILD_OUTPUT=/usr/src/linux-headers-<release>, which kbuild requires to exist.
+    """
     makefile = kdir / "Makefile"
     text = makefile.read_text()
-    new = re.sub(r"(?m)^(\s*include\s+)/usr/src/", rf"\g<1>{root}/usr/src/", text)
+    new = re.sub(r"(?m)^(\s*(?:include\s+|[A-Za-z_]+\s*[:?]?=\s*))/usr/src/",
+                 rf"\g<1>{root}/usr/src/", text)
     if new != text:
         makefile.write_text(new)
 
 
-def _unpack(apt: _Apt, release: str, dest: Path, progress: Progress) -> list[str]:
+def merge_usr(root: Path) -> bool:
+    """Link root/lib to usr/lib when only usr/lib/modules was unpacked; True if linked.
+
+    depmod -b and vng look for <root>/lib/modules; on a merged-/usr system
+    /lib is that link, and the new layout's packages ship usr/lib only.
+    """
+    if (root / "usr" / "lib" / "modules").is_dir() and not os.path.lexists(root / "lib"):
+        (root / "lib").symlink_to("usr/lib")
+        return True
+    return False
+
+
+def _unpack(apt: SuiteApt, release: str, dest: Path, progress: Progress) -> list[str]:
     """Download and unpack one release's packages into dest; return the .deb names."""
-    packages = [f"linux-image-{release}", f"linux-headers-{release}"]
-    packages += header_packages(apt.depends(f"linux-headers-{release}"))
+    shown = {p.name: p for p in apt.show(f"linux-image-{release}", f"linux-headers-{release}")}
+    packages = release_packages(release, shown.get(f"linux-image-{release}"),
+                                shown.get(f"linux-headers-{release}"))
     debs = dest / ".debs"
     debs.mkdir(parents=True)
-    progress(f"downloading {' '.join(packages)}")
-    apt.run("apt-get", "download", *packages, cwd=debs)
+    progress(f"downloading from {apt.suite}: {' '.join(packages)}")
+    started = time.monotonic()
+    apt.download(packages, debs)
     names = sorted(p.name for p in debs.glob("*.deb"))
-    progress(f"unpacking {len(names)} packages")
+    size = sum((debs / n).stat().st_size for n in names)
+    progress(f"downloaded {size / 1e6:.0f} MB in {time.monotonic() - started:.0f} s; "
+             f"unpacking {len(names)} packages")
     for name in names:
         subprocess.run(["dpkg", "-x", str(debs / name), str(dest)], check=True)
     shutil.rmtree(debs)
@@ -400,6 +367,7 @@ def _unpack(apt: _Apt, release: str, dest: Path, progress: Progress) -> list[str
 
 def _finish(root: Path, release: str) -> None:
     """Make an unpacked tree usable: KDIR in place, modules indexed."""
+    merge_usr(root)
     relink_absolute(root)
     kdir = root / "usr" / "src" / f"linux-headers-{release}"
     if (kdir / "Makefile").is_file():
@@ -407,12 +375,13 @@ def _finish(root: Path, release: str) -> None:
     depmod = shutil.which("depmod") or "/sbin/depmod"
     if not os.path.exists(depmod):
         raise KlptraceError("depmod not found", hint="apt-get install kmod (make setup does)")
+    # depmod reads the modules (.ko or .ko.xz), never System.map (a stub in the new layout).
     proc = subprocess.run([depmod, "-b", str(root), release], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise KlptraceError(f"depmod failed for {release}: {_last_lines(proc.stderr)}")
+        raise KlptraceError(f"depmod failed for {release}: {archive.last_lines(proc.stderr)}")
 
 
-def _fetch(apt: _Apt, release: str, base: Path, progress: Progress) -> Kernel:
+def _fetch(apt: SuiteApt, release: str, base: Path, progress: Progress) -> Kernel:
     """Fetch one release into base/kernels/<release>, atomically."""
     kernels = base / "kernels"
     kernels.mkdir(parents=True, exist_ok=True)
@@ -427,31 +396,48 @@ def _fetch(apt: _Apt, release: str, base: Path, progress: Progress) -> Kernel:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    started = time.monotonic()
     _finish(final, release)
-    kernel = _kernel_at(final, release)
+    progress(f"depmod and the headers' paths: {time.monotonic() - started:.0f} s")
+    kernel = _kernel_at(final, release, apt.suite)
     if not kernel.image.is_file():
-        raise KlptraceError(f"the packages of {release} hold no boot/vmlinuz-{release}")
-    (final / _MARKER).write_text(json.dumps({"release": release, "debs": debs}, indent=1) + "\n")
+        raise KlptraceError(f"the packages of {release} hold no kernel image "
+                            f"(boot/vmlinuz-{release} or usr/lib/modules/{release}/vmlinuz)")
+    marker = {"release": release, "suite": apt.suite, "debs": debs}
+    (final / _MARKER).write_text(json.dumps(marker, indent=1) + "\n")
     progress(f"kernel {release} ready in {final}")
     return kernel
 
 
+def _note_suite(root: Path, suite: str) -> None:
+    """Record the suite in a marker written before klptrace recorded suites."""
+    marker = json.loads((root / _MARKER).read_text())
+    if marker.get("suite") != suite:
+        marker["suite"] = suite
+        (root / _MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+
+
 def _kernel_from_path(text: str) -> Kernel:
-    """A kernel given as a vmlinuz path, with ../lib/modules/<release> beside it."""
+    """A kernel given as an image path: boot/vmlinuz-<rel> with ../lib/modules/<rel>
+    beside it, or usr/lib/modules/<rel>/vmlinuz."""
     image = Path(text).expanduser().resolve()
     if not image.is_file():
         raise KlptraceError(f"no kernel image at {image}", hint=spec_hint())
-    root = image.parent.parent
-    mods = root / "lib" / "modules"
-    release = image.name.removeprefix("vmlinuz-") if image.name.startswith("vmlinuz-") else None
-    if release is None:
-        found = sorted(p.name for p in mods.iterdir()) if mods.is_dir() else []
-        if len(found) != 1:
-            raise KlptraceError(
-                f"cannot tell the release of {image}",
-                hint=f"name it vmlinuz-<release>, or keep exactly one <release> in {mods}",
-            )
-        release = found[0]
+    if image.name == "vmlinuz" and image.parent.parent.name == "modules":
+        mods, release = image.parent.parent, image.parent.name
+        root = mods.parent.parent.parent if mods.parent.parent.name == "usr" else mods.parent.parent
+    else:
+        root = image.parent.parent
+        mods = root / "lib" / "modules"
+        release = image.name.removeprefix("vmlinuz-") if image.name.startswith("vmlinuz-") else ""
+        if not release:
+            found = sorted(p.name for p in mods.iterdir()) if mods.is_dir() else []
+            if len(found) != 1:
+                raise KlptraceError(
+                    f"cannot tell the release of {image}",
+                    hint=f"name it vmlinuz-<release>, or keep exactly one <release> in {mods}",
+                )
+            release = found[0]
     if not (mods / release).is_dir():
         raise KlptraceError(
             f"no modules for {release} beside {image}", hint=f"expected {mods / release}"
@@ -459,7 +445,7 @@ def _kernel_from_path(text: str) -> Kernel:
     build = mods / release / "build"
     kdir = build.resolve() if (build / "Makefile").is_file() else None
     return dataclasses.replace(
-        _kernel_at(root, release), image=image, modules_dir=mods / release, kdir=kdir
+        _kernel_at(root, release), image=image, modules_dir=mods / release, kdir=kdir, suite=None
     )
 
 
@@ -472,12 +458,18 @@ def ensure(
 ) -> Kernel:
     """The kernel that --kernel names, fetched and unpacked into the cache if needed.
 
-    A second call for the same kernel downloads nothing. With refresh, a short
-    name is resolved again against fresh package lists.
+    No spec: the stock kernel of the host's Debian release, said through
+    progress. A second call for the same kernel downloads nothing. With
+    refresh, a name is resolved again against fresh package lists.
     """
     say = progress or (lambda _msg: None)
     base = cache or cache_dir()
-    parsed = parse_spec(spec)
+    if spec:
+        parsed = parse_spec(spec)
+    else:
+        name, why = host_default_track()
+        say(why)
+        parsed = KernelSpec("track", name)
     if parsed.kind == "path":
         return _kernel_from_path(parsed.value)
 
@@ -490,47 +482,78 @@ def ensure(
         return _from_archive(parsed, base, refresh, say)
 
 
-def _from_archive(parsed: KernelSpec, base: Path, refresh: bool, say: Progress) -> Kernel:
-    """Resolve a track or release against the package lists; fetch it unless cached."""
-    tracks = [TRACKS[parsed.value]] if parsed.kind == "track" else list(TRACKS.values())
-    for track in tracks:
-        apt = _Apt(track, base)
-        fresh = apt.configure() or refresh
-        if fresh:
-            say(f"updating package lists for {track.name} ({' '.join(track.suites)})")
-            apt.update()
-        release = _release_in(apt, parsed)
-        if release is None and not fresh:
-            apt.update()  # the lists may predate the release
-            fresh = True
-            release = _release_in(apt, parsed)
-        if release is None:
-            continue
-        root = base / "kernels" / release
-        if (root / _MARKER).is_file():
-            return _kernel_at(root, release)
-        try:
-            return _fetch(apt, release, base, say)
-        except KlptraceError:
-            if fresh:
-                raise
-            # Old lists can name packages that the archive has since dropped.
-            say("download failed; updating the package lists and trying again")
-            return _from_archive(parsed, base, True, say)
-
-    known = sorted({r for t in tracks for r in _Apt(t, base).releases()}, key=_version_key)
-    newest = ", ".join(known[-8:]) or "none"
-    raise KlptraceError(
-        f"unknown kernel {parsed.value!r}: no such Debian kernel package",
-        hint=f"the newest available: {newest}; " + spec_hint(),
-    )
+def _suites_of(spec: KernelSpec) -> tuple[str, ...]:
+    """The suites a spec is resolved in."""
+    return TRACKS[spec.value].suites if spec.kind == "track" else KNOWN_SUITES
 
 
-def _release_in(apt: _Apt, spec: KernelSpec) -> str | None:
-    """The release that spec names in this track's package lists, if any."""
+def _resolve(spec: KernelSpec, apts: Sequence[SuiteApt]) -> Candidate | None:
+    """The release that spec names in these suites' package lists, if any."""
     if spec.kind == "track":
-        release = image_release(apt.depends(apt.track.meta))
-        if release is None:
-            raise KlptraceError(f"{apt.track.meta} names no kernel image in {apt.track.suites}")
-        return release
-    return spec.value if apt.has_package(f"linux-image-{spec.value}") else None
+        metas = [(a.suite, p) for a, shown in
+                 zip(apts, archive.each(apts, lambda a: a.show("linux-image-amd64")), strict=True)
+                 for p in shown]
+        found = track_candidate(metas)
+        if found is None:
+            raise KlptraceError(f"linux-image-amd64 names no kernel image in "
+                                f"{' '.join(a.suite for a in apts)}")
+        return found
+    if spec.kind == "release":
+        per_suite = archive.each(
+            apts, lambda a: image_candidates(a.suite, a.show(f"linux-image-{spec.value}")))
+        return pick(spec, [c for cands in per_suite for c in cands])
+    return pick(spec, _all_candidates(apts))
+
+
+def _suite_candidates(apt: SuiteApt) -> list[Candidate]:
+    """Every generic kernel release one suite carries."""
+    return image_candidates(apt.suite, apt.show(*generic_images(apt.names("linux-image-"))))
+
+
+def _all_candidates(apts: Sequence[SuiteApt]) -> list[Candidate]:
+    """Every generic kernel release the suites carry."""
+    return [c for cands in archive.each(apts, _suite_candidates) for c in cands]
+
+
+#: lists younger than this are not fetched again for a name they lack (a typo stays quick)
+LISTS_FRESH_S = 3600.0
+
+
+def _from_archive(spec: KernelSpec, base: Path, refresh: bool, say: Progress) -> Kernel:
+    """Resolve a spec against the package lists; fetch its release unless cached."""
+    suites = _suites_of(spec)
+    apts = [SuiteApt(s, base) for s in suites]
+    host = archive.host_apt_entries()
+    stale = [a for a in apts if a.configure(host) or refresh]
+    if stale:
+        say(f"updating package lists of {' '.join(a.suite for a in stale)}")
+        archive.update_all(stale)
+    found = _resolve(spec, apts)
+    fresh = len(stale) == len(apts)
+    old = [a for a in apts if a not in stale and a.lists_age() > LISTS_FRESH_S]
+    if found is None and old:
+        say(f"not in the package lists; updating those of {' '.join(a.suite for a in old)}")
+        archive.update_all(old)  # the lists may predate it
+        fresh = len(stale) + len(old) == len(apts)
+        found = _resolve(spec, apts)
+    if found is None:
+        have = ", ".join(f"{c.release} ({c.suite})"
+                         for c in newest_per_upstream(_all_candidates(apts)))
+        raise KlptraceError(
+            f"unknown kernel {spec.value!r}: no such Debian kernel in {' '.join(suites)}",
+            hint=f"the newest of each version: {have or 'none'}; " + spec_hint(),
+        )
+    say(f"kernel {spec.value}: {found.release} from {found.suite}")
+    root = base / "kernels" / found.release
+    if (root / _MARKER).is_file():
+        _note_suite(root, found.suite)
+        return _kernel_at(root, found.release, found.suite)
+    apt = next(a for a in apts if a.suite == found.suite)
+    try:
+        return _fetch(apt, found.release, base, say)
+    except KlptraceError:
+        if fresh:
+            raise
+        # Old lists can name packages that the archive has since dropped.
+        say("download failed; updating the package lists and trying again")
+        return _from_archive(spec, base, True, say)

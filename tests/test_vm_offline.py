@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import build, cli, kernels, vm
-from klptrace.errors import Interrupted, KlptraceError
+from klptrace import archive, build, cli, kernels, vm
+from klptrace.errors import Interrupted, KlptraceError, UsageError
 
 # --- --kernel specs -----------------------------------------------------------
 
@@ -27,10 +27,18 @@ from klptrace.errors import Interrupted, KlptraceError
 @pytest.mark.parametrize(
     ("text", "kind", "value"),
     [
-        (None, "track", "6.1"),
-        ("", "track", "6.1"),
         ("6.1", "track", "6.1"),
+        ("bookworm", "track", "6.1"),
         ("6.12", "track", "6.12"),
+        ("bookworm-backports", "track", "6.12"),
+        ("trixie", "track", "trixie"),
+        ("trixie-backports", "track", "trixie-backports"),
+        ("sid", "track", "sid"),
+        ("unstable", "track", "sid"),
+        ("latest", "latest", "latest"),
+        ("7.3", "upstream", "7.3"),
+        ("5.10", "upstream", "5.10"),
+        ("7.3.4+deb13-amd64", "release", "7.3.4+deb13-amd64"),
         ("6.1.0-56-amd64", "release", "6.1.0-56-amd64"),
         ("6.12.95+deb12-amd64", "release", "6.12.95+deb12-amd64"),
         ("6.1.0-56-cloud-amd64", "release", "6.1.0-56-cloud-amd64"),
@@ -43,12 +51,14 @@ def test_parse_spec(text: str | None, kind: str, value: str) -> None:
     assert kernels.parse_spec(text) == kernels.KernelSpec(kind, value)
 
 
-@pytest.mark.parametrize("text", ["5.10", "6.13", "latest", "6.1.0", "6.1.0-56-arm64"])
-def test_parse_spec_unknown(text: str) -> None:
-    with pytest.raises(KlptraceError) as err:
+@pytest.mark.parametrize("text", ["nonsense", "6", "7.3.x", "6.1.0", "6.1.0-56-arm64", "Latest"])
+def test_parse_spec_no_form_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError) as err:
         kernels.parse_spec(text)
+    assert err.value.status == 2
     assert repr(text) in err.value.message
-    assert err.value.hint is not None and "6.1.0-56-amd64" in err.value.hint
+    assert err.value.hint is not None and "7.3.4+deb13-amd64" in err.value.hint
+    assert "trixie" in err.value.hint and "latest" in err.value.hint
 
 
 def test_parse_spec_existing_file_is_a_path(
@@ -136,7 +146,7 @@ deb http://sec.example/debian-security bookworm-security main  # security
 
 
 def test_parse_deb822_sources() -> None:
-    entries = kernels.parse_deb822_sources(HOST_DEB822)
+    entries = archive.parse_deb822_sources(HOST_DEB822)
     assert [e.uris for e in entries] == [
         ("http://mirror.example/debian",),
         ("http://mirror.example/debian-security",),
@@ -146,22 +156,22 @@ def test_parse_deb822_sources() -> None:
 
 
 def test_parse_one_line_sources() -> None:
-    assert kernels.parse_one_line_sources(HOST_ONE_LINE) == [
-        kernels.AptEntry(("http://mirror.example/debian",), ("bookworm",), "/etc/keys/debian.gpg"),
-        kernels.AptEntry(("http://sec.example/debian-security",), ("bookworm-security",), None),
+    assert archive.parse_one_line_sources(HOST_ONE_LINE) == [
+        archive.AptEntry(("http://mirror.example/debian",), ("bookworm",), "/etc/keys/debian.gpg"),
+        archive.AptEntry(("http://sec.example/debian-security",), ("bookworm-security",), None),
     ]
 
 
 def test_derive_sources_keeps_uris_and_keys_changes_suites() -> None:
-    host = kernels.parse_deb822_sources(HOST_DEB822)
-    text = kernels.derive_sources(host, ["bookworm", "bookworm-updates", "bookworm-security"])
-    assert kernels.parse_deb822_sources(text) == [
-        kernels.AptEntry(
+    host = archive.parse_deb822_sources(HOST_DEB822)
+    text = archive.derive_sources(host, ["bookworm", "bookworm-updates", "bookworm-security"])
+    assert archive.parse_deb822_sources(text) == [
+        archive.AptEntry(
             ("http://mirror.example/debian",),
             ("bookworm", "bookworm-updates"),
             "/usr/share/keyrings/debian-archive-keyring.gpg",
         ),
-        kernels.AptEntry(
+        archive.AptEntry(
             ("http://mirror.example/debian-security",),
             ("bookworm-security",),
             "/usr/share/keyrings/debian-archive-keyring.gpg",
@@ -172,33 +182,33 @@ def test_derive_sources_keeps_uris_and_keys_changes_suites() -> None:
 
 
 def test_derive_sources_backports_from_the_release_archive() -> None:
-    host = kernels.parse_one_line_sources(HOST_ONE_LINE)
-    text = kernels.derive_sources(host, ["bookworm-backports"])
-    assert kernels.parse_deb822_sources(text) == [
-        kernels.AptEntry(("http://mirror.example/debian",), ("bookworm-backports",),
+    host = archive.parse_one_line_sources(HOST_ONE_LINE)
+    text = archive.derive_sources(host, ["bookworm-backports"])
+    assert archive.parse_deb822_sources(text) == [
+        archive.AptEntry(("http://mirror.example/debian",), ("bookworm-backports",),
                          "/etc/keys/debian.gpg"),
     ]  # fmt: skip
 
 
 def test_derive_sources_from_another_release_host() -> None:
     # A trixie host still names the archive that serves bookworm.
-    host = [kernels.AptEntry(("http://m.example/debian",), ("trixie", "trixie-updates"), None)]
-    text = kernels.derive_sources(host, ["bookworm", "bookworm-security"])
-    assert kernels.parse_deb822_sources(text) == [
-        kernels.AptEntry(("http://m.example/debian",), ("bookworm",), None)
+    host = [archive.AptEntry(("http://m.example/debian",), ("trixie", "trixie-updates"), None)]
+    text = archive.derive_sources(host, ["bookworm", "bookworm-security"])
+    assert archive.parse_deb822_sources(text) == [
+        archive.AptEntry(("http://m.example/debian",), ("bookworm",), None)
     ]
 
 
 def test_derive_sources_without_archive() -> None:
     with pytest.raises(KlptraceError, match="no Debian archive"):
-        kernels.derive_sources([], ["bookworm"])
+        archive.derive_sources([], ["bookworm"])
 
 
 def test_host_apt_entries_reads_both_formats(tmp_path: Path) -> None:
     (tmp_path / "sources.list.d").mkdir()
     (tmp_path / "sources.list").write_text(HOST_ONE_LINE)
     (tmp_path / "sources.list.d" / "debian.sources").write_text(HOST_DEB822)
-    uris = [e.uris[0] for e in kernels.host_apt_entries(tmp_path)]
+    uris = [e.uris[0] for e in archive.host_apt_entries(tmp_path)]
     assert uris == [
         "http://mirror.example/debian",
         "http://sec.example/debian-security",
@@ -207,22 +217,20 @@ def test_host_apt_entries_reads_both_formats(tmp_path: Path) -> None:
     ]
 
 
-def test_image_release_from_apt_cache_depends() -> None:
-    out = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n"
-    assert kernels.image_release(out) == "6.1.0-56-amd64"
-    signed = "linux-image-amd64\n |Depends: linux-image-6.1.0-56-amd64-unsigned\n"
-    assert kernels.image_release(signed) is None
-    assert kernels.image_release("linux-image-amd64\n") is None
+def test_image_release_of_a_metapackage() -> None:
+    def meta(*deps: str) -> archive.Package:
+        return archive.Package("linux-image-amd64", "6.1.158-1", deps)
+
+    assert kernels.image_release(meta("linux-image-6.1.0-56-amd64")) == "6.1.0-56-amd64"
+    assert kernels.image_release(meta("linux-image-6.1.0-56-amd64-unsigned")) is None
+    assert kernels.image_release(meta()) is None
 
 
 def test_header_packages() -> None:
-    out = (
-        "linux-headers-6.1.0-56-amd64\n"
-        "  Depends: linux-headers-6.1.0-56-common\n"
-        "  Depends: linux-kbuild-6.1\n"
-        "  Depends: linux-compiler-gcc-12-x86\n"
-    )
-    assert kernels.header_packages(out) == ["linux-headers-6.1.0-56-common", "linux-kbuild-6.1"]
+    headers = archive.Package("linux-headers-6.1.0-56-amd64", "6.1.158-1", (
+        "linux-headers-6.1.0-56-common", "linux-kbuild-6.1", "linux-compiler-gcc-12-x86"))
+    assert kernels.header_packages(headers) == ["linux-headers-6.1.0-56-common",
+                                                "linux-kbuild-6.1"]
 
 
 # --- the unpacked tree -----------------------------------------------------------
@@ -523,11 +531,14 @@ def test_build_failure_names_the_error(tmp_path: Path) -> None:
 # --- the command line ----------------------------------------------------------------
 
 
-def test_cli_error_is_one_line_with_hint(capsys: pytest.CaptureFixture[str]) -> None:
-    status = cli.main(["vm", "--kernel", "5.10", "--", "true"])
+def test_cli_kernel_of_no_form_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vm, "check_host", lambda: "/usr/bin/qemu-system-x86_64")
+    status = cli.main(["vm", "--kernel", "nonsense", "--", "true"])
     err = capsys.readouterr().err
-    assert status == 1
-    assert err.startswith("klptrace: error: unknown kernel '5.10'\n  hint: ")
+    assert status == 2
+    assert err.startswith("klptrace: error: unknown kernel 'nonsense'\n  hint: ")
     assert "Traceback" not in err
 
 
@@ -568,20 +579,33 @@ def test_cli_usage_error_exits_2() -> None:
 # --- vCPUs under emulation -------------------------------------------------------
 
 
-def _unpacked_kernel(tmp_path: Path, *, cond_resched_rewrite: bool) -> kernels.Kernel:
+def _unpacked_kernel(tmp_path: Path, sched_h: str, livepatch_sched_h: str | None
+                     ) -> kernels.Kernel:
     root = tmp_path / "k"
     inc = root / "usr" / "src" / "linux-headers-6.12.95+deb12-common" / "include" / "linux"
     inc.mkdir(parents=True)
-    if cond_resched_rewrite:
-        (inc / "livepatch_sched.h").write_text("")
+    if livepatch_sched_h is not None:
+        (inc / "livepatch_sched.h").write_text(livepatch_sched_h)
+    (inc / "sched.h").write_text(sched_h)
     return kernels.Kernel("6.12.95+deb12-amd64", root / "boot" / "vmlinuz", root, None, root)
 
 
-def test_one_vcpu_under_tcg_for_kernels_that_rewrite_cond_resched(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# What the headers declare about livepatch in the scheduler, by era (declarations only).
+KEY = "void __klp_sched_try_switch(void);\nDECLARE_STATIC_KEY_FALSE(klp_sched_try_switch_key);\n"
+SCHED_H_6_4_TO_6_15 = "extern int __cond_resched(void);\nvoid sched_dynamic_klp_enable(void);\n"
+SCHED_H = "extern int __cond_resched(void);\n"
+
+
+@pytest.mark.parametrize(("sched_h", "livepatch_sched_h"), [
+    (SCHED_H_6_4_TO_6_15, KEY),  # 6.4-6.15: cond_resched static call sites (and the key)
+    (SCHED_H_6_4_TO_6_15, None),
+    (SCHED_H, KEY),  # 6.16 on: the key, tested in __schedule()
+])  # fmt: skip
+def test_one_vcpu_under_tcg_for_kernels_that_patch_the_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sched_h: str, livepatch_sched_h: str | None
 ) -> None:
     monkeypatch.delenv("KLPTRACE_TCG_SMP", raising=False)
-    k = _unpacked_kernel(tmp_path, cond_resched_rewrite=True)
+    k = _unpacked_kernel(tmp_path, sched_h, livepatch_sched_h)
     tcg, kvm = vm.Accel("tcg", "test"), vm.Accel("kvm", "test")
     cpus, why = vm.guest_cpus(k, tcg, 2)
     assert cpus == 1 and "KLPTRACE_TCG_SMP=1" in why
@@ -591,8 +615,11 @@ def test_one_vcpu_under_tcg_for_kernels_that_rewrite_cond_resched(
     assert vm.guest_cpus(k, tcg, 2) == (2, "")
 
 
-def test_smp_under_tcg_for_other_kernels(tmp_path: Path) -> None:
-    k = _unpacked_kernel(tmp_path, cond_resched_rewrite=False)
+@pytest.mark.parametrize("livepatch_sched_h", [None, "/* no hook declared */\n"])
+def test_smp_under_tcg_for_kernels_that_do_not(tmp_path: Path,
+                                                livepatch_sched_h: str | None) -> None:
+    # 6.1 has neither header hook; a livepatch_sched.h that declares no key decides nothing.
+    k = _unpacked_kernel(tmp_path, SCHED_H, livepatch_sched_h)
     assert vm.guest_cpus(k, vm.Accel("tcg", "test"), 2) == (2, "")
 
 

@@ -1,0 +1,339 @@
+"""The kernel fetcher's decisions, driven by real apt metadata saved from each suite.
+
+tests/data/apt/<suite>.linux-image-amd64 and <suite>.images are `apt-cache
+show` output of the suite's metapackage and of its generic linux-image-<release>
+packages, captured on 2026-12-01 through klptrace's private apt states. No
+network, no root: a stand-in for SuiteApt answers from those files, and its
+downloads are .debs built on the spot with the package layouts Debian uses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from klptrace import archive, cli, kernels
+from klptrace.errors import KlptraceError, UsageError
+
+DATA = Path(__file__).parent / "data" / "apt"
+
+
+def _show(name: str) -> list[archive.Package]:
+    return archive.parse_show((DATA / name).read_text())
+
+
+def _metas(suites: tuple[str, ...]) -> list[tuple[str, archive.Package]]:
+    return [(s, p) for s in suites for p in _show(f"{s}.linux-image-amd64")]
+
+
+def _all_candidates() -> list[kernels.Candidate]:
+    return [c for s in kernels.KNOWN_SUITES
+            for c in kernels.image_candidates(s, _show(f"{s}.images"))]
+
+
+# --- Debian versions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("a", "b", "want"), [
+    ("7.3.4-1~bpo13+1", "7.2.13-1", 1),
+    ("6.12.118-1", "6.12.117-1", 1),
+    ("6.12.95-1~bpo12+1", "6.12.95-1", -1),  # a backport sorts before its source
+    ("6.1.192-3", "6.1.192-2", 1),
+    ("1.0~rc1-1", "1.0-1", -1),
+    ("1:0.1-1", "9.9-1", 1),
+    ("6.12.90+deb13.1", "6.12.90+deb13", 1),
+    ("2.0", "2.0", 0),
+    ("1.0a", "1.0+", -1),  # letters sort before other symbols
+])  # fmt: skip
+def test_compare_versions(a: str, b: str, want: int) -> None:
+    assert archive.compare_versions(a, b) == want
+    assert archive.compare_versions(b, a) == -want
+
+
+@pytest.mark.skipif(not shutil.which("dpkg"), reason="needs dpkg to compare with")
+def test_compare_versions_agrees_with_dpkg_on_the_saved_versions() -> None:
+    versions = sorted({p.version for s in kernels.KNOWN_SUITES
+                       for f in (f"{s}.images", f"{s}.linux-image-amd64") for p in _show(f)})
+    assert len(versions) > 40
+    for a, b in itertools.combinations(versions[::3], 2):
+        ours = archive.compare_versions(a, b)
+        dpkg_lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
+        assert (ours < 0) == dpkg_lt, (a, b)
+
+
+def test_upstream_version() -> None:
+    assert archive.upstream_version("7.3.4-1~bpo13+1") == "7.3.4"
+    assert archive.upstream_version("1:2.3-4") == "2.3"
+    assert archive.upstream_version("2.3") == "2.3"
+
+
+# --- apt-cache show --------------------------------------------------------------------
+
+
+def test_parse_show_new_layout_metapackage() -> None:
+    [image] = [p for p in _show("trixie-backports.images")
+               if p.name == "linux-image-7.3.4+deb13-amd64"]
+    assert image.version == "7.3.4-1~bpo13+1"
+    for part in ("linux-base", "linux-binary", "linux-modules"):
+        assert f"{part}-7.3.4+deb13-amd64" in image.depends
+    assert "dracut" in image.depends and "initramfs-tools" in image.depends  # alternatives too
+
+
+def test_parse_show_several_packages() -> None:
+    pkgs = _show("bookworm-security.images")
+    assert len(pkgs) == 17
+    assert all(p.name.startswith("linux-image-") and p.version for p in pkgs)
+
+
+def test_generic_images_leave_flavours_and_metapackages_out() -> None:
+    names = ["linux-image-6.1.0-57-amd64", "linux-image-6.1.0-57-cloud-amd64",
+             "linux-image-6.1.0-57-rt-amd64", "linux-image-6.1.0-57-amd64-unsigned",
+             "linux-image-6.12-amd64", "linux-image-amd64", "linux-image-7.3.4+deb13-amd64",
+             "linux-image-6.12.90+deb12.1-amd64", "linux-image-7.3.4+deb13-amd64-dbg"]
+    assert kernels.generic_images(names) == ["linux-image-6.1.0-57-amd64",
+                                             "linux-image-7.3.4+deb13-amd64",
+                                             "linux-image-6.12.90+deb12.1-amd64"]
+
+
+# --- what each name resolves to (the archive of 2026-12-01) --------------------------------
+
+
+@pytest.mark.parametrize(("track", "release", "suite"), [
+    ("6.1", "6.1.0-57-amd64", "bookworm-security"),
+    ("6.12", "6.12.95+deb12-amd64", "bookworm-backports"),
+    # trixie-security's 6.12.118 is newer than trixie's 6.12.117
+    ("trixie", "6.12.118+deb13-amd64", "trixie-security"),
+    ("trixie-backports", "7.3.4+deb13-amd64", "trixie-backports"),
+    ("sid", "7.2.13+deb14-amd64", "sid"),
+])  # fmt: skip
+def test_track_resolves_to_the_newest_metapackage(track: str, release: str, suite: str) -> None:
+    found = kernels.track_candidate(_metas(kernels.TRACKS[track].suites))
+    assert found is not None and (found.release, found.suite) == (release, suite)
+
+
+@pytest.mark.parametrize(("text", "release", "suite"), [
+    ("latest", "7.3.4+deb13-amd64", "trixie-backports"),
+    ("7.3", "7.3.4+deb13-amd64", "trixie-backports"),
+    # sid's 7.2.13 is newer than the 7.2.12 that trixie-backports still carries
+    ("7.2", "7.2.13+deb14-amd64", "sid"),
+    ("6.16", "6.16.12+deb13-amd64", "trixie-backports"),
+    ("6.12.118+deb13-amd64", "6.12.118+deb13-amd64", "trixie-security"),
+    ("6.12.117+deb12-amd64", "6.12.117+deb12-amd64", "bookworm-security"),
+    ("6.1.0-47-amd64", "6.1.0-47-amd64", "bookworm"),
+])  # fmt: skip
+def test_pick_across_suites(text: str, release: str, suite: str) -> None:
+    found = kernels.pick(kernels.parse_spec(text), _all_candidates())
+    assert found is not None and (found.release, found.suite) == (release, suite)
+
+
+def test_pick_an_upstream_version_no_suite_has() -> None:
+    cands = _all_candidates()
+    assert kernels.pick(kernels.parse_spec("5.10"), cands) is None
+    assert kernels.pick(kernels.parse_spec("7.3.5+deb13-amd64"), cands) is None
+    hint = [c.release for c in kernels.newest_per_upstream(cands, 3)]
+    assert hint == ["7.3.4+deb13-amd64", "7.2.13+deb14-amd64", "7.1.13+deb13-amd64"]
+
+
+def test_release_packages_new_layout() -> None:
+    image = next(p for p in _show("trixie-backports.images")
+                 if p.name == "linux-image-7.3.4+deb13-amd64")
+    [headers] = _show("trixie-backports.headers-7.3.4")
+    assert kernels.release_packages("7.3.4+deb13-amd64", image, headers) == [
+        "linux-image-7.3.4+deb13-amd64", "linux-base-7.3.4+deb13-amd64",
+        "linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64",
+        "linux-headers-7.3.4+deb13-amd64", "linux-headers-7.3.4+deb13-common",
+        "linux-kbuild-7.3.4+deb13",
+    ]  # fmt: skip  (gcc-14-for-host is the build root's business, not the kernel's)
+
+
+def test_release_packages_old_layout() -> None:
+    image = next(p for p in _show("bookworm-security.images")
+                 if p.name == "linux-image-6.1.0-57-amd64")
+    [headers] = _show("bookworm-security.headers-6.1.0-57")
+    assert kernels.release_packages("6.1.0-57-amd64", image, headers) == [
+        "linux-image-6.1.0-57-amd64", "linux-headers-6.1.0-57-amd64",
+        "linux-headers-6.1.0-57-common", "linux-kbuild-6.1",
+    ]  # fmt: skip
+
+
+# --- the default kernel ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("os_release", "track"), [
+    ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_CODENAME=bookworm\n', "6.1"),
+    ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_CODENAME=trixie\n', "trixie"),
+])  # fmt: skip
+def test_default_is_the_hosts_stock_kernel(os_release: str, track: str) -> None:
+    name, why = kernels.default_track(os_release)
+    assert name == track
+    assert why.startswith(f"default kernel: {track} (") and "--kernel overrides" in why
+
+
+def test_default_elsewhere_is_stable() -> None:
+    name, why = kernels.default_track('NAME="Ubuntu"\nVERSION_CODENAME=noble\n')
+    assert name == kernels.DEFAULT_FALLBACK and "noble" in why
+    assert kernels.default_track("")[0] == kernels.DEFAULT_FALLBACK
+
+
+# --- the fetcher end to end, on the saved metadata ---------------------------------------
+
+# Files each package puts in place, in Debian's two layouts (contents made up, paths real).
+def _package_files(name: str, release: str, new_layout: bool) -> dict[str, str]:
+    mods = f"usr/lib/modules/{release}" if new_layout else f"lib/modules/{release}"
+    hdrs = f"usr/src/linux-headers-{release}"
+    common = f"usr/src/linux-headers-{release.removesuffix('-amd64')}-common"
+    files = {
+        f"linux-binary-{release}": {f"{mods}/vmlinuz": "image"},
+        f"linux-modules-{release}": {f"{mods}/kernel/fs/nls/nls_demo.ko.xz": ""},
+        f"linux-base-{release}": {f"{mods}/System.map": "ffffffffffffffff B stub\n",
+                                  f"{mods}/modules.order": "", f"{mods}/modules.builtin": ""},
+        f"linux-headers-{release}": {
+            f"{hdrs}/Makefile": (f"KBUILD_OUTPUT=/usr/src/linux-headers-{release}\n"
+                                 f"include /{common}/Makefile\n"),
+            f"{hdrs}/include/generated/utsrelease.h": f'#define UTS_RELEASE "{release}"\n'},
+        f"linux-headers-{release.removesuffix('-amd64')}-common": {f"{common}/Makefile": ""},
+    }.get(name, {})
+    if name == f"linux-image-{release}" and not new_layout:
+        files = {f"boot/vmlinuz-{release}": "image", f"{mods}/modules.order": ""}
+    return files
+
+
+class FakeSuiteApt(archive.SuiteApt):
+    """SuiteApt answering from tests/data/apt; its downloads are .debs made here."""
+
+    calls: list[str] = []  # noqa: RUF012 (shared on purpose: one log per test)
+
+    def configure(self, host: object) -> bool:
+        self.calls.append(f"configure {self.suite}")
+        return False
+
+    def lists_age(self) -> float:
+        return 0.0
+
+    def update(self) -> None:
+        self.calls.append(f"update {self.suite}")
+
+    def show(self, *packages: str) -> list[archive.Package]:
+        known = [p for f in sorted(DATA.glob(f"{self.suite}.*")) for p in _show(f.name)]
+        return [p for p in known if p.name in packages]
+
+    def names(self, prefix: str) -> list[str]:
+        return [p.name for p in _show(f"{self.suite}.images") if p.name.startswith(prefix)]
+
+    def download(self, packages: list[str], dest: Path) -> None:  # type: ignore[override]
+        self.calls.append(f"download {self.suite} {' '.join(packages)}")
+        release = packages[0].removeprefix("linux-image-")
+        new_layout = any(p.startswith("linux-binary-") for p in packages)
+        for name in packages:
+            tree = dest / f"{name}.tree"
+            for rel, text in _package_files(name, release, new_layout).items():
+                (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tree / rel).write_text(text)
+            (tree / "DEBIAN").mkdir(parents=True)
+            (tree / "DEBIAN" / "control").write_text(
+                f"Package: {name}\nVersion: 1\nArchitecture: amd64\nMaintainer: t <t@t>\n"
+                "Description: test\n")
+            subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree),
+                            str(dest / f"{name}_1_amd64.deb")], check=True, capture_output=True)
+            shutil.rmtree(tree)
+
+
+@pytest.fixture
+def fake_apt(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    depmod = shutil.which("depmod") or os.path.exists("/sbin/depmod")
+    if not (shutil.which("dpkg-deb") and depmod):
+        pytest.skip("needs dpkg-deb and depmod (Debian's dpkg and kmod)")
+    FakeSuiteApt.calls = []
+    monkeypatch.setattr(kernels, "SuiteApt", FakeSuiteApt)
+    monkeypatch.setattr(archive, "host_apt_entries", lambda: [])
+    return FakeSuiteApt.calls
+
+
+def test_fetch_new_layout(tmp_path: Path, fake_apt: list[str]) -> None:
+    said: list[str] = []
+    k = kernels.ensure("latest", cache=tmp_path, progress=said.append)
+    root = tmp_path / "kernels" / "7.3.4+deb13-amd64"
+    assert (k.release, k.suite, k.root) == ("7.3.4+deb13-amd64", "trixie-backports", root)
+    assert k.image == root / "usr/lib/modules/7.3.4+deb13-amd64/vmlinuz"
+    assert k.image.read_text() == "image"
+    assert os.readlink(root / "lib") == "usr/lib"  # so that depmod -b and vng find the modules
+    assert (k.modules_dir / "modules.dep").is_file()  # depmod ran (the stub System.map unread)
+    assert k.kdir == root / "usr/src/linux-headers-7.3.4+deb13-amd64"
+    assert (k.kdir / "Makefile").read_text() == (
+        f"KBUILD_OUTPUT={root}/usr/src/linux-headers-7.3.4+deb13-amd64\n"
+        f"include {root}/usr/src/linux-headers-7.3.4+deb13-common/Makefile\n")
+    [download] = [c for c in fake_apt if c.startswith("download")]
+    assert download.split()[1] == "trixie-backports"
+    assert "linux-binary-7.3.4+deb13-amd64" in download and "gcc" not in download
+    assert json.loads((root / ".klptrace-kernel.json").read_text())["suite"] == "trixie-backports"
+    assert "kernel latest: 7.3.4+deb13-amd64 from trixie-backports" in said
+
+    # A second call, by another name of the same kernel, downloads nothing.
+    fake_apt.clear()
+    again = kernels.ensure("7.3", cache=tmp_path)
+    assert again == k and not [c for c in fake_apt if not c.startswith("configure")]
+    assert kernels.ensure("7.3.4+deb13-amd64", cache=tmp_path) == k
+
+
+def test_fetch_old_layout(tmp_path: Path, fake_apt: list[str]) -> None:
+    k = kernels.ensure("6.1", cache=tmp_path)
+    root = tmp_path / "kernels" / "6.1.0-57-amd64"
+    assert (k.image, k.suite) == (root / "boot/vmlinuz-6.1.0-57-amd64", "bookworm-security")
+    assert (root / "lib").is_dir() and not (root / "lib").is_symlink()
+    assert k.kdir == root / "usr/src/linux-headers-6.1.0-57-amd64"
+    assert (k.modules_dir / "modules.dep").is_file()
+
+
+def test_unknown_version_is_an_error_after_the_lookup(
+    tmp_path: Path, fake_apt: list[str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KLPTRACE_CACHE", str(tmp_path))
+    assert cli.main(["kernel", "--kernel", "5.10"]) == 1
+    err = capsys.readouterr().err
+    assert "klptrace: error: unknown kernel '5.10': no such Debian kernel" in err
+    assert "hint: the newest of each version: 7.3.4+deb13-amd64 (trixie-backports), " in err
+    assert not [c for c in fake_apt if c.startswith("download")]
+
+
+def test_no_form_fails_before_any_apt(tmp_path: Path, fake_apt: list[str]) -> None:
+    with pytest.raises(UsageError):
+        kernels.ensure("nonsense", cache=tmp_path)
+    assert fake_apt == [] and not (tmp_path / "apt").exists()
+
+
+def test_default_kernel_is_said(tmp_path: Path, fake_apt: list[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "host_default_track",
+                        lambda: kernels.default_track("VERSION_CODENAME=trixie\n"))
+    said: list[str] = []
+    k = kernels.ensure(None, cache=tmp_path, progress=said.append)
+    assert k.release == "6.12.118+deb13-amd64" and k.suite == "trixie-security"
+    assert said[0].startswith("default kernel: trixie (Debian 13's stock kernel")
+
+
+def test_kernel_from_a_new_layout_path(tmp_path: Path) -> None:
+    mods = tmp_path / "usr" / "lib" / "modules" / "7.3.4+deb13-amd64"
+    mods.mkdir(parents=True)
+    (mods / "vmlinuz").write_bytes(b"")
+    k = kernels.ensure(str(mods / "vmlinuz"), cache=tmp_path / "c")
+    assert (k.release, k.root, k.modules_dir, k.suite) == (
+        "7.3.4+deb13-amd64", tmp_path, mods, None)
+
+
+def test_download_failure_is_not_hidden(tmp_path: Path, fake_apt: list[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(self: FakeSuiteApt, packages: list[str], dest: Path) -> None:
+        raise KlptraceError("apt-get download failed")
+
+    monkeypatch.setattr(FakeSuiteApt, "download", fail)
+    monkeypatch.setattr(FakeSuiteApt, "configure", lambda self, host: True)  # fresh lists
+    with pytest.raises(KlptraceError, match="download failed"):
+        kernels.ensure("sid", cache=tmp_path)
+    assert not list((tmp_path / "kernels").iterdir())  # nothing half-unpacked left
