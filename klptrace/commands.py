@@ -251,7 +251,7 @@ def run_vm(args: Any) -> int:
 
     scs = scenarios_for(args.ids, args.scenarios)  # a usage error before any download
     kernel = kernels.ensure(args.kernel, progress=_say)
-    built = build.build(kernel)
+    built = build.build(kernel, say=_say)
     sequence = [s for _ in range(args.repeat) for s in scs]
     with tempfile.TemporaryDirectory(prefix="klptrace-results-", dir="/tmp") as rw:
         mods = _stage_modules(Path(rw) / "modules", built.dir, args.modules, scs)

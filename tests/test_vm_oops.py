@@ -58,7 +58,7 @@ def kernel() -> kernels.Kernel:
     if not shutil.which("qemu-system-x86_64"):
         skip_or_fail("qemu-system-x86_64 is not installed (make setup installs it)")
     try:
-        k = kernels.ensure(kernels.DEFAULT_SPEC)
+        k = kernels.ensure("6.1")
         build.build(k)
     except KlptraceError as e:
         skip_or_fail(f"no guest kernel or modules: {e}")
@@ -74,7 +74,7 @@ def test_oops_in_a_callback_is_an_error_and_the_rest_runs_on_a_fresh_guest(
         (d / "3.toml").write_text(_scenario("after-the-oops", ""))
         out = d / "r.json"
         p = subprocess.run([sys.executable, "-m", "klptrace", "run", "--vm", "--kernel",
-                            kernels.DEFAULT_SPEC, "--scenarios", str(d), "--format", "json",
+                            "6.1", "--scenarios", str(d), "--format", "json",
                             "-o", str(out)], capture_output=True, text=True, cwd=REPO,
                            timeout=900)
         sys.stderr.write(p.stderr)

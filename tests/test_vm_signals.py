@@ -50,7 +50,7 @@ def kernel() -> kernels.Kernel:
     if not shutil.which("qemu-system-x86_64"):
         skip_or_fail("qemu-system-x86_64 is not installed (make setup installs it)")
     try:
-        return kernels.ensure(kernels.DEFAULT_SPEC)
+        return kernels.ensure("6.1")
     except KlptraceError as e:
         skip_or_fail(f"no guest kernel: {e}")
         raise
