@@ -106,7 +106,7 @@ lint: venv
 		$(VENV)/bin/python -m ruff check klptrace tests; \
 	else echo "lint: ruff is not installed in $(VENV), skipped"; fi
 	@if $(VENV)/bin/python -m mypy --version >/dev/null 2>&1; then \
-		$(VENV)/bin/python -m mypy --strict klptrace/kernels.py klptrace/vm.py klptrace/build.py \
+		$(VENV)/bin/python -m mypy --strict klptrace/lab/*.py klptrace/assets.py \
 			klptrace/files.py klptrace/report/html.py klptrace/report/timeline.py \
-			klptrace/archive.py klptrace/buildroot.py; \
+			klptrace/runner.py klptrace/kmod.py klptrace/kmsg.py klptrace/sysinfo.py; \
 	else echo "lint: mypy is not installed in $(VENV), skipped"; fi

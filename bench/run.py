@@ -24,8 +24,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from klptrace import build, kernels, vm  # noqa: E402
+from klptrace import assets  # noqa: E402
 from klptrace.errors import KlptraceError  # noqa: E402
+from klptrace.lab import kernels, vm  # noqa: E402
 
 # The issue's targets
 TARGET_RATIO = 1.0  # a/b
@@ -76,7 +77,7 @@ class _Others:
 def measure(spec: str, threads: int) -> dict[str, Any]:
     """Boot one kernel and run the guest side; its figures plus the accelerator."""
     kernel = kernels.ensure(spec, progress=_say)
-    built = build.build(kernel, say=_say)
+    built = assets.build_modules(kernel, say=_say)
     accel = vm.choose_accel(kernel, vm.check_host())
     with tempfile.TemporaryDirectory(prefix="klptrace-bench-", dir="/tmp") as rw:
         out = Path(rw) / "bench.json"

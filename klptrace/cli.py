@@ -67,7 +67,7 @@ def _seconds(text: str) -> float:
 
 def _memory(text: str) -> str:
     """A guest memory size that vm.run will accept (vm imports only the stdlib and kernels)."""
-    from klptrace import vm
+    from klptrace.lab import vm
 
     try:
         vm.parse_memory(text)
@@ -106,7 +106,7 @@ def _add_kernel_option(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_kernel(args: argparse.Namespace) -> int:
-    from klptrace import kernels
+    from klptrace.lab import kernels
 
     said: list[str] = []
 
@@ -126,12 +126,13 @@ def _cmd_kernel(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from klptrace import build, kernels
+    from klptrace import assets
+    from klptrace.lab import kernels
 
     if args.kdir:
-        built = build.build(kdir=Path(args.kdir), say=_say)
+        built = assets.build_modules(kdir=Path(args.kdir), say=_say)
     else:
-        built = build.build(kernels.ensure(args.kernel, progress=_say), say=_say)
+        built = assets.build_modules(kernels.ensure(args.kernel, progress=_say), say=_say)
     state = "built" if built.rebuilt else "up to date, nothing rebuilt"
     _say(f"modules for {built.release}: {state} in {built.dir}")
     for ko in built.modules:
@@ -140,7 +141,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_vm(args: argparse.Namespace) -> int:
-    from klptrace import kernels, vm
+    from klptrace.lab import kernels, vm
 
     command = list(args.command)
     if command[:1] == ["--"]:

@@ -32,7 +32,8 @@ def list_text(scs: list[scenario.Scenario]) -> str:
 
 def module_dir(explicit: str | None, needed: list[str]) -> Path:
     """Where the test modules for the running kernel are, building them if headers exist."""
-    from klptrace import build, kernels
+    from klptrace import assets
+    from klptrace.lab import kernels
 
     if explicit:
         d = Path(explicit)
@@ -41,7 +42,7 @@ def module_dir(explicit: str | None, needed: list[str]) -> Path:
         kdir = Path(f"/lib/modules/{rel}/build")
         d = kernels.cache_dir() / "modules" / rel
         if not all((d / f"{m}.ko").is_file() for m in needed) and (kdir / "Makefile").is_file():
-            d = build.build(kdir=kdir).dir
+            d = assets.build_modules(kdir=kdir).dir
     missing = [m for m in needed if not (d / f"{m}.ko").is_file()]
     if missing:
         raise NotSupported(
@@ -247,11 +248,12 @@ def run_vm(args: Any) -> int:
     finished is kept, the scenario in progress is an error, and a fresh guest
     runs the remaining scenarios.
     """
-    from klptrace import build, kernels, vm
+    from klptrace import assets
+    from klptrace.lab import kernels, vm
 
     scs = scenarios_for(args.ids, args.scenarios)  # a usage error before any download
     kernel = kernels.ensure(args.kernel, progress=_say)
-    built = build.build(kernel, say=_say)
+    built = assets.build_modules(kernel, say=_say)
     sequence = [s for _ in range(args.repeat) for s in scs]
     with tempfile.TemporaryDirectory(prefix="klptrace-results-", dir="/tmp") as rw:
         mods = _stage_modules(Path(rw) / "modules", built.dir, args.modules, scs)

@@ -9,34 +9,20 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import importlib.resources
 import os
 import signal
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
-from klptrace import btf, elf, settings
+from klptrace import assets, btf, elf, settings
 from klptrace.errors import KlptraceError, NotSupported
 from klptrace.events import Callback, Event, EventKind
 
-
-def _package_dir(name: str) -> Path:
-    """A directory of klptrace's package data as a real path (bcc and clang read files).
-
-    In a working tree klptrace/bpf is a link to the repository's bpf/; an
-    installed wheel holds a copy. Either way the package is plain files, for
-    which as_file() yields the path itself, which outlives the block.
-    """
-    with importlib.resources.as_file(importlib.resources.files("klptrace") / name) as p:
-        return Path(p).resolve()
-
-
 #: the BPF C (klptrace.bpf.c), its header and the stand-in kernel headers for bcc
-BPF_DIR = _package_dir("bpf")
+BPF_DIR = assets.bpf_dir()
 KPROBE_EVENTS = "/sys/kernel/tracing/kprobe_events"
 RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
 GROUP = "klptrace"

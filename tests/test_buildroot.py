@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from klptrace import archive, build, buildroot, kernels
 from klptrace.errors import KlptraceError
+from klptrace.lab import archive, build, buildroot, kernels
 
 DATA = Path(__file__).parent / "data" / "kbuild"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from util import DATA, REPO, saved_run
 
-from klptrace import build, cli, commands, kernels, vm
+from klptrace import cli, commands
+from klptrace.lab import build, kernels, vm
 
 RUN = str(DATA / "run-6.1.json")
 GOOD_SCENARIO = (REPO / "klptrace" / "scenarios" / "05-target-module-not-present.toml")

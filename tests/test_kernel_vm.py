@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from util import REPO, skip_or_fail
 
-from klptrace import build, kernels, vm
+from klptrace import assets
 from klptrace.errors import KlptraceError
+from klptrace.lab import kernels, vm
 
 KERNELS = os.environ.get("KLPTRACE_TEST_KERNELS", "6.1 latest").split()
 #: the kernel whose suite runs `klptrace run` five times in a row (the stress)
@@ -33,7 +34,7 @@ def test_kernel_suite_in_guest(spec: str, capsys: pytest.CaptureFixture[str]) ->
         skip_or_fail("qemu-system-x86_64 is not installed (make setup installs it)")
     try:
         kernel = kernels.ensure(spec)
-        built = build.build(kernel)
+        built = assets.build_modules(kernel)
     except KlptraceError as e:
         skip_or_fail(f"no guest kernel or modules: {e}")
     # under /tmp, which the guest sees; unique, as two suites may run at once

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from klptrace import archive, cli, kernels
+from klptrace import cli
 from klptrace.errors import KlptraceError, UsageError
+from klptrace.lab import archive, kernels
 
 DATA = Path(__file__).parent / "data" / "apt"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from util import REPO
 
-from klptrace import build
+from klptrace.lab import build
 
-SHOW = ("from klptrace import build, probes; "
-        "print(probes.BPF_DIR); print(build.modules_source_dir())")
+SHOW = ("from klptrace import assets, probes; "
+        "print(probes.BPF_DIR); print(assets.modules_dir())")
 
 
 def _tracked(*paths: str) -> list[str]:

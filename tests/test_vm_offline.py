@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import archive, build, cli, kernels, vm
+from klptrace import cli
 from klptrace.errors import Interrupted, KlptraceError, UsageError
+from klptrace.lab import archive, build, kernels, vm
 
 # --- --kernel specs -----------------------------------------------------------
 
@@ -967,7 +968,8 @@ def test_a_guest_that_never_powers_off_after_its_work_is_stopped(
 
 _DRIVER = """\
 import os, sys
-from klptrace import cli, vm
+from klptrace import cli
+from klptrace.lab import vm
 vm.check_host = lambda: os.environ["FAKE_QEMU_BIN"]
 vm._find_vng = lambda: os.environ["FAKE_VNG"]
 vm.STOP_GRACE = 1.0

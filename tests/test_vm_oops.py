@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from util import REPO, skip_or_fail
 
-from klptrace import build, kernels
+from klptrace import assets
 from klptrace.errors import KlptraceError
+from klptrace.lab import kernels
 
 # klptrace_lp alone (its module objects not loaded): only vmlinux's callbacks,
 # pre_patch, post_patch, pre_unpatch, post_unpatch (see scenarios/05-...).
@@ -59,7 +60,7 @@ def kernel() -> kernels.Kernel:
         skip_or_fail("qemu-system-x86_64 is not installed (make setup installs it)")
     try:
         k = kernels.ensure("6.1")
-        build.build(k)
+        assets.build_modules(k)
     except KlptraceError as e:
         skip_or_fail(f"no guest kernel or modules: {e}")
     return k

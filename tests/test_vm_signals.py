@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from util import REPO, skip_or_fail, until
 
-from klptrace import kernels
 from klptrace.errors import KlptraceError
+from klptrace.lab import kernels
 
 READY = b"KLPTRACE-SIGNALS-READY"
 

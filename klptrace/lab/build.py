@@ -11,7 +11,6 @@ where they were built: an unchanged tree is not rebuilt.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
 import json
 import os
 import re
@@ -21,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from klptrace import archive, buildroot
 from klptrace.errors import KlptraceError
-from klptrace.kernels import Kernel, cache_dir
+from klptrace.lab import archive, buildroot
+from klptrace.lab.kernels import Kernel, cache_dir
 
 # What a kbuild source tree is made of; build products are never hashed or copied.
 _SOURCE_NAMES = ("Kbuild", "Makefile")
@@ -72,12 +71,6 @@ def choose_place(compiler: buildroot.Compiler, suite: str | None, kdir: Path,
     return Place(compiler, buildroot.codename_of(suite))
 
 
-def modules_source_dir() -> Path:
-    """klptrace's modules/ sources: package data (a link to the repository's in a tree)."""
-    with importlib.resources.as_file(importlib.resources.files("klptrace") / "modules") as p:
-        return Path(p).resolve()  # plain files: the path itself, valid after the block
-
-
 def source_files(src: Path) -> list[Path]:
     """The kbuild sources under src (Kbuild, Makefile, *.c, *.h, *.S), relative, sorted."""
     found = []
@@ -122,12 +115,12 @@ def build(
     kernel: Kernel | None = None,
     *,
     kdir: Path | None = None,
-    src: Path | None = None,
+    src: Path,
     cache: Path | None = None,
     jobs: int | None = None,
     say: Callable[[str], None] | None = None,
 ) -> Built:
-    """Build the modules in src (default modules/) for kernel, or against kdir.
+    """Build the kbuild tree in src (a directory of module sources) for kernel, or against kdir.
 
     Rebuilds only when a source's content, the KDIR or the build place changed.
     A build root is made (once) only when something must be built in it.
@@ -145,7 +138,7 @@ def build(
     if not (kdir / "Makefile").is_file():
         raise KlptraceError(f"no kernel headers at {kdir}", hint="pass --kdir DIR with a Makefile")
     release = kdir_release(kdir)
-    src = (src or modules_source_dir()).resolve()
+    src = src.resolve()
     files = source_files(src)
     if not any(f.name in _SOURCE_NAMES for f in files):
         raise KlptraceError(f"no test modules in {src}", hint="expected a Kbuild or Makefile there")

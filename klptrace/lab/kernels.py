@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from klptrace import archive
-from klptrace.archive import Package, SuiteApt
 from klptrace.errors import KlptraceError, UsageError
+from klptrace.lab import archive
+from klptrace.lab.archive import Package, SuiteApt
 
 Progress = Callable[[str], None]
 

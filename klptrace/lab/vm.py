@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from klptrace.errors import Interrupted, KlptraceError
-from klptrace.kernels import Kernel, cache_dir
+from klptrace.lab.kernels import Kernel, cache_dir
 
 DEFAULT_MEMORY = "4G"
 DEFAULT_TIMEOUT = 1800.0
