@@ -108,5 +108,6 @@ lint: venv
 	@if $(VENV)/bin/python -m mypy --version >/dev/null 2>&1; then \
 		$(VENV)/bin/python -m mypy --strict klptrace/lab/*.py klptrace/assets.py \
 			klptrace/files.py klptrace/report/html.py klptrace/report/timeline.py \
-			klptrace/runner.py klptrace/kmod.py klptrace/kmsg.py klptrace/sysinfo.py; \
+			klptrace/runner.py klptrace/kmod.py klptrace/kmsg.py klptrace/sysinfo.py \
+			klptrace/elf.py klptrace/probes.py klptrace/checker.py; \
 	else echo "lint: mypy is not installed in $(VENV), skipped"; fi

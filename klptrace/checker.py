@@ -105,13 +105,15 @@ def explain(expected: Sequence[str], recorded: Sequence[str]) -> str:
 
 
 def integrity(rec: Recording) -> list[str]:
-    """Why a recording cannot be trusted: lost events, probes that did not attach."""
+    """Why a recording cannot be trusted: lost events, probes that did not attach or
+    that the kernel did not arm when their module came."""
     problems = []
     if rec.lost:
         problems.append(f"{rec.lost} events were lost (the BPF ring buffer was full)")
     for p in rec.failed_probes:
         reason = p.get("reason") or "unknown"
-        problems.append(f"probe {p.get('name', '?')} did not attach: {reason}")
+        what = "was not armed" if p.get("armed") is False else "did not attach"
+        problems.append(f"probe {p.get('name', '?')} {what}: {reason}")
     return problems
 
 

@@ -6,24 +6,28 @@ rest of klptrace runs (and is tested) on machines without bcc or root.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
 import os
+import re
 import signal
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from klptrace import assets, btf, elf, settings
+from klptrace import assets, btf, elf, kmsg, settings
 from klptrace.errors import KlptraceError, NotSupported
 from klptrace.events import Callback, Event, EventKind
 
 #: the BPF C (klptrace.bpf.c), its header and the stand-in kernel headers for bcc
 BPF_DIR = assets.bpf_dir()
 KPROBE_EVENTS = "/sys/kernel/tracing/kprobe_events"
+#: every registered kprobe (kernel/kprobes.c, report_probe())
+KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
 RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
 GROUP = "klptrace"
 
@@ -64,15 +68,89 @@ class ProbeError(KlptraceError):
 
 @dataclasses.dataclass
 class ProbeStatus:
-    """One probe: where it is, and whether it is attached (else the kernel's reason)."""
+    """One probe: where it is, and whether it is attached (else the kernel's reason).
+
+    armed is for a probe in a module: None until the module has come while
+    klptrace traced, then whether the kernel armed it (if not, ok is False).
+    """
 
     name: str
     target: str
     ok: bool
     reason: str = ""
+    armed: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "target": self.target, "ok": self.ok, "reason": self.reason}
+        d: dict[str, Any] = {"name": self.name, "target": self.target, "ok": self.ok,
+                             "reason": self.reason}
+        if self.armed is not None:
+            d["armed"] = self.armed
+        return d
+
+
+@dataclasses.dataclass
+class ModuleProbe:
+    """A kprobe event on a function of a module, and how the kernel shows it."""
+
+    event: str  # the event's name, as trace_kprobe's messages give it
+    kind: str  # "k" or "r", as /sys/kernel/debug/kprobes/list gives it
+    module: str
+    symbol: str
+    status: ProbeStatus
+
+
+#: what trace_kprobe logs for each probe registered on a module not loaded yet
+DEFERRED_MESSAGE = "trace_kprobe: This probe might be able to register after target module"
+
+_LIST_LINE = re.compile(r"^\S+\s+([kr])\s+(\S+)\+0x[0-9a-f]+\s+([^\s\[]\S*)")
+_REARM_FAILED = re.compile(
+    r"^trace_kprobe: Failed to re-register probe (?P<ev>\S+) on (?P<mod>\S+): (?P<err>-?\d+)$")
+
+
+def registered_kprobes(text: str) -> collections.Counter[tuple[str, str, str]]:
+    """(k or r, module, symbol) of each kprobe in /sys/kernel/debug/kprobes/list.
+
+    A line is "ADDR  k|r  SYM+0xOFF  MODULE [GONE][DISABLED]..." (no MODULE
+    for vmlinux). A probe on a module that went away stays listed, [GONE], but
+    as a bare address once the module is freed: the listing names a module's
+    probes only while it is loaded.
+    """
+    found: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for line in text.splitlines():
+        m = _LIST_LINE.match(line)
+        if m:
+            found[(m[1], m[3], m[2])] += 1
+    return found
+
+
+def rearm_failures(messages: Sequence[str]) -> dict[str, str]:
+    """Event name -> the kernel's words, for each kprobe event it failed to arm.
+
+    trace_kprobe_module_callback() logs "Failed to re-register probe EV on
+    MOD: ERR" for each one, after the reason that __register_trace_kprobe()
+    may have logged just before (e.g. "Could not probe notrace function ...").
+    """
+    out: dict[str, str] = {}
+    for i, msg in enumerate(messages):
+        m = _REARM_FAILED.match(msg)
+        if not m:
+            continue
+        err = int(m["err"])
+        words = msg.removeprefix("trace_kprobe: ")
+        name = errno.errorcode.get(-err)
+        if name:
+            words += f" ({name})"
+        before = messages[i - 1] if i else ""
+        if (before.startswith("trace_kprobe: ") and not _REARM_FAILED.match(before)
+                and not before.startswith(DEFERRED_MESSAGE)):
+            words = before.removeprefix("trace_kprobe: ") + "; " + words
+        out.setdefault(m["ev"], words)
+    return out
+
+
+def event_name(kind: str, ko_index: int, sym_index: int, sym: str) -> str:
+    """A kprobe event name for a module's function (the kernel allows [A-Za-z0-9_] only)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{kind}{ko_index}_{sym_index}_{sym}")[:60]
 
 
 def check_kernel() -> None:
@@ -252,6 +330,15 @@ class Probes:
         self.status: list[ProbeStatus] = []
         self.attach_s = 0.0
         self._sink: Callable[[Event], None] | None = None
+        #: module name -> its kprobe events, to check once it has come
+        self.module_probes: dict[str, list[ModuleProbe]] = {}
+        # module -> how many times it came or was freed: a listing of its probes
+        # read after either is not the one its MODULE_INIT was about
+        self._changes: collections.Counter[str] = collections.Counter()
+        self._pending: list[tuple[str, int]] = []  # (module, its changes then)
+        self._klog: kmsg.KernelLog | None = None
+        self._klog_last: list[str] = []  # the last record read, for the next one's reason
+        self._not_armed: dict[str, str] = {}  # event -> the kernel's words
 
     # the build's timings (0 before open())
     @property
@@ -276,6 +363,9 @@ class Probes:
         t3 = time.monotonic()
         try:
             self._attach_core()
+            if self._ko:
+                # from before the first event: the kernel's reasons for not arming one
+                self._klog = kmsg.KernelLog()
             self._attach_callbacks()
             self._bpf["events"].open_ring_buffer(self._on_event)
         except BaseException:
@@ -304,26 +394,35 @@ class Probes:
                     self.status.append(ProbeStatus(name, sym, True))
 
     def _attach_callbacks(self) -> None:
-        """kprobe events on every function of each livepatch module, armed at its load."""
+        """kprobe events on each livepatch module's possible callbacks, armed at its load.
+
+        Only functions whose address the module's data holds can be callbacks
+        (elf.ModuleFile.callback_candidates); padding and split parts are never
+        probed: the kernel refuses them, or accepts a deferred probe on one and
+        never arms it. Each event writes "This probe might be able to register
+        after target module is loaded" to the kernel log if the module is not
+        loaded yet: that happens here, before the workload starts.
+        """
         b = self._bpf
         b.load_func("callback_entry", self._BPF.KPROBE)
         b.load_func("callback_return", self._BPF.KPROBE)
         for i, ko in enumerate(self._ko):
-            modname, funcs = elf.read_module(ko)
-            for j, sym in enumerate(funcs):
-                if sym in ("init_module", "cleanup_module"):
-                    continue
+            mod = elf.read_module(ko)
+            for j, sym in enumerate(mod.callback_candidates):
                 for kind, fn in (("p", "callback_entry"), ("r", "callback_return")):
-                    ev = f"{kind}{i}_{j}_{sym}"[:60]
-                    target = f"{modname}:{sym}"
+                    ev = event_name(kind, i, j, sym)
+                    target = f"{mod.name}:{sym}"
                     name = f"{'kprobe' if kind == 'p' else 'kretprobe'}:{target}"
                     try:
                         self._write_event(f"{kind}:{GROUP}/{ev} {target}")
                         b.attach_tracepoint(tp=f"{GROUP}:{ev}", fn_name=fn)
                     except (OSError, Exception) as e:
                         self.status.append(ProbeStatus(name, target, False, _reason(e)))
-                    else:
-                        self.status.append(ProbeStatus(name, target, True))
+                        continue
+                    st = ProbeStatus(name, target, True)
+                    self.status.append(st)
+                    self.module_probes.setdefault(mod.name, []).append(
+                        ModuleProbe(ev, "k" if kind == "p" else "r", mod.name, sym, st))
 
     def _write_event(self, line: str) -> None:
         # O_APPEND without seeking: open(..., "a") fails with EINVAL on tracefs
@@ -337,20 +436,63 @@ class Probes:
     def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
         import ctypes
 
-        raw = ctypes.string_at(data, size)
+        ev = decode(ctypes.string_at(data, size))
+        if ev.object in self.module_probes:
+            if ev.kind in (EventKind.MODULE_COMING, EventKind.MODULE_FREE):
+                self._changes[ev.object] += 1
+            elif ev.kind == EventKind.MODULE_INIT:
+                self._pending.append((ev.object, self._changes[ev.object]))
         if self._sink is not None:
-            self._sink(decode(raw))
+            self._sink(ev)
+
+    # -- armed-probe check --------------------------------------------------
+    def _check_armed(self) -> None:
+        """Check the probes of each traced module that came since the last check.
+
+        A module's deferred probes are armed (or fail, and the kernel logs why)
+        by trace_kprobe's notifier for MODULE_STATE_COMING, which
+        prepare_coming_module() runs after klp_module_coming() and before
+        do_init_module(): when the MODULE_INIT event is read, that is over and
+        its log lines are in the log. The listing of kprobes is only trusted if
+        the module was neither freed (its probes are then listed by address,
+        not by name) nor loaded again (which unregisters and re-registers its
+        probes, and is checked at its own MODULE_INIT) before it was read: the
+        events of either are sent before that happens, so they are in the ring
+        buffer once the listing has been read.
+        """
+        while self._pending:
+            mod, changes = self._pending.pop(0)
+            listing = _read_text(KPROBES_LIST)
+            self._bpf.ring_buffer_consume()
+            self._read_log()
+            listed = registered_kprobes(listing) if listing is not None else None
+            if self._changes[mod] != changes:
+                listed = None
+            for mp in self.module_probes[mod]:
+                _judge(mp, self._not_armed.get(mp.event), listed)
+
+    def _read_log(self) -> None:
+        """Collect the kernel's failures to arm a probe from the log read so far."""
+        if self._klog is None:
+            return
+        new = self._klog.read()
+        for ev, words in rearm_failures(self._klog_last + new).items():
+            self._not_armed.setdefault(ev, words)
+        self._klog_last = new[-1:] or self._klog_last
 
     # -- running ------------------------------------------------------------
+
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver pending events to the sink, waiting up to timeout_ms for one."""
         if self._bpf is not None:
             self._bpf.ring_buffer_poll(timeout_ms)
+            self._check_armed()
 
     def drain(self) -> None:
         """Deliver every event already in the ring buffer."""
         if self._bpf is not None:
             self._bpf.ring_buffer_consume()
+            self._check_armed()
 
     def lost(self) -> int:
         """Events the BPF side could not send (ring buffer full)."""
@@ -361,6 +503,9 @@ class Probes:
     def close(self, expedite: bool = True) -> list[str]:
         """Detach everything; return what could not be removed, as commands that would."""
         leftovers: list[str] = []
+        if self._klog is not None:
+            self._klog.close()
+            self._klog = None
         if self._bpf is None and not self._events_written:
             return leftovers
         with expedited_grace_periods() if expedite else contextlib.nullcontext():
@@ -459,6 +604,33 @@ def expedited_grace_periods(path: str = RCU_EXPEDITED) -> Iterator[None]:
     """
     with settings.changed(path, "0", "1"):
         yield
+
+
+def _judge(mp: ModuleProbe, kernel_words: str | None,
+           listed: collections.Counter[tuple[str, str, str]] | None) -> None:
+    """Mark one module probe armed or not, from the kernel's log and its kprobe list."""
+    st = mp.status
+    if st.armed is False:
+        return  # the first reason stays
+    if kernel_words is not None:
+        why = f"the kernel did not arm it when {mp.module} came: {kernel_words}"
+    elif listed is not None and listed[(mp.kind, mp.module, mp.symbol)] == 0:
+        why = (f"the kernel did not arm it when {mp.module} came: it is not in "
+               f"{KPROBES_LIST} (no reason in the kernel log)")
+    else:
+        # armed (or, without a trusted listing, no failure logged)
+        if listed is not None:
+            st.armed = True
+        return
+    st.ok, st.armed, st.reason = False, False, why
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _reason(e: BaseException) -> str:

@@ -5,6 +5,11 @@
  * their roles must come from the klp_objects, not from the names. Two
  * objects: vmlinux (/proc/loadavg) and klptrace_target. fail_prepare is what
  * the pre_patch callback (acme_prepare) returns.
+ *
+ * acme_prepare first checks its klp_object, and fails with pr_err(), which
+ * printk.h declares __cold: gcc-14 moves everything after that check (the
+ * error and the logging) out of line into acme_prepare.cold, as it does in
+ * real livepatches, so klptrace's tests see a callback with a split part.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -21,6 +26,15 @@ MODULE_PARM_DESC(fail_prepare, "returned by the pre_patch callback (default 0)")
 
 static int acme_prepare(struct klp_object *obj)
 {
+	struct klp_func *func;
+	int nr_funcs = 0;
+
+	klp_for_each_func_static(obj, func)
+		nr_funcs++;
+	if (unlikely(!nr_funcs)) {
+		pr_err("klp_object %s patches no function\n", obj->name ?: "vmlinux");
+		return -EINVAL;
+	}
 	klptrace_callback_info("pre_patch", obj);
 	return fail_prepare;
 }

@@ -137,3 +137,14 @@ def test_kmsg_record_parsing() -> None:
     assert kmsg.parse_record(b"6,1234,5678,-;livepatch: enabling patch 'p'\n") == \
         "livepatch: enabling patch 'p'"
     assert kmsg.parse_record(b"4,1,2,c;a: b\n SUBSYSTEM=x\n") == "a: b"
+
+
+def test_probe_the_kernel_did_not_arm_is_an_error() -> None:
+    rec = _recording("target-module-not-present")
+    rec.probes = [*rec.probes, {
+        "name": "kprobe:klptrace_lp:klptrace_lp_pre_patch", "ok": False, "armed": False,
+        "reason": "the kernel did not arm it when klptrace_lp came: Failed to re-register "
+                  "probe p0_3_klptrace_lp_pre_patch on klptrace_lp: -22 (EINVAL)"}]
+    v = _check("target-module-not-present", rec)
+    assert v.status == checker.ERROR
+    assert "klptrace_lp_pre_patch was not armed" in v.explanation and "-22" in v.explanation

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from util import until
 
-from klptrace import kmod
+from klptrace import checker, elf, kmod, probes
+from klptrace.recorder import Recorder
 
 EXPECTED = """\
 # acme_lp with its target loaded first, as test-callbacks.sh's first test
@@ -140,10 +145,88 @@ def test_user_scenario_directory(module_dir: Path, tmp_path: Path) -> None:
     assert [(s["id"], s["status"]) for s in doc["scenarios"]] == [("acme-target-first", "pass")]
 
 
+def _kmsg_tail() -> int:
+    """/dev/kmsg opened at its end: what the kernel logs from now on."""
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
+
+
+def _kmsg_read(fd: int) -> list[str]:
+    """The messages logged since the last read (a record lost to an overrun fails the test)."""
+    out = []
+    while True:
+        try:
+            raw = os.read(fd, 8192)
+        except OSError as e:
+            if e.errno == errno.EAGAIN:
+                return out
+            raise
+        out.append(raw.decode("utf-8", "replace").partition(";")[2].split("\n", 1)[0])
+
+
+def test_trace_leaves_no_line_in_the_workloads_kernel_log(module_dir: Path) -> None:
+    """Deferred probes make the kernel log one line each when klptrace registers them,
+    before it starts COMMAND; while COMMAND loads and unloads the livepatch (and
+    while klptrace tears down) trace_kprobe logs nothing: every probe is armed."""
+    canary = f"klptrace-test workload starts {uuid.uuid4()}"
+    script = f'echo "{canary}" > /dev/kmsg\n' + SCRIPT
+    fd = _kmsg_tail()
+    try:
+        p = _trace(module_dir, "--format", "json", script=script)
+        log = _kmsg_read(fd)
+    finally:
+        os.close(fd)
+    assert p.returncode == 0, p.stderr
+    setup, workload = log[:log.index(canary)], log[log.index(canary) + 1:]
+    deferred = [m for m in setup if m.startswith(probes.DEFERRED_MESSAGE)]
+    n = len(elf.read_module(str(module_dir / "acme_lp.ko")).callback_candidates)
+    assert len(deferred) == 2 * n  # an entry and a return probe on each candidate
+    assert [m for m in workload if "trace_kprobe" in m] == []
+    doc = json.loads(p.stdout)
+    assert [(c["callback"], c["object"]) for c in doc["callbacks"]] == [
+        ("pre_patch", "vmlinux"), ("pre_patch", "klptrace_target"),
+        ("post_patch", "vmlinux"), ("post_patch", "klptrace_target"),
+        ("pre_unpatch", "vmlinux"), ("pre_unpatch", "klptrace_target"),
+        ("post_unpatch", "vmlinux"), ("post_unpatch", "klptrace_target")]
+    mine = [pr for pr in doc["probes"] if pr["target"].startswith("acme_lp:")]
+    assert len(mine) == 2 * n and all(pr["ok"] and pr["armed"] for pr in mine), mine
+
+
+def test_a_probe_the_kernel_does_not_arm_is_an_error(module_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deferred probe on a function the module lacks: the kernel accepts it, then
+    fails to arm it when the module comes ("Failed to re-register probe ... -2")."""
+    real = elf.read_module
+
+    def with_a_missing_function(path: str) -> elf.ModuleFile:
+        mod = real(path)
+        return elf.ModuleFile(mod.name, mod.functions,
+                              (*mod.callback_candidates, "acme_no_such_function"))
+
+    monkeypatch.setattr(elf, "read_module", with_a_missing_function)
+    subprocess.run(["insmod", str(module_dir / "klptrace_target.ko")], check=True)
+    with Recorder([str(module_dir / "acme_lp.ko")]) as rec:
+        subprocess.run(["insmod", str(module_dir / "acme_lp.ko")], check=True)
+        recording = rec.recording()
+    assert until(lambda: kmod.patch_attr("acme_lp", "transition") == "0")
+    bad = [pr for pr in recording.probes if pr["target"] == "acme_lp:acme_no_such_function"]
+    assert len(bad) == 2 and not any(pr["ok"] or pr["armed"] for pr in bad), bad
+    assert all("Failed to re-register probe" in pr["reason"] and "ENOENT" in pr["reason"]
+               for pr in bad), bad
+    good = [pr for pr in recording.probes
+            if pr["target"].startswith("acme_lp:") and pr not in bad]
+    assert good and all(pr["ok"] and pr["armed"] for pr in good), good
+    problems = checker.integrity(recording)
+    assert [p for p in problems if "was not armed" in p and "acme_no_such_function" in p]
+    assert checker.check([], recording).status == checker.ERROR
+
+
 @pytest.fixture(autouse=True)
 def _clean() -> None:
     yield
     for m in ("acme_lp", "klptrace_target"):
         if kmod.is_loaded(m):
             kmod.write(f"/sys/kernel/livepatch/{m}/enabled", "0")
+            until(lambda m=m: not os.path.exists(f"/sys/kernel/livepatch/{m}"))
             subprocess.run(["rmmod", m], capture_output=True)
