@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from klptrace.errors import KlptraceError
+from klptrace.errors import KlptraceError, NotSupported
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_FINIT_MODULE = 313  # x86_64
@@ -69,6 +69,27 @@ def patches() -> list[str]:
         return []
 
 
+KPROBE_EVENTS = "/sys/kernel/tracing/kprobe_events"
+
+
+def unsupported(kprobes: bool = True) -> NotSupported | None:
+    """Why this machine cannot run klptrace's kernel work (None when it can): root, the
+    livepatch core, and (for BPF) kprobe events. The one check run, stall, trace and the
+    kernel tests share."""
+    if os.geteuid() != 0:
+        return NotSupported("klptrace needs root to load BPF programs and modules, and to "
+                            "read tasks' kernel stacks", "run it with sudo")
+    if not LIVEPATCH_SYSFS.is_dir():
+        return NotSupported(
+            "this kernel has no livepatch support (/sys/kernel/livepatch is missing)",
+            "use a kernel built with CONFIG_LIVEPATCH=y, or `klptrace run --vm`")
+    if kprobes and not os.path.exists(KPROBE_EVENTS):
+        return NotSupported(f"this kernel has no kprobe events ({KPROBE_EVENTS} is missing)",
+                            "use a kernel built with CONFIG_KPROBE_EVENTS=y, or `klptrace run "
+                            "--vm`")
+    return None
+
+
 def is_patch(name: str) -> bool:
     """Whether a livepatch of that name is registered (/sys/kernel/livepatch/<name>)."""
     return (LIVEPATCH_SYSFS / name).is_dir()
@@ -82,10 +103,11 @@ def patch_attr(patch: str, attr: str) -> str | None:
         return None
 
 
-def write(path: str, value: str) -> int:
-    """Write value to a sysfs file: 0 or the errno."""
+def write(path: str, value: str, append: bool = False) -> int:
+    """Write value to a sysfs or tracefs file: 0 or the errno. append: O_APPEND without
+    seeking, as kprobe_events needs (open(..., "a") seeks, which tracefs refuses)."""
     try:
-        fd = os.open(path, os.O_WRONLY)
+        fd = os.open(path, os.O_WRONLY | (os.O_APPEND if append else 0))
     except OSError as e:
         return e.errno or errno.EIO
     try:
@@ -160,11 +182,25 @@ class Actor:
         what = _AS_COMMAND[op](*args)
         deadline = time.monotonic() + timeout
         try:
-            try:
-                os.write(self._req, (json.dumps([seq, op, *args]) + "\n").encode())
-            except OSError:
-                raise Abandoned(f"`{what}`: klptrace's kernel actor (pid {self.pid}) is gone",
-                                "see the kernel log for an oops") from None
+            os.write(self._req, (json.dumps([seq, op, *args]) + "\n").encode())
+        except OSError:
+            self.stuck = f"`{what}`"
+            raise Abandoned(f"`{what}`: klptrace's kernel actor (pid {self.pid}) is gone",
+                            "see the kernel log for an oops") from None
+        try:
+            return self._wait(seq, what, timeout, deadline, idle)
+        except KeyboardInterrupt:
+            # A signal: the syscall goes on in the child. Let it finish first, as a
+            # syscall of klptrace's own would have before the signal was handled, so
+            # that the cleanup sees what it did (a module it loaded, say).
+            with contextlib.suppress(KlptraceError):
+                self._wait(seq, what, timeout, deadline, idle)
+            raise
+
+    def _wait(self, seq: int, what: str, timeout: float, deadline: float,
+              idle: Callable[[], None]) -> int:
+        """The reply to call seq; Abandoned (and the call stuck) when it does not come."""
+        try:
             while True:
                 reply = self._reply(seq, min(0.05, max(0.0, deadline - time.monotonic())))
                 if reply is not None:
@@ -175,7 +211,7 @@ class Actor:
                                     "waiting in the kernel",
                                     "see the kernel log and `klptrace stall`; a reboot clears it")
         except KeyboardInterrupt:
-            raise  # only the wait was cut short: the reply is discarded when it comes
+            raise
         except BaseException:
             self.stuck = self.stuck or f"`{what}`"
             raise

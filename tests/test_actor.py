@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import threading
 from pathlib import Path
 
@@ -93,3 +94,28 @@ def test_the_child_holds_no_pipe_of_ours(actor: kmod.Actor, tmp_path: Path) -> N
     assert {os.readlink(f"/proc/{actor.pid}/fd/{fd}") for fd in ("0", "1", "2")} == \
         {"/dev/null"}
     assert len(targets - {"/dev/null"}) == 2  # its request and reply pipes
+
+
+def test_a_signal_lets_the_call_in_flight_finish_first(actor: kmod.Actor,
+                                                       tmp_path: Path) -> None:
+    # SIGINT while the child loads a module: the cleanup that follows must see the module,
+    # so the wait for that call's end goes on before the signal unwinds (as a syscall of
+    # klptrace's own would have returned before its signal handler ran)
+    fifo = tmp_path / "enabled"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    idled: list[int] = []
+
+    def idle() -> None:
+        idled.append(1)
+        if len(idled) == 1:
+            reader.start()  # the kernel gets on with the write only now
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        actor.write(str(fifo), "0", timeout=30, idle=idle)
+    reader.join(10)
+    assert got == ["0"] and not actor.stuck
+    # its reply came, and was taken, before the signal went on: none is left to read
+    assert select.select([actor._rep], [], [], 0.5)[0] == [] and actor._buf == b""
