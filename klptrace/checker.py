@@ -1,6 +1,7 @@
-"""Expected vs recorded: a pure function from a scenario's expectation and a
-Recording to a Verdict. Needs no kernel; the offline `check` command and most
-unit tests drive it.
+"""Expected vs recorded: judge() is a pure function from everything that decides a
+scenario's status (its expectation, the recording, the kernel log's witness lines,
+a step that failed, an oops, what cleanup left) to the final Verdict. Needs no
+kernel; the offline `check` command and most unit tests drive it.
 """
 
 from __future__ import annotations
@@ -9,28 +10,10 @@ import dataclasses
 import difflib
 import re
 from collections.abc import Sequence
-from typing import Any
 
-from klptrace.recorder import Recording
-from klptrace.transcript import render
-
-PASS, FAIL, ERROR, SKIP = "pass", "fail", "error", "skip"
-
-
-@dataclasses.dataclass
-class Verdict:
-    """The outcome of one check, and the evidence for it."""
-
-    status: str
-    expected: list[str]
-    recorded: list[str]
-    explanation: str = ""
-    diff: list[str] = dataclasses.field(default_factory=list)
-    problems: list[str] = dataclasses.field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+from klptrace.oops import Oops
+from klptrace.results import Recording, RunDocument, ScenarioResult, Status, Verdict
+from klptrace.transcript import render, witnessed
 
 # What a line says, to explain a divergence in the kernel's own terms.
 _MEANINGS: list[tuple[re.Pattern[str], str]] = [
@@ -117,26 +100,64 @@ def integrity(rec: Recording) -> list[str]:
     return problems
 
 
-def check(expected: Sequence[str], rec: Recording) -> Verdict:
-    """Compare a recording with the expected transcript. Exact order is a pass."""
+def judge(expected: Sequence[str], rec: Recording, *, dmesg: Sequence[str] | None = None,
+          step_error: str = "", oops: Sequence[str] = (), leftovers: Sequence[str] = (),
+          problems: Sequence[str] = ()) -> Verdict:
+    """The final verdict on one scenario. Exact order is a pass; anything that makes the
+    recording untrustworthy, a kernel log that disagrees with it (dmesg, when compared),
+    a step that failed (step_error, with the oops's lines if the kernel oopsed), what
+    cleanup could not remove (leftovers), or other problems make it an error."""
     recorded = render(rec.events)
-    problems = integrity(rec)
     diff = list(difflib.unified_diff(list(expected), recorded, "expected", "recorded", lineterm=""))
-    if problems:
-        return Verdict(ERROR, list(expected), recorded,
-                       "the recording cannot be trusted: " + "; ".join(problems), diff, problems)
-    if list(expected) == recorded:
-        return Verdict(PASS, list(expected), recorded)
-    return Verdict(FAIL, list(expected), recorded, explain(expected, recorded), diff)
+    found = integrity(rec) + list(problems)
+    if found:
+        status, why = Status.ERROR, "the recording cannot be trusted: " + "; ".join(found)
+    elif list(expected) == recorded:
+        status, why = Status.PASS, ""
+    else:
+        status, why = Status.FAIL, explain(expected, recorded)
+    if dmesg is not None and (problem := witness(recorded, dmesg)):
+        status, why = Status.ERROR, "; ".join(x for x in (why, problem) if x)
+        found.append(problem)
+    if step_error:
+        status, why = Status.ERROR, "; ".join(x for x in (step_error, why) if x)
+        found += [step_error, *Oops(list(oops), True).summary]
+    if leftovers:
+        status = Status.ERROR
+        found += leftovers
+    return Verdict(status, list(expected), recorded, why,
+                   diff if status != Status.PASS else [], found)
 
 
 def witness(recorded: Sequence[str], dmesg: Sequence[str]) -> str:
     """'' when the kernel log shows the same witnessed lines as the BPF recording."""
-    from klptrace.kmsg import witnessed
-
     bpf = witnessed(recorded)
     log = list(dmesg)
     if bpf == log:
         return ""
     first = explain(log, bpf)
     return f"dmesg disagrees with the BPF recording: {first} (dmesg as expected, BPF as recorded)"
+
+
+def rejudge(result: ScenarioResult, expected: Sequence[str] | None = None,
+            problems: Sequence[str] = ()) -> ScenarioResult:
+    """A scenario's result judged again from its facts (against expected, when given, or
+    the expectation it was judged on), with problems found since."""
+    v = judge(result.verdict.expected if expected is None else expected, result.recording,
+              dmesg=result.dmesg, step_error=result.step_error, oops=result.oops,
+              leftovers=result.leftovers, problems=problems)
+    return dataclasses.replace(result, verdict=v)
+
+
+def account_lost(doc: RunDocument) -> RunDocument:
+    """The run with events lost that no scenario's own count accounts for made a problem of
+    every judged scenario: the BPF ring buffer's counter is global, so those events may
+    belong to any scenario's recording, and none of them can pass."""
+    n = doc.unaccounted_lost
+    if not n:
+        return doc
+    own = doc.lost_events - n
+    why = (f"{n} events were lost that no scenario accounts for (lost_events "
+           f"{doc.lost_events} in all, {own} in the scenarios): this recording may lack some")
+    return dataclasses.replace(doc, scenarios=[
+        s if s.status == Status.SKIP else rejudge(s, problems=[why]) for s in doc.scenarios])

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NoReturn
 
 from klptrace import __version__
-from klptrace.errors import KlptraceError, UsageError, interrupt
-from klptrace.report import FORMATS
+from klptrace.commands import RUN_TIMEOUT_S, STALL_TIMEOUT_S
+from klptrace.errors import KlptraceError
+from klptrace.lab import defaults
+from klptrace.report import FORMATS, STALL_FORMATS, TRACE_FORMATS
 
 EPILOG = """\
 examples:
@@ -29,10 +29,6 @@ examples:
   klptrace vm -- uname -r              boot it and run a command as root in the guest
   klptrace vm --rwdir results -- sh -c 'dmesg > results/dmesg.txt'
 """
-
-
-def _say(msg: str) -> None:
-    print(f"klptrace: {msg}", file=sys.stderr, flush=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,123 +90,17 @@ def _output(text: str) -> str:
     return text
 
 
-def _add_kernel_option(p: argparse.ArgumentParser) -> None:
+def _add_kernel_option(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
     p.add_argument(
         "--kernel",
         metavar="NAME|PATH",
+        action="append" if repeatable else "store", default=[] if repeatable else None,
         help="a suite's kernel: 6.1 (bookworm), 6.12 (bookworm-backports), trixie, "
         "trixie-backports, sid (unstable); latest; an upstream version such as 7.3; a "
         "release such as 7.3.4+deb13-amd64; or a vmlinuz path with its modules beside it "
-        "(default: the stock kernel of this host's Debian release)",
+        "(default: the stock kernel of this host's Debian release)"
+        + ("; repeat it for a matrix of kernels, one guest each" if repeatable else ""),
     )
-
-
-def _cmd_kernel(args: argparse.Namespace) -> int:
-    from klptrace.lab import kernels
-
-    said: list[str] = []
-
-    def progress(msg: str) -> None:
-        said.append(msg)
-        _say(msg)
-
-    k = kernels.ensure(args.kernel, refresh=args.refresh, progress=progress)
-    if not any(m.startswith("downloading") for m in said):
-        _say(f"kernel {k.release}: in the cache, nothing downloaded")
-    print(f"release  {k.release}")
-    print(f"suite    {k.suite or '(not known: not fetched from a suite)'}")
-    print(f"image    {k.image}")
-    print(f"modules  {k.modules_dir}")
-    print(f"kdir     {k.kdir or '(no headers)'}")
-    return 0
-
-
-def _cmd_build(args: argparse.Namespace) -> int:
-    from klptrace import assets
-    from klptrace.lab import kernels
-
-    if args.kdir:
-        built = assets.build_modules(kdir=Path(args.kdir), say=_say)
-    else:
-        built = assets.build_modules(kernels.ensure(args.kernel, progress=_say), say=_say)
-    state = "built" if built.rebuilt else "up to date, nothing rebuilt"
-    _say(f"modules for {built.release}: {state} in {built.dir}")
-    for ko in built.modules:
-        print(ko)
-    return 0
-
-
-def _cmd_vm(args: argparse.Namespace) -> int:
-    from klptrace.lab import kernels, vm
-
-    command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
-    if not command:
-        raise UsageError("no command to run in the guest", hint="klptrace vm -- CMD ...")
-    vm.check_host()  # before a kernel download that would be for nothing
-    # a signal during the kernel fetch unwinds too (vm.run handles its own)
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        kernel = kernels.ensure(args.kernel, progress=_say)
-        return vm.run(
-            kernel,
-            command,
-            cpus=args.cpus,
-            memory=args.memory,
-            timeout=args.timeout,
-            rwdirs=[Path(d) for d in args.rwdir],
-            say=_say,
-        )
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    from klptrace import commands, files
-
-    files.write_stdout(commands.list_text(commands.scenarios_for([], args.scenarios)))
-    return 0
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from klptrace import commands
-
-    if not args.vm:
-        given = [(o, v) for o, v in (("--kernel", args.kernel), ("--cpus", args.cpus),
-                                     ("--memory", args.memory)) if v is not None]
-        if given:
-            names = " and ".join(o for o, _ in given)
-            one = len(given) == 1
-            raise UsageError(
-                f"{names} {'is an option' if one else 'are options'} of the lab VM: add --vm, "
-                f"or leave {'it' if one else 'them'} out to run on this machine's kernel",
-                "klptrace run --vm " + " ".join(f"{o} {v}" for o, v in given))
-        return commands.run_local(args)
-    args.cpus = _RUN_VM_CPUS if args.cpus is None else args.cpus
-    args.memory = _RUN_VM_MEMORY if args.memory is None else args.memory
-    # the scenarios and ids are read here, before the kernel is fetched and booted
-    commands.scenarios_for(args.ids, args.scenarios)
-    return commands.run_vm(args)
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    from klptrace import commands
-
-    return commands.check(args)
-
-
-def _cmd_stall(args: argparse.Namespace) -> int:
-    from klptrace import stall_command
-
-    return stall_command.run(args)
-
-
-def _cmd_trace(args: argparse.Namespace) -> int:
-    from klptrace import commands
-
-    return commands.trace(args)
 
 
 def _examples(*lines: str) -> str:
@@ -219,8 +109,19 @@ def _examples(*lines: str) -> str:
 
 
 _RAW = argparse.RawDescriptionHelpFormatter
-#: the lab VM's size for `run --vm` when --cpus/--memory are not given (as for `vm`)
-_RUN_VM_CPUS, _RUN_VM_MEMORY = 2, "4G"
+
+#: subcommand -> (module of klptrace.commands, its options class, its function); the
+#: module is imported only for the command that runs (stall must start fast)
+COMMANDS = {
+    "list": ("list_", "ListOptions", "run"),
+    "run": ("run", "RunOptions", "run"),
+    "check": ("check", "CheckOptions", "run"),
+    "trace": ("trace", "TraceOptions", "run"),
+    "stall": ("stall", "StallOptions", "run"),
+    "kernel": ("lab", "KernelOptions", "kernel"),
+    "build": ("lab", "BuildOptions", "build"),
+    "vm": ("lab", "VmOptions", "vm"),
+}
 
 
 def _kcidb_origin(text: str) -> str:
@@ -254,7 +155,6 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         formatter_class=_RAW)
     p.add_argument("--scenarios", metavar="DIR", type=_directory,
                    help="a directory of scenario files")
-    p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser(
         "run", help="run scenarios, record them with BPF and check them",
@@ -273,13 +173,16 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--record", metavar="FILE", type=_output,
                    help="also save the recording (JSON) to FILE")
     p.add_argument("--vm", action="store_true", help="run in the lab VM, results brought back")
-    _add_kernel_option(p)
+    _add_kernel_option(p, repeatable=True)
+    p.add_argument("--jobs", type=_positive, metavar="N",
+                   help="with several --kernel, guests at once (default: what this host's "
+                   "cores and memory allow, said on stderr)")
     p.add_argument("--cpus", type=_positive, metavar="N",
-                   help=f"guest CPUs with --vm (default {_RUN_VM_CPUS})")
+                   help=f"guest CPUs with --vm (default {defaults.CPUS})")
     p.add_argument("--memory", type=_memory, metavar="SIZE",
-                   help=f"guest memory with --vm (default {_RUN_VM_MEMORY})")
-    p.add_argument("--timeout", type=_seconds, default=120.0, metavar="S",
-                   help="longest wait for one transition or unload (default 120)")
+                   help=f"guest memory with --vm (default {defaults.MEMORY})")
+    p.add_argument("--timeout", type=_seconds, default=RUN_TIMEOUT_S, metavar="S",
+                   help=f"longest wait for one transition or unload (default {RUN_TIMEOUT_S:g})")
     p.add_argument("--modules", metavar="DIR", type=_directory,
                    help="built test modules (default: the cache)")
     p.add_argument("--repeat", type=_positive, default=1, metavar="N",
@@ -288,7 +191,6 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="run atomic-replace even if other livepatches are enabled")
     # `run --vm` in the guest: each result to FILE as it finishes (JSON lines)
     p.add_argument("--stream", metavar="FILE", help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
         "stall", help="explain a stalled livepatch transition: which tasks, where, since when",
@@ -304,10 +206,13 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--watch", action="store_true", help="follow it live until it completes, "
                    "then print its timeline")
     p.add_argument("--wait", action="store_true", help="wait for a transition to start")
-    p.add_argument("--timeout", type=_seconds, default=600.0, metavar="S",
-                   help="give up waiting or watching after S seconds (default 600)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.set_defaults(func=_cmd_stall)
+    p.add_argument("--timeout", type=_seconds, default=STALL_TIMEOUT_S, metavar="S",
+                   help=f"give up waiting or watching after S seconds (default "
+                   f"{STALL_TIMEOUT_S:g})")
+    p.add_argument("--format", choices=STALL_FORMATS, default="text",
+                   help="output format (default text; html, with --watch: the timeline page)")
+    p.add_argument("-o", "--output", metavar="FILE", type=_output,
+                   help="write the output to FILE")
 
     p = sub.add_parser(
         "trace", help="record what the livepatch core does while a command runs",
@@ -323,14 +228,13 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         formatter_class=_RAW)
     p.add_argument("--module", action="append", default=[], metavar="NAME|PATH.ko",
                    help="a livepatch module whose callbacks to trace (repeatable)")
-    p.add_argument("--format", choices=("transcript", "json", "ktap", "junit"),
+    p.add_argument("--format", choices=TRACE_FORMATS,
                    default="transcript", help="output format (default transcript)")
     p.add_argument("-o", "--output", metavar="FILE", type=_output,
                    help="write the output to FILE")
     p.add_argument("--expect", metavar="FILE", help="a transcript of what should happen "
                    "(# comments allowed): compare, print the diff, exit 1 on a mismatch")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
-    p.set_defaults(func=_cmd_trace)
 
     p = sub.add_parser(
         "check", help="re-check a saved recording offline (no root)",
@@ -343,7 +247,6 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("recording", metavar="RECORDING", help="a file from `run --record`")
     _add_output_options(p)
     p.add_argument("--record", type=_output, help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,7 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_RAW)
     _add_kernel_option(p)
     p.add_argument("--refresh", action="store_true", help="re-read the package lists first")
-    p.set_defaults(func=_cmd_kernel)
 
     p = sub.add_parser(
         "build", help="build the test modules against a kernel's headers",
@@ -380,7 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="as for vm (default: the stock kernel of this host's Debian)")
     group.add_argument("--kdir", metavar="DIR", type=_directory,
                        help="a kernel build directory (headers)")
-    p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser(
         "vm",
@@ -394,20 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_RAW,
     )
     _add_kernel_option(p)
-    p.add_argument("--cpus", type=_positive, default=2, metavar="N",
-                   help="guest CPUs (default 2)")
-    p.add_argument("--memory", type=_memory, default="4G", metavar="SIZE",
-                   help="guest memory (default 4G)")
+    p.add_argument("--cpus", type=_positive, default=defaults.CPUS, metavar="N",
+                   help=f"guest CPUs (default {defaults.CPUS})")
+    p.add_argument("--memory", type=_memory, default=defaults.MEMORY, metavar="SIZE",
+                   help=f"guest memory (default {defaults.MEMORY})")
     p.add_argument(
-        "--timeout", type=_seconds, default=1800.0, metavar="S",
-        help="give up on the guest after S seconds (default 1800)",
+        "--timeout", type=_seconds, default=defaults.TIMEOUT_S, metavar="S",
+        help=f"give up on the guest after S seconds (default {defaults.TIMEOUT_S:g})",
     )  # fmt: skip
     p.add_argument(
         "--rwdir", action="append", default=[], metavar="DIR",
         help="a host directory the guest writes through to (repeatable)",
     )  # fmt: skip
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
-    p.set_defaults(func=_cmd_vm)
     _add_run_commands(sub)
     return parser
 
@@ -434,8 +334,14 @@ def _flushed(status: int) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """The subcommand's exit status; a KlptraceError becomes its one-line message."""
+    import importlib
+
+    from klptrace.commands import options
+
+    module_name, options_class, function = COMMANDS[args.cmd]
     try:
-        status: int = args.func(args)
+        module = importlib.import_module(f"klptrace.commands.{module_name}")
+        status: int = getattr(module, function)(options(getattr(module, options_class), args))
         return status
     except KlptraceError as err:
         print(f"klptrace: error: {err.message}", file=sys.stderr)

@@ -29,7 +29,6 @@ class EventKind(enum.IntEnum):
     MODULE_COMING = 14  # klp_module_coming(mod)
     MODULE_COMING_RET = 15  # klp_module_coming() returned ret (non-zero: refused)
     MODULE_GOING = 16  # klp_module_going(mod)
-    MODULE_LOAD = 17  # reserved: module loaded (tracepoint module:module_load)
     MODULE_INIT = 18  # do_init_module(mod): the module's init is about to run
     MODULE_INIT_RET = 19  # do_init_module() returned ret
     MODULE_FREE = 20  # free_module(mod): the module is gone
@@ -42,6 +41,27 @@ class EventKind(enum.IntEnum):
     # Written by klptrace itself, never by BPF:
     STEP = 100  # a scenario step or traced command starts (text in `detail`)
     STEP_RESULT = 101  # that step failed with errno `ret`
+
+
+#: kinds whose `ret` the BPF side fills (pre_patch's callback events too: carries_ret)
+_WITH_RET = frozenset({EventKind.ENABLE_RET, EventKind.PATCH_OBJECT, EventKind.MODULE_COMING_RET,
+                       EventKind.MODULE_INIT_RET, EventKind.TRANSITION_TRY,
+                       EventKind.TASK_BLOCKED})
+#: kinds that carry no `state` (a module state or a transition's target)
+_WITHOUT_STATE = frozenset({EventKind.ENABLE, EventKind.ENABLE_RET, EventKind.PATCH_OBJECT,
+                            EventKind.KMSG_WRITE, EventKind.UNPATCH_OBJECT,
+                            EventKind.UNPATCH_OBJECTS, EventKind.MODULE_COMING_RET,
+                            EventKind.MODULE_INIT_RET})
+
+
+def carries_ret(kind: EventKind, callback: int = 0) -> bool:
+    """Whether an event of this kind has a meaningful `ret` (only pre_patch returns one)."""
+    return kind in _WITH_RET or (kind == EventKind.CALLBACK and callback == Callback.PRE_PATCH)
+
+
+def carries_state(kind: EventKind) -> bool:
+    """Whether an event of this kind has a meaningful `state`."""
+    return kind not in _WITHOUT_STATE
 
 
 class Callback(enum.IntEnum):

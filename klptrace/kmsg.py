@@ -9,45 +9,40 @@ from BPF events, so the two can be compared. Step lines are written to
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from klptrace import settings
 from klptrace.errors import signals_deferred
+from klptrace.oops import Oops, find_oops
 
 DYNDBG = "/sys/kernel/debug/dynamic_debug/control"
 _QUERY = "file kernel/livepatch/*"
 
-# transcript lines that the kernel itself logs (klptrace's own "% step" lines
-# are written to the log for people to read, but prove nothing about the kernel)
-_WITNESSED = re.compile(
-    r"^(livepatch: (?!klp_try_switch_task: |signaling remaining tasks).*"
-    r"|\S+: (pre|post)_(un)?patch_callback: .*"
-    r"|(?P<m>\S+): (?P=m)_(init|exit))$")
-
-
-def witnessed(lines: Sequence[str]) -> list[str]:
-    """The lines of a transcript (or of dmesg) that both BPF and dmesg can show."""
-    return [line for line in lines if _WITNESSED.match(line)]
-
-
-def parse_record(raw: bytes) -> str:
-    """The message of one /dev/kmsg record ("pri,seq,usec,flags;message\\n...")."""
+def parse_record(raw: bytes) -> tuple[int, float, str]:
+    """(facility, timestamp in s, message) of one /dev/kmsg record
+    ("pri,seq,usec,flags;message\n KEY=value...")."""
     text = raw.decode("utf-8", "replace")
-    head, _, msg = text.partition(";")
-    return msg.split("\n", 1)[0] if head else text.strip()
+    head, sep, msg = text.partition(";")
+    if not sep:
+        return 0, 0.0, text.strip()
+    fields = head.split(",")
+    fac = int(fields[0]) >> 3 if fields[0].isdigit() else 0
+    usec = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else 0
+    return fac, usec / 1e6, msg.split("\n", 1)[0]
 
 
 class KernelLog:
-    """Reads the kernel log from the moment it is opened."""
+    """Reads the kernel log (/dev/kmsg): from the moment it is opened, or all that the
+    buffer still holds (from_start). The one reader of the kernel log in klptrace."""
 
-    def __init__(self) -> None:
-        self._fd = os.open("/dev/kmsg", os.O_RDWR | os.O_NONBLOCK)
-        os.lseek(self._fd, 0, os.SEEK_END)
+    def __init__(self, from_start: bool = False, path: str = "/dev/kmsg") -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        if not from_start:
+            os.lseek(self._fd, 0, os.SEEK_END)
 
     def write(self, line: str) -> None:
         """Put a line into the kernel log (as the selftests log their commands)."""
@@ -60,22 +55,24 @@ class KernelLog:
 
     def records(self) -> list[tuple[int, str]]:
         """(facility, message) of each record logged since the last read; 0 is the kernel."""
-        out: list[tuple[int, str]] = []
+        return [(fac, msg) for fac, _ts, msg in self.entries()]
+
+    def entries(self) -> list[tuple[int, float, str]]:
+        """(facility, timestamp in s, message) of each record since the last read."""
+        out: list[tuple[int, float, str]] = []
         while True:
             try:
                 raw = os.read(self._fd, 8192)
             except OSError as e:
                 if e.errno == errno.EPIPE:  # overwritten before we read it: records lost
-                    out.append((0, "klptrace: kernel log records were overwritten"))
+                    out.append((0, 0.0, "klptrace: kernel log records were overwritten"))
                     continue
                 if e.errno == errno.EAGAIN:
                     return out
                 raise
             if not raw:
                 return out
-            head = raw.split(b",", 1)[0]
-            fac = int(head) >> 3 if head.isdigit() else 0
-            out.append((fac, parse_record(raw)))
+            out.append(parse_record(raw))
 
     def close(self) -> None:
         os.close(self._fd)
@@ -130,46 +127,6 @@ def _control(query: str) -> None:
 
 
 # --- oopses ------------------------------------------------------------------
-
-# The line __die() prints (arch/x86/kernel/dumpstack.c): "Oops: 0002 [#1] PREEMPT SMP NOPTI",
-# "general protection fault, ...: 0000 [#1] ...", "invalid opcode: 0000 [#1] ..."
-_DIE = re.compile(r"^[\w ,:-]*: [0-9a-f]{4} \[#\d+\]")
-_OOPS_START = re.compile(r"^(BUG: |kernel BUG at |Kernel panic - not syncing)")
-# what names the oops: the task (lib/dump_stack.c; "UID: n" since v6.10) and where
-_OOPS_KEY = re.compile(r"^(BUG: |kernel BUG at |Kernel panic - not syncing|CPU: \d+ .*PID: \d+ "
-                       r"Comm: |RIP: [0-9a-f]{4}:[\w.]+\+0x)")  # a kernel RIP names a function
-_OOPS_END = re.compile(r"^---\[ end (trace|Kernel panic)")
-
-
-@dataclasses.dataclass
-class Oops:
-    """An oops (or panic) in the kernel log: its first lines and whether it was all read."""
-
-    lines: list[str]
-    complete: bool
-
-    @property
-    def summary(self) -> list[str]:
-        """The lines that say what and where: the BUG, the die line, the task, the RIP."""
-        return [line for line in self.lines if _OOPS_KEY.match(line) or _DIE.match(line)][:6]
-
-
-def find_oops(messages: Sequence[str]) -> Oops | None:
-    """The first oops or panic among kernel log messages (kernel facility), if any.
-
-    It starts at a "BUG:" / "kernel BUG at" / panic line or at __die()'s
-    "...: 0000 [#1]" line and ends at the "---[ end trace" marker the kernel
-    prints when the oops handler is done (oops_exit()).
-    """
-    start = next((i for i, m in enumerate(messages) if _OOPS_START.match(m) or _DIE.match(m)),
-                 None)
-    if start is None:
-        return None
-    block = list(messages[start:])
-    end = next((i for i, m in enumerate(block) if _OOPS_END.match(m)), None)
-    if end is not None:
-        return Oops(block[:end + 1], True)
-    return Oops(block, False)
 
 
 class OopsWatch:

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from klptrace import assets, btf, elf, kmsg, settings
+from klptrace import assets, btf, elf, kmod, kmsg, settings
 from klptrace.errors import KlptraceError, NotSupported
-from klptrace.events import Callback, Event, EventKind
+from klptrace.events import Callback, Event, EventKind, carries_ret, carries_state
 
 #: the BPF C (klptrace.bpf.c), its header and the stand-in kernel headers for bcc
 BPF_DIR = assets.bpf_dir()
-KPROBE_EVENTS = "/sys/kernel/tracing/kprobe_events"
+KPROBE_EVENTS = kmod.KPROBE_EVENTS
 #: every registered kprobe (kernel/kprobes.c, report_probe())
 KPROBES_LIST = "/sys/kernel/debug/kprobes/list"
 RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
@@ -155,36 +155,21 @@ def event_name(kind: str, ko_index: int, sym_index: int, sym: str) -> str:
 
 def check_kernel() -> None:
     """Raise NotSupported unless this kernel can be traced: root, livepatch, kprobes."""
-    if os.geteuid() != 0:
-        raise NotSupported("klptrace needs root to load BPF programs and modules",
-                           "run it with sudo")
-    if not os.path.isdir("/sys/kernel/livepatch"):
-        raise NotSupported(
-            "this kernel has no livepatch support (/sys/kernel/livepatch is missing)",
-                           "use a kernel built with CONFIG_LIVEPATCH=y, or `klptrace run --vm`")
-    if not os.path.exists(KPROBE_EVENTS):
-        raise NotSupported(f"this kernel has no kprobe events ({KPROBE_EVENTS} is missing)",
-                           "use a kernel built with CONFIG_KPROBE_EVENTS=y, or `klptrace run --vm`")
+    problem = kmod.unsupported()
+    if problem is not None:
+        raise problem
 
 
 def decode(raw: bytes) -> Event:
     """A struct klpt_event from the ring buffer as an Event."""
     ts, _ip, pid, tid, kind, ret, state, cb, flags, _pad, comm, patch, obj = _EVENT.unpack_from(raw)
     k = EventKind(kind)
-    has_ret = k in (EventKind.ENABLE_RET, EventKind.PATCH_OBJECT, EventKind.MODULE_COMING_RET,
-                    EventKind.MODULE_INIT_RET, EventKind.TRANSITION_TRY,
-                    EventKind.TASK_BLOCKED) or (
-        k == EventKind.CALLBACK and cb == Callback.PRE_PATCH)
-    has_state = k not in (EventKind.ENABLE, EventKind.ENABLE_RET, EventKind.PATCH_OBJECT,
-                          EventKind.KMSG_WRITE,
-                          EventKind.UNPATCH_OBJECT, EventKind.UNPATCH_OBJECTS,
-                          EventKind.MODULE_COMING_RET, EventKind.MODULE_INIT_RET)
     return Event(
         kind=k, ts_ns=ts, pid=pid, tid=tid,
         comm=_s(comm), patch=_s(patch), object=_s(obj),
         callback=Callback(cb) if cb else None,
-        state=state if has_state else None,
-        ret=ret if has_ret else None,
+        state=state if carries_state(k) else None,
+        ret=ret if carries_ret(k, cb) else None,
         livepatch=bool(flags & F_LIVEPATCH),
     )
 
@@ -425,12 +410,7 @@ class Probes:
                         ModuleProbe(ev, "k" if kind == "p" else "r", mod.name, sym, st))
 
     def _write_event(self, line: str) -> None:
-        # O_APPEND without seeking: open(..., "a") fails with EINVAL on tracefs
-        fd = os.open(KPROBE_EVENTS, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
+        _kprobe_events(line)
         self._events_written.append(line.split()[0].split(":", 1)[1])
 
     def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
@@ -517,7 +497,7 @@ class Probes:
                 self._bpf = None
             for ev in reversed(self._events_written):
                 try:
-                    self._write_event_raw(f"-:{ev}")
+                    _kprobe_events(f"-:{ev}")
                 except OSError as e:
                     if e.errno != errno.ENOENT:
                         leftovers.append(f"echo '-:{ev}' >> {KPROBE_EVENTS}  # {e.strerror}")
@@ -557,19 +537,13 @@ class Probes:
         self._events_written = []
         return pid
 
-    @staticmethod
-    def _write_event_raw(line: str) -> None:
-        fd = os.open(KPROBE_EVENTS, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
 
-    def __enter__(self) -> Probes:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def _kprobe_events(line: str) -> None:
+    """Add or remove a kprobe event; OSError with the kernel's errno when it refuses."""
+    err = kmod.write(KPROBE_EVENTS, line + "\n", append=True)
+    if err:
+        raise OSError(err, os.strerror(err))
 
 
 def _keep_only_probes(keep: int) -> None:

@@ -1,74 +1,16 @@
-"""A Recording: the events of a run, what was lost, and how the probes fared.
-
-Recorder drives probes.Probes; Recording is plain data that can be saved,
-loaded and checked offline.
-"""
+"""The Recorder: drives probes.Probes and keeps klptrace's own step markers beside the
+kernel's events; recording() hands out a results.Recording, plain data."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from klptrace.errors import KlptraceError, check_interrupted, signals_deferred
+from klptrace.errors import check_interrupted, signals_deferred
 from klptrace.events import Event, EventKind
-
-FORMAT_VERSION = 1
-
-
-class RecordingError(KlptraceError):
-    """A saved recording that cannot be read."""
-
-
-@dataclasses.dataclass
-class Recording:
-    """Events in the order the kernel produced them, plus integrity facts."""
-
-    events: list[Event] = dataclasses.field(default_factory=list)
-    lost: int = 0
-    probes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    @property
-    def failed_probes(self) -> list[dict[str, Any]]:
-        """Probes that did not attach."""
-        return [p for p in self.probes if not p.get("ok")]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "lost_events": self.lost,
-            "probes": self.probes,
-            "events": [e.to_json() for e in self.events],
-        }
-
-    @classmethod
-    def from_json(cls, d: Any, where: str = "recording") -> Recording:
-        """Parse; a malformed input raises RecordingError saying where."""
-        if not isinstance(d, dict):
-            raise RecordingError(f"{where}: expected a JSON object")
-        evs_raw = d.get("events")
-        if not isinstance(evs_raw, list):
-            raise RecordingError(f"{where}: 'events' must be a list")
-        events = []
-        for i, raw in enumerate(evs_raw):
-            try:
-                events.append(Event.from_json(raw))
-            except (KeyError, ValueError, TypeError) as e:
-                raise RecordingError(f"{where}: events[{i}] is malformed: {_why(e)}") from None
-        lost = d.get("lost_events", 0)
-        if isinstance(lost, bool) or not isinstance(lost, int) or lost < 0:
-            raise RecordingError(f"{where}: 'lost_events' must be a non-negative integer")
-        probes = d.get("probes", [])
-        if not isinstance(probes, list) or not all(isinstance(p, dict) for p in probes):
-            raise RecordingError(f"{where}: 'probes' must be a list of objects")
-        return cls(events, lost, probes)
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, KeyError):
-        return f"missing or unknown {e.args[0]!r}"
-    return str(e)
+from klptrace.results import Recording
 
 
 class Recorder:

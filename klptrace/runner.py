@@ -6,7 +6,6 @@ disabled and unloaded afterwards, whatever happened (see cleanup()).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import errno
 import os
@@ -14,16 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from klptrace import checker, kmsg, stall
-from klptrace.checker import Verdict
+from klptrace import checker, stall
 from klptrace.errors import KlptraceError, signals_deferred
 from klptrace.events import EventKind
-from klptrace.kmsg import KernelLog, Oops, OopsWatch
-from klptrace.recorder import Recording
+from klptrace.kmsg import KernelLog, OopsWatch
+from klptrace.oops import Oops
+from klptrace.results import Recording, ScenarioResult
 from klptrace.scenario import Scenario, Step
-from klptrace.transcript import insmod_error, rmmod_error
-
-DEFAULT_TIMEOUT_S = 120.0
+from klptrace.transcript import insmod_error, rmmod_error, witnessed
 
 
 class Rec(Protocol):
@@ -68,46 +65,11 @@ class Kernel(Protocol):
     def write(self, path: str, value: str, **kw: Any) -> int: ...
 
 
-@dataclasses.dataclass
-class Result:
-    """One scenario's outcome."""
-
-    id: str
-    status: str
-    duration_s: float
-    recording: Recording
-    verdict: Verdict
-    notes: list[str] = dataclasses.field(default_factory=list)
-    dmesg: list[str] = dataclasses.field(default_factory=list)
-    stall: dict[str, Any] | None = None  # `klptrace stall`'s report, for stalling scenarios
-    oops: list[str] = dataclasses.field(default_factory=list)  # the kernel's oops, if any
-    start_time: str = ""  # wall clock (UTC, ISO 8601) when it began
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "status": self.status,
-            **({"start_time": self.start_time} if self.start_time else {}),
-            "duration_s": round(self.duration_s, 3),
-            "lost_events": self.recording.lost,
-            "events": [e.to_json() for e in self.recording.events],
-            "expected": self.verdict.expected,
-            "recorded": self.verdict.recorded,
-            "explanation": self.verdict.explanation,
-            "diff": self.verdict.diff,
-            "problems": self.verdict.problems,
-            "notes": self.notes,
-            "dmesg": self.dmesg,
-            **({"stall": self.stall} if self.stall is not None else {}),
-            **({"oops": self.oops} if self.oops else {}),
-        }
-
-
 class Runner:
     """Executes the steps of scenarios with modules from one directory."""
 
     def __init__(self, rec: Rec, module_dir: str, kernel: Kernel, watch: OopsWatch | None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S,
+                 timeout_s: float,
                  log: Callable[[str], None] | None = None,
                  klog: KernelLog | None = None,
                  snapshot: Callable[[str, list[Any]], stall.Report | None] = stall.snapshot,
@@ -263,7 +225,7 @@ class Runner:
         return err
 
     # -- scenarios ------------------------------------------------------------
-    def run(self, sc: Scenario) -> Result:
+    def run(self, sc: Scenario) -> ScenarioResult:
         """Run one scenario, clean up after it, and check its recording."""
         notes: list[str] = []
         if self.klog:
@@ -300,31 +262,16 @@ class Runner:
                 self.log("klptrace: could not clean up: " + "; ".join(left))
         rec = self.rec.recording(start, end)
         rec.lost = self.rec.lost() - lost0  # the counter is global: take this scenario's share
-        verdict = checker.check(sc.expect, rec)
-        dmesg: list[str] = []
-        if self.klog:
-            dmesg = kmsg.witnessed(self.klog.read())
-            problem = checker.witness(verdict.recorded, dmesg)
-            if problem:
-                verdict.problems.append(problem)
-                verdict.status = checker.ERROR
-                verdict.explanation = (verdict.explanation + "; " if verdict.explanation
-                                       else "") + problem
-        status = verdict.status
-        if error:
-            status = checker.ERROR
-            verdict.problems.append(error)
-            verdict.problems.extend(Oops(oops, True).summary if oops else [])
-            verdict.explanation = "; ".join(x for x in (error, verdict.explanation) if x)
-        if left:
-            status = checker.ERROR
-            verdict.problems.extend(left)
+        dmesg = witnessed(self.klog.read()) if self.klog else None
+        verdict = checker.judge(sc.expect, rec, dmesg=dmesg, step_error=error, oops=oops,
+                                leftovers=left)
         report = None
         if self.stall_report is not None:
             report = self.stall_report.to_json()
             report["timeline"] = stall.timeline(rec.events, self.stall_report.patch)
-        return Result(sc.id, status, time.monotonic() - t0, rec, verdict, notes, dmesg, report,
-                      oops, started.isoformat(timespec="milliseconds"))
+        return ScenarioResult(sc.id, verdict, rec, time.monotonic() - t0,
+                              started.isoformat(timespec="milliseconds"), notes, dmesg, error,
+                              oops, left, report)
 
     def cleanup(self) -> list[str]:
         """Disable and unload whatever this runner loaded; name what stays behind.

@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from klptrace import kmod
+from klptrace import kmod, kmsg
 from klptrace.events import KLP_PATCHED, Event, EventKind
 
+#: where the tasks are read (a directory of the same shape in tests)
+PROC = "/proc"
 # klp_check_and_switch_task() results (kernel/livepatch/transition.c)
 REASONS = {-16: "running", -22: "unreliable stack", -98: "sleeping on function"}
 SIGNALS_TIMEOUT = 15  # tries between fake signals (transition.c)
@@ -49,7 +51,6 @@ class Report:
 
     patch: str
     direction: str  # patching or unpatching
-    in_transition: bool
     tasks: list[Task] = dataclasses.field(default_factory=list)
     in_transition_s: float | None = None
     tries: int | None = None
@@ -59,7 +60,10 @@ class Report:
     next_steps: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The report as JSON; in_transition tells it from the no-transition answer."""
+        d = dataclasses.asdict(self)
+        return {"patch": d.pop("patch"), "direction": d.pop("direction"), "in_transition": True,
+                **d}
 
 
 def transition_patch() -> str | None:
@@ -109,15 +113,15 @@ def _read(path: str) -> str:
 def pending_tasks(target: int) -> list[tuple[int, int]]:
     """(pid, tid) of every task whose patch_state is not the target state yet."""
     out = []
-    for pid_s in os.listdir("/proc"):
+    for pid_s in os.listdir(PROC):
         if not pid_s.isdigit():
             continue
         try:
-            tids = os.listdir(f"/proc/{pid_s}/task")
+            tids = os.listdir(f"{PROC}/{pid_s}/task")
         except OSError:
             continue
         for tid_s in tids:
-            st = _read(f"/proc/{pid_s}/task/{tid_s}/patch_state").strip()
+            st = _read(f"{PROC}/{pid_s}/task/{tid_s}/patch_state").strip()
             if st and st != "-1" and int(st) != target:
                 out.append((int(pid_s), int(tid_s)))
     return out
@@ -184,7 +188,7 @@ def read_stack(base: str, read: Callable[[str], str] = _read,
 
 def task_info(pid: int, tid: int, funcs: set[str]) -> Task:
     """What /proc says of one pending task."""
-    base = f"/proc/{pid}/task/{tid}"
+    base = f"{PROC}/{pid}/task/{tid}"
     stat = _read(f"{base}/stat")
     comm = _read(f"{base}/comm").strip()
     flags = int(stat.rsplit(")", 1)[1].split()[6]) if ")" in stat else 0
@@ -216,29 +220,15 @@ def log_facts(patch: str, records: Iterable[tuple[float, str]]) -> LogFacts:
 
 
 def kernel_log() -> list[tuple[float, str]]:
-    """(timestamp s, message) of every record in the kernel log buffer."""
-    out: list[tuple[float, str]] = []
+    """(timestamp s, message) of every record the kernel log buffer still holds."""
     try:
-        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+        log = kmsg.KernelLog(from_start=True)
     except OSError:
-        return out
+        return []
     try:
-        while True:
-            try:
-                raw = os.read(fd, 8192)
-            except BlockingIOError:
-                break
-            except OSError:
-                continue  # EPIPE: a record was overwritten while reading
-            if not raw:
-                break
-            head, _, msg = raw.decode("utf-8", "replace").partition(";")
-            parts = head.split(",")
-            if len(parts) >= 3 and parts[2].isdigit():
-                out.append((int(parts[2]) / 1e6, msg.split("\n", 1)[0]))
+        return [(ts, msg) for _fac, ts, msg in log.entries()]
     finally:
-        os.close(fd)
-    return out
+        log.close()
 
 
 def snapshot(patch: str | None = None, events: Sequence[Event] = ()) -> Report | None:
@@ -252,7 +242,7 @@ def snapshot(patch: str | None = None, events: Sequence[Event] = ()) -> Report |
     tasks = [task_info(pid, tid, funcs) for pid, tid in pending_tasks(target)]
     facts = log_facts(patch, kernel_log())
     now = time.clock_gettime(time.CLOCK_MONOTONIC)
-    rep = Report(patch, "patching" if enabled else "unpatching", True, tasks)
+    rep = Report(patch, "patching" if enabled else "unpatching", tasks)
     if facts.started_at is not None:
         rep.in_transition_s = round(now - facts.started_at, 3)
         for t in tasks:  # not switched since the start: blocking all along

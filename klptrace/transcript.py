@@ -12,7 +12,8 @@ event; the kernel messages among them are worded as the kernel words them
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 
 from klptrace.events import KLP_PATCHED, Callback, Event, EventKind
 
@@ -164,3 +165,15 @@ def parse_expectation(text: str) -> list[str]:
             out.append(line)
     return out
 
+
+# transcript lines that the kernel itself logs (klptrace's own "% step" lines
+# are written to the log for people to read, but prove nothing about the kernel)
+_WITNESSED = re.compile(
+    r"^(livepatch: (?!klp_try_switch_task: |signaling remaining tasks).*"
+    r"|\S+: (pre|post)_(un)?patch_callback: .*"
+    r"|(?P<m>\S+): (?P=m)_(init|exit))$")
+
+
+def witnessed(lines: Sequence[str]) -> list[str]:
+    """The lines of a transcript (or of dmesg) that both BPF and dmesg can show."""
+    return [line for line in lines if _WITNESSED.match(line)]

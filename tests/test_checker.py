@@ -13,7 +13,7 @@ from util import saved_run
 
 from klptrace import checker, scenario
 from klptrace.events import Callback, Event, EventKind
-from klptrace.recorder import Recording
+from klptrace.results import Recording, Status, Verdict
 
 SCENARIOS = {s.id: s for s in scenario.load_dir()}
 
@@ -24,14 +24,14 @@ def _recording(sid: str) -> Recording:
                                 "probes": saved_run()["probes"]})
 
 
-def _check(sid: str, rec: Recording) -> checker.Verdict:
-    return checker.check(SCENARIOS[sid].expect, rec)
+def _check(sid: str, rec: Recording) -> Verdict:
+    return checker.judge(SCENARIOS[sid].expect, rec)
 
 
 @pytest.mark.parametrize("sid", list(SCENARIOS))
 def test_saved_recordings_pass(sid: str) -> None:
     v = _check(sid, _recording(sid))
-    assert v.status == checker.PASS, v.explanation + "\n" + "\n".join(v.diff)
+    assert v.status == Status.PASS, v.explanation + "\n" + "\n".join(v.diff)
 
 
 def _index(rec: Recording, pred: Any) -> int:
@@ -44,7 +44,7 @@ def test_dropped_callback_fails_and_is_named() -> None:
                and e.object == "klptrace_target")
     del rec.events[i]
     v = _check("target-module-before-livepatch", rec)
-    assert v.status == checker.FAIL
+    assert v.status == Status.FAIL
     assert "post_patch callback for klp_object klptrace_target" in v.explanation
     assert "not recorded" in v.explanation
     assert any(line.startswith("-klptrace_lp: post_patch_callback: klptrace_target")
@@ -59,7 +59,7 @@ def test_swapped_callbacks_fail_as_order() -> None:
                and e.object == "klptrace_target")
     rec.events[i], rec.events[j] = rec.events[j], rec.events[i]
     v = _check("module-going-notifier", rec)
-    assert v.status == checker.FAIL
+    assert v.status == Status.FAIL
     assert "order differs" in v.explanation
 
 
@@ -68,13 +68,13 @@ def test_changed_return_value_fails() -> None:
     i = _index(rec, lambda e: e.kind == EventKind.STEP_RESULT)
     rec.events[i] = dataclasses.replace(
         rec.events[i], detail=rec.events[i].detail.replace("No such device", "Invalid argument"))
-    assert _check("pre-patch-callback-enodev", rec).status == checker.FAIL
+    assert _check("pre-patch-callback-enodev", rec).status == Status.FAIL
     # and a pre_patch that returned 0 instead of -19 is a different story entirely
     rec = _recording("pre-patch-callback-enodev")
     i = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.ret == -19)
     rec.events[i] = dataclasses.replace(rec.events[i], ret=0)
     v = _check("pre-patch-callback-enodev", rec)
-    assert v.status == checker.FAIL
+    assert v.status == Status.FAIL
     assert "pre_patch callback failing for vmlinux" in v.explanation
 
 
@@ -82,14 +82,14 @@ def test_changed_module_state_fails() -> None:
     rec = _recording("module-coming-notifier")
     i = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.object == "klptrace_target")
     rec.events[i] = dataclasses.replace(rec.events[i], state=0)  # LIVE instead of COMING
-    assert _check("module-coming-notifier", rec).status == checker.FAIL
+    assert _check("module-coming-notifier", rec).status == Status.FAIL
 
 
 def test_lost_events_are_an_error_not_a_pass() -> None:
     rec = _recording("target-module-not-present")
     rec.lost = 3
     v = _check("target-module-not-present", rec)
-    assert v.status == checker.ERROR and "3 events were lost" in v.explanation
+    assert v.status == Status.ERROR and "3 events were lost" in v.explanation
 
 
 def test_probe_that_did_not_attach_is_an_error() -> None:
@@ -97,7 +97,7 @@ def test_probe_that_did_not_attach_is_an_error() -> None:
     rec.probes = [*rec.probes, {"name": "kprobe:klp_force_transition", "ok": False,
                                 "reason": "not in this kernel's symbols"}]
     v = _check("target-module-not-present", rec)
-    assert v.status == checker.ERROR and "klp_force_transition" in v.explanation
+    assert v.status == Status.ERROR and "klp_force_transition" in v.explanation
 
 
 def test_post_patch_during_busy_transition_would_fail() -> None:
@@ -107,7 +107,7 @@ def test_post_patch_during_busy_transition_would_fail() -> None:
     extra = dataclasses.replace(rec.events[i], callback=Callback.POST_PATCH, ret=None)
     rec.events.insert(i + 1, extra)
     v = _check("busy-target-module", rec)
-    assert v.status == checker.FAIL and "must not do here" in v.explanation
+    assert v.status == Status.FAIL and "must not do here" in v.explanation
 
 
 def test_event_from_json_rejects_garbage() -> None:
@@ -116,14 +116,14 @@ def test_event_from_json_rejects_garbage() -> None:
 
 
 def test_dmesg_witness_filter_and_disagreement() -> None:
-    from klptrace import kmsg
+    from klptrace import transcript
 
     dmesg = ["% insmod klptrace_lp.ko", "klptrace_lp: tainting kernel with TAINT_LIVEPATCH",
              "livepatch: enabling patch 'klptrace_lp'",
              "livepatch: klp_try_switch_task: kworker/0:1:33 is sleeping on function f",
              "klptrace_lp: pre_patch_callback: vmlinux", "klptrace_busy: klptrace_busy_init",
              "klptrace_busy: klptrace_busy_work_func enter"]
-    w = kmsg.witnessed(dmesg)
+    w = transcript.witnessed(dmesg)
     assert w == ["livepatch: enabling patch 'klptrace_lp'",
                  "klptrace_lp: pre_patch_callback: vmlinux", "klptrace_busy: klptrace_busy_init"]
     assert checker.witness([*w, "insmod: ERROR: could not insert module x"], w) == ""
@@ -135,8 +135,10 @@ def test_kmsg_record_parsing() -> None:
     from klptrace import kmsg
 
     assert kmsg.parse_record(b"6,1234,5678,-;livepatch: enabling patch 'p'\n") == \
-        "livepatch: enabling patch 'p'"
-    assert kmsg.parse_record(b"4,1,2,c;a: b\n SUBSYSTEM=x\n") == "a: b"
+        (0, 0.005678, "livepatch: enabling patch 'p'")
+    assert kmsg.parse_record(b"4,1,2,c;a: b\n SUBSYSTEM=x\n") == (0, 2e-06, "a: b")
+    # a user's write (facility 1, user) is not the kernel's
+    assert kmsg.parse_record(b"12,7,9,-;% insmod x.ko\n")[0] == 1
 
 
 def test_probe_the_kernel_did_not_arm_is_an_error() -> None:
@@ -146,5 +148,5 @@ def test_probe_the_kernel_did_not_arm_is_an_error() -> None:
         "reason": "the kernel did not arm it when klptrace_lp came: Failed to re-register "
                   "probe p0_3_klptrace_lp_pre_patch on klptrace_lp: -22 (EINVAL)"}]
     v = _check("target-module-not-present", rec)
-    assert v.status == checker.ERROR
+    assert v.status == Status.ERROR
     assert "klptrace_lp_pre_patch was not armed" in v.explanation and "-22" in v.explanation

@@ -55,7 +55,7 @@ def _with_stall(run: dict[str, Any], blocked: bool = True) -> dict[str, Any]:
     task = stall.Task(61, 61, "kworker/0:2", "sleeping on function", "klptrace_busy_work_func",
                       True, "I", ["[<0>] klptrace_busy_work_func+0x2a/0x50 [klptrace_busy]"],
                       0.11, "bpf" if blocked else "proc")
-    rep = stall.Report("klptrace_lp", "patching", True, [task], 0.11, 1)
+    rep = stall.Report("klptrace_lp", "patching", [task], 0.11, 1)
     rep.timeline = stall.timeline(evs, "klptrace_lp")
     rep.next_steps = stall.next_steps(rep)
     sd["stall"] = rep.to_json()

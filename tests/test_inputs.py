@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from util import DATA, REPO, saved_run
 
-from klptrace import cli, commands
+from klptrace import cli
+from klptrace.commands import run as run_cmd
 from klptrace.lab import build, kernels, vm
 
 RUN = str(DATA / "run-6.1.json")
@@ -50,7 +51,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return f
 
     for mod, name in ((kernels, "ensure"), (vm, "check_host"), (vm, "run"), (build, "build"),
-                      (commands, "run_local"), (commands, "run_vm")):
+                      (run_cmd, "run_local"), (run_cmd, "run_vm"), (run_cmd, "run_matrix")):
         monkeypatch.setattr(mod, name, refuse(f"{mod.__name__}.{name}"))
     return started
 
@@ -204,7 +205,8 @@ def test_usage_errors_exit_2_before_any_work(capsys: pytest.CaptureFixture[str],
 
 def test_run_vm_gets_the_vm_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
-    monkeypatch.setattr(commands, "run_vm", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(run_cmd, "run_vm", lambda opts, spec: seen.update(vars(opts)))
+    monkeypatch.setattr(run_cmd, "emit", lambda doc, out: 0)
     assert cli.main(["run", "--vm"]) == 0
     assert (seen["cpus"], seen["memory"], seen["timeout"]) == (2, "4G", 120.0)
     assert cli.main(["run", "--vm", "--cpus", "1", "--memory", "1.5G", "--timeout", "30"]) == 0
@@ -267,7 +269,7 @@ def test_negative_lost_events_are_refused(tmp_path: Path,
     f = tmp_path / "r.json"
     f.write_text(json.dumps(doc))
     assert cli.main(["check", str(f)]) == 1
-    assert "'lost_events' a non-negative integer" in _one_error(capsys.readouterr().err)
+    assert "'lost_events' must be a non-negative integer" in _one_error(capsys.readouterr().err)
 
 
 # --- the standard input handed to vng -----------------------------------------------------

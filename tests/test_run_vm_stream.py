@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from klptrace import commands, scenario
+from klptrace import scenario
+from klptrace.commands import run as commands
 
 
 def _write(path: Path, records: list[object], torn: str = "") -> None:

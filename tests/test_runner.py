@@ -13,7 +13,7 @@ from klptrace import runner, scenario
 from klptrace.events import Event, EventKind
 from klptrace.kmod import Abandoned
 from klptrace.kmsg import Oops
-from klptrace.recorder import Recording
+from klptrace.results import Recording
 
 
 class FakeRec:

@@ -67,7 +67,7 @@ def test_timeline_when_attached_late() -> None:
 
 
 def test_next_steps_for_a_kthread_never_suggest_signals_help() -> None:
-    rep = stall.Report("p", "patching", True, [stall.Task(
+    rep = stall.Report("p", "patching", [stall.Task(
         1, 7, "kworker/0:1", "sleeping on function", "f", True, "D", STACK)])
     steps = stall.next_steps(rep)
     assert "kernel thread" in steps[0] and "will go back to sleep" in steps[0]

@@ -27,10 +27,11 @@ from pathlib import Path
 from types import FrameType
 
 from klptrace.errors import Interrupted, KlptraceError
+from klptrace.lab import defaults
 from klptrace.lab.kernels import Kernel, cache_dir
 
-DEFAULT_MEMORY = "4G"
-DEFAULT_TIMEOUT = 1800.0
+DEFAULT_MEMORY = defaults.MEMORY
+DEFAULT_TIMEOUT = defaults.TIMEOUT_S
 MIN_MEMORY_MIB = 512
 
 # Directories that vng already gives a copy-on-write overlay in the guest.
@@ -624,7 +625,7 @@ def run(
     kernel: Kernel,
     argv: Sequence[str],
     *,
-    cpus: int = 2,
+    cpus: int = defaults.CPUS,
     memory: str = DEFAULT_MEMORY,
     timeout: float = DEFAULT_TIMEOUT,
     rwdirs: Sequence[Path] = (),

@@ -1,12 +1,17 @@
 """Formatters: a run's results in, text out. No logic beyond layout.
 
-Each module has `render(run: dict) -> str`, where run is the JSON document of
-a run (klptrace.results.run_document()) or of a matrix (results.matrix_document();
-kcidb and trace-event take both). kcidb also takes `origin`, given here as
-`kcidb_origin`.
+Each module has `render(run: dict) -> str`, where run is the JSON document of a
+run (klptrace.results.RunDocument.to_json()) or of a kernel matrix (Matrix.to_json());
+every format takes both. kcidb also takes `origin`, given here as `kcidb_origin`.
+This module is the one list of the formats each command offers.
 """
 
+#: `run` and `check`
 FORMATS = ("text", "json", "ktap", "junit", "html", "kcidb", "trace-event")
+#: `trace` (with --expect, json, ktap and junit are a run document's)
+TRACE_FORMATS = ("transcript", "json", "ktap", "junit")
+#: `stall` (html: with --watch)
+STALL_FORMATS = ("text", "json", "html")
 _MODULES = {"json": "json_", "trace-event": "trace_event"}
 
 

@@ -18,14 +18,16 @@ from typing import Any
 
 from klptrace.events import Event
 from klptrace.report import timeline as tl
+from klptrace.results import Status
 from klptrace.transcript import render_pairs
 
 # Okabe-Ito
 BLUE, SKY, GREEN, ORANGE, VERMILLION, PURPLE, YELLOW = (
     "#0072B2", "#56B4E9", "#009E73", "#E69F00", "#D55E00", "#CC79A7", "#F0E442")
 
-STATUS = {  # word, sign, class
-    "pass": ("PASS", "✓"), "fail": ("FAIL", "✗"), "error": ("ERROR", "!"), "skip": ("SKIP", "–"),
+STATUS: dict[str, tuple[str, str]] = {  # word, sign
+    Status.PASS: ("PASS", "✓"), Status.FAIL: ("FAIL", "✗"), Status.ERROR: ("ERROR", "!"),
+    Status.SKIP: ("SKIP", "–"),
 }
 
 _CSS = """
@@ -344,7 +346,7 @@ def _transcripts(sd: Mapping[str, Any], events: Sequence[Event]) -> str:
         head = f"Transcripts: recorded as expected, {len(recorded)} lines"
     else:
         head = f"Transcripts: {len(expected)} lines expected, {len(recorded)} recorded"
-    opened = " open" if sd.get("status") in ("fail", "error") else ""
+    opened = " open" if sd.get("status") in (Status.FAIL, Status.ERROR) else ""
     return (f"<details class=\"transcripts\"{opened}><summary>{_e(head)}</summary>"
             '<table class="transcript"><colgroup><col class="n"><col><col class="t"><col>'
             "</colgroup><thead><tr><th>#</th><th>expected</th><th>at</th><th>recorded</th>"
@@ -450,7 +452,7 @@ def scenario(sd: Mapping[str, Any], prefix: str = "") -> str:
 
 def _totals(t: Mapping[str, Any]) -> str:
     parts = []
-    for k in ("pass", "fail", "error", "skip"):
+    for k in (Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP):
         n = t.get(k, 0)
         word, sign = STATUS[k]
         zero = " zero" if not n else ""
@@ -459,7 +461,7 @@ def _totals(t: Mapping[str, Any]) -> str:
 
 
 def _why(sd: Mapping[str, Any]) -> str:
-    if sd.get("status") == "pass":
+    if sd.get("status") == Status.PASS:
         notes = sd.get("notes") or []
         return "as expected" + (f"; note: {notes[0]}" if notes else "")
     return str(sd.get("explanation") or "; ".join(map(str, sd.get("problems") or [])))

@@ -1,28 +1,44 @@
-"""junit: one testsuite, one testcase per scenario."""
+"""junit: one testsuite, one testcase per scenario; a matrix is a testsuite per kernel."""
 
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
+from klptrace.results import Status, is_matrix
 
-def render(run: dict) -> str:  # type: ignore[type-arg]
+_TAG = {Status.FAIL: "failure", Status.ERROR: "error"}
+
+
+def _suite(run: dict[str, Any], name: str, indent: str) -> list[str]:
     scs = run["scenarios"]
     t = run["totals"]
     total = sum(s["duration_s"] for s in scs)
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           f'<testsuite name="klptrace" tests="{len(scs)}" failures="{t["fail"]}" '
-           f'errors="{t["error"]}" skipped="{t["skip"]}" time="{total:.3f}">',
-           f'  <properties><property name="kernel" value={quoteattr(run["kernel"])}/>'
+    out = [f'{indent}<testsuite name={quoteattr(name)} tests="{len(scs)}" '
+           f'failures="{t["fail"]}" errors="{t["error"]}" skipped="{t["skip"]}" '
+           f'time="{total:.3f}">',
+           f'{indent}  <properties><property name="kernel" value={quoteattr(run["kernel"])}/>'
            f'<property name="lost_events" value="{run["lost_events"]}"/></properties>']
     for s in scs:
-        out.append(f'  <testcase classname="klptrace" name={quoteattr(s["id"])} '
+        out.append(f'{indent}  <testcase classname="klptrace" name={quoteattr(s["id"])} '
                    f'time="{s["duration_s"]:.3f}">')
         body = escape("\n".join([*s.get("problems", []), *s.get("diff", [])]))
         msg = quoteattr(s.get("explanation", ""))
-        if s["status"] == "fail":
-            out.append(f"    <failure message={msg}>{body}</failure>")
-        elif s["status"] == "error":
-            out.append(f"    <error message={msg}>{body}</error>")
-        elif s["status"] == "skip":
-            out.append(f"    <skipped message={msg}/>")
-        out.append("  </testcase>")
-    out.append("</testsuite>")
+        if s["status"] in _TAG:
+            tag = _TAG[Status(s["status"])]
+            out.append(f"{indent}    <{tag} message={msg}>{body}</{tag}>")
+        elif s["status"] == Status.SKIP:
+            out.append(f"{indent}    <skipped message={msg}/>")
+        out.append(f"{indent}  </testcase>")
+    out.append(f"{indent}</testsuite>")
+    return out
+
+
+def render(run: dict[str, Any]) -> str:
+    out = ['<?xml version="1.0" encoding="UTF-8"?>']
+    if is_matrix(run):
+        out.append('<testsuites name="klptrace">')
+        for r in run["runs"]:
+            out += _suite(r, f"klptrace on {r['kernel']}", "  ")
+        out.append("</testsuites>")
+    else:
+        out += _suite(run, "klptrace", "")
     return "\n".join(out) + "\n"

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from klptrace.results import is_matrix
+from klptrace.results import Status, is_matrix
 
 DEFAULT_ORIGIN = "klptrace"
 #: KCIDB's pattern for an origin (and the part of every id before the colon)
@@ -26,7 +26,7 @@ EXCERPT_LINES = 30
 #: The schema's maxLength for log_excerpt
 EXCERPT_MAX = 16384
 
-_STATUS = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
+_STATUS = {Status.PASS: "PASS", Status.FAIL: "FAIL", Status.ERROR: "ERROR", Status.SKIP: "SKIP"}
 _PATH_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 # kernel_info fields that name the build, and where they go when present
 _BUILD_MISC = ("release", "build", "builder", "linker", "debian_version", "package", "suite")

@@ -1,22 +1,56 @@
-"""text: a table, one row per scenario, then each failure's explanation and diff."""
+"""text: a table, one row per scenario (a column per kernel for a matrix), then each
+problem's explanation and diff."""
+
+from typing import Any
 
 from tabulate import tabulate
 
+from klptrace.results import Status, is_matrix
 
-def render(run: dict) -> str:  # type: ignore[type-arg]
-    rows = [(s["id"], s["status"].upper(), len(s["events"]), f"{s['duration_s']:.1f}")
-            for s in run["scenarios"]]
-    out = [f"kernel {run['kernel']}, lost events: {run['lost_events']}", ""]
-    out.append(tabulate(rows, headers=["scenario", "result", "events", "seconds"]))
+_QUIET = (Status.PASS, Status.SKIP)
+
+
+def _details(run: dict[str, Any], where: str = "") -> list[str]:
+    out: list[str] = []
     for s in run["scenarios"]:
-        if s["status"] in ("pass", "skip") and not s.get("notes"):
+        if s["status"] in _QUIET and not s.get("notes"):
             continue
-        out += ["", f"--- {s['id']}: {s['status']}"]
+        out += ["", f"--- {s['id']}{where}: {s['status']}"]
         if s.get("explanation"):
             out.append(s["explanation"])
         out += [f"  {p}" for p in s.get("problems", [])]
         out += [f"  note: {n}" for n in s.get("notes", [])]
         out += s.get("diff", [])
-    counts = run["totals"]
-    out += ["", ", ".join(f"{n} {k}" for k, n in counts.items())]
+    return out
+
+
+def _totals(t: dict[str, int]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in t.items())
+
+
+def _matrix(doc: dict[str, Any]) -> str:
+    runs = doc["runs"]
+    ids = list(dict.fromkeys(s["id"] for r in runs for s in r["scenarios"]))
+    cells = {(i, s["id"]): s["status"].upper() for i, r in enumerate(runs)
+             for s in r["scenarios"]}
+    rows = [(sid, *(cells.get((i, sid), "-") for i in range(len(runs)))) for sid in ids]
+    out = [f"{len(runs)} kernels, lost events: "
+           + ", ".join(f"{r['kernel']} {r['lost_events']}" for r in runs), ""]
+    out.append(tabulate(rows, headers=["scenario", *(r["kernel"] for r in runs)]))
+    for r in runs:
+        out += _details(r, f" on {r['kernel']}")
+    out += ["", *(f"{r['kernel']}: {_totals(r['totals'])}" for r in runs),
+            f"all: {_totals(doc['totals'])}"]
+    return "\n".join(out) + "\n"
+
+
+def render(run: dict[str, Any]) -> str:
+    if is_matrix(run):
+        return _matrix(run)
+    rows = [(s["id"], s["status"].upper(), len(s["events"]), f"{s['duration_s']:.1f}")
+            for s in run["scenarios"]]
+    out = [f"kernel {run['kernel']}, lost events: {run['lost_events']}", ""]
+    out.append(tabulate(rows, headers=["scenario", "result", "events", "seconds"]))
+    out += _details(run)
+    out += ["", _totals(run["totals"])]
     return "\n".join(out) + "\n"

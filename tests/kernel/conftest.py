@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -11,24 +12,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from util import skip_or_fail
 
-from klptrace import commands, kmod
+from klptrace import kmod
+from klptrace.commands import run as run_cmd
 from klptrace.errors import NotSupported
 
-_reason: list[str] = []
 
-
+@functools.cache
 def _why_not() -> str:
-    """Why this machine cannot run kernel tests ('' if it can); cached."""
-    if not _reason:
-        if os.geteuid() != 0:
-            _reason.append("kernel tests need root")
-        elif not os.path.isdir("/sys/kernel/livepatch"):
-            _reason.append("this kernel has no livepatch (/sys/kernel/livepatch is missing)")
-        elif not os.path.exists("/sys/kernel/tracing/kprobe_events"):
-            _reason.append("this kernel has no kprobe events")
-        else:
-            _reason.append("")
-    return _reason[0]
+    """Why this machine cannot run kernel tests ('' if it can): klptrace's own check."""
+    problem = kmod.unsupported()
+    return problem.message if problem is not None else ""
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +31,7 @@ def module_dir() -> Path:
     if why:
         skip_or_fail(why)
     try:
-        return commands.module_dir(os.environ.get("KLPTRACE_MODULES"),
+        return run_cmd.module_dir(os.environ.get("KLPTRACE_MODULES"),
                                    ["klptrace_target", "klptrace_busy", "klptrace_lp",
                                     "klptrace_lp2"])
     except NotSupported as e:

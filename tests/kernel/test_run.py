@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from klptrace import kmod, kmsg, probes
+from klptrace import kmod, probes, transcript
 
 REPEAT = int(os.environ.get("KLPTRACE_RUN_REPEAT", "5"))
 
@@ -49,7 +49,7 @@ def test_dmesg_witness_agrees(run: dict[str, Any]) -> None:
     """The kernel log (dynamic debug on) shows what BPF recorded, line for line."""
     for s in run["scenarios"]:
         assert s["dmesg"], f"{s['id']}: no kernel log lines"
-        assert s["dmesg"] == kmsg.witnessed(s["recorded"]), s["id"]
+        assert s["dmesg"] == transcript.witnessed(s["recorded"]), s["id"]
         assert any("initializing patching transition" in line for line in s["dmesg"]), s["id"]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -13,8 +12,9 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import checker, elf, kmod, probes
+from klptrace import checker, elf, kmod, kmsg, probes
 from klptrace.recorder import Recorder
+from klptrace.results import Status
 
 EXPECTED = """\
 # acme_lp with its target loaded first, as test-callbacks.sh's first test
@@ -145,39 +145,20 @@ def test_user_scenario_directory(module_dir: Path, tmp_path: Path) -> None:
     assert [(s["id"], s["status"]) for s in doc["scenarios"]] == [("acme-target-first", "pass")]
 
 
-def _kmsg_tail() -> int:
-    """/dev/kmsg opened at its end: what the kernel logs from now on."""
-    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    os.lseek(fd, 0, os.SEEK_END)
-    return fd
-
-
-def _kmsg_read(fd: int) -> list[str]:
-    """The messages logged since the last read (a record lost to an overrun fails the test)."""
-    out = []
-    while True:
-        try:
-            raw = os.read(fd, 8192)
-        except OSError as e:
-            if e.errno == errno.EAGAIN:
-                return out
-            raise
-        out.append(raw.decode("utf-8", "replace").partition(";")[2].split("\n", 1)[0])
-
-
 def test_trace_leaves_no_line_in_the_workloads_kernel_log(module_dir: Path) -> None:
     """Deferred probes make the kernel log one line each when klptrace registers them,
     before it starts COMMAND; while COMMAND loads and unloads the livepatch (and
     while klptrace tears down) trace_kprobe logs nothing: every probe is armed."""
     canary = f"klptrace-test workload starts {uuid.uuid4()}"
     script = f'echo "{canary}" > /dev/kmsg\n' + SCRIPT
-    fd = _kmsg_tail()
+    klog = kmsg.KernelLog()  # what the kernel logs from now on
     try:
         p = _trace(module_dir, "--format", "json", script=script)
-        log = _kmsg_read(fd)
+        log = klog.read()
     finally:
-        os.close(fd)
+        klog.close()
     assert p.returncode == 0, p.stderr
+    assert "klptrace: kernel log records were overwritten" not in log  # none were lost
     setup, workload = log[:log.index(canary)], log[log.index(canary) + 1:]
     deferred = [m for m in setup if m.startswith(probes.DEFERRED_MESSAGE)]
     n = len(elf.read_module(str(module_dir / "acme_lp.ko")).callback_candidates)
@@ -219,7 +200,7 @@ def test_a_probe_the_kernel_does_not_arm_is_an_error(module_dir: Path,
     assert good and all(pr["ok"] and pr["armed"] for pr in good), good
     problems = checker.integrity(recording)
     assert [p for p in problems if "was not armed" in p and "acme_no_such_function" in p]
-    assert checker.check([], recording).status == checker.ERROR
+    assert checker.judge([], recording).status == Status.ERROR
 
 
 @pytest.fixture(autouse=True)

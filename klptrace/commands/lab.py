@@ -1,0 +1,84 @@
+"""`klptrace kernel`, `build` and `vm`: the kernel lab from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from klptrace.commands import say, signals_unwind
+from klptrace.errors import UsageError
+from klptrace.lab import defaults
+
+
+@dataclasses.dataclass
+class KernelOptions:
+    kernel: str | None = None
+    refresh: bool = False
+
+
+def kernel(opts: KernelOptions) -> int:
+    """Fetch a guest kernel into the cache (if it is not there) and say where it is."""
+    from klptrace.lab import kernels
+
+    said: list[str] = []
+
+    def progress(msg: str) -> None:
+        said.append(msg)
+        say(msg)
+
+    k = kernels.ensure(opts.kernel, refresh=opts.refresh, progress=progress)
+    if not any(m.startswith("downloading") for m in said):
+        say(f"kernel {k.release}: in the cache, nothing downloaded")
+    print(f"release  {k.release}")
+    print(f"suite    {k.suite or '(not known: not fetched from a suite)'}")
+    print(f"image    {k.image}")
+    print(f"modules  {k.modules_dir}")
+    print(f"kdir     {k.kdir or '(no headers)'}")
+    return 0
+
+
+@dataclasses.dataclass
+class BuildOptions:
+    kernel: str | None = None
+    kdir: str | None = None
+
+
+def build(opts: BuildOptions) -> int:
+    """Build klptrace's test modules for a cached kernel (or a kbuild directory)."""
+    from klptrace import assets
+    from klptrace.lab import kernels
+
+    if opts.kdir:
+        built = assets.build_modules(kdir=Path(opts.kdir), say=say)
+    else:
+        built = assets.build_modules(kernels.ensure(opts.kernel, progress=say), say=say)
+    state = "built" if built.rebuilt else "up to date, nothing rebuilt"
+    say(f"modules for {built.release}: {state} in {built.dir}")
+    for ko in built.modules:
+        print(ko)
+    return 0
+
+
+@dataclasses.dataclass
+class VmOptions:
+    kernel: str | None = None
+    cpus: int = defaults.CPUS
+    memory: str = defaults.MEMORY
+    timeout: float = defaults.TIMEOUT_S
+    rwdir: list[str] = dataclasses.field(default_factory=list)
+    command: list[str] = dataclasses.field(default_factory=list)
+
+
+def vm(opts: VmOptions) -> int:
+    """Boot the kernel and run the command in the guest: its exit status."""
+    from klptrace.lab import kernels
+    from klptrace.lab import vm as lab_vm
+
+    command = opts.command[1:] if opts.command[:1] == ["--"] else list(opts.command)
+    if not command:
+        raise UsageError("no command to run in the guest", hint="klptrace vm -- CMD ...")
+    lab_vm.check_host()  # before a kernel download that would be for nothing
+    with signals_unwind():  # during the kernel fetch too (vm.run handles its own)
+        k = kernels.ensure(opts.kernel, progress=say)
+        return lab_vm.run(k, command, cpus=opts.cpus, memory=opts.memory,
+                          timeout=opts.timeout, rwdirs=[Path(d) for d in opts.rwdir], say=say)

@@ -1,0 +1,195 @@
+"""`klptrace stall`: why a livepatch transition is stuck, at once; --watch follows it.
+
+It starts fast (a person waits for its first answer): nothing heavier than the
+stall report's own modules is imported before the answer, and BPF only with
+--watch. The report itself is klptrace/stall.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from klptrace import files, kmod
+from klptrace.commands import STALL_TIMEOUT_S, line, signals_unwind
+from klptrace.errors import KlptraceError, UsageError
+
+
+@dataclasses.dataclass
+class StallOptions:
+    patch: str | None = None  # default: the livepatch in transition
+    watch: bool = False
+    wait: bool = False
+    timeout: float = STALL_TIMEOUT_S
+    format: str = "text"
+    output: str | None = None
+
+
+def run(opts: StallOptions) -> int:
+    """Explain the livepatch transition in progress (exit 0), or follow it with --watch
+    (exit 0 once it completed, 1 if it was still in transition at the timeout)."""
+    from klptrace import stall as st
+
+    problem = kmod.unsupported(kprobes=opts.watch)
+    if problem is not None:
+        raise problem
+    if opts.format == "html" and not opts.watch:
+        raise UsageError("--format html draws a watched transition's timeline",
+                         "add --watch, or use --format text or json")
+    if opts.patch and not kmod.is_patch(opts.patch):
+        raise UsageError(f"no livepatch named {opts.patch}",
+                         "livepatches here: " + (", ".join(kmod.patches()) or "none"))
+    deadline = time.monotonic() + opts.timeout
+    patch = opts.patch or st.transition_patch()
+    while opts.wait and (patch is None or kmod.patch_attr(patch, "transition") != "1"):
+        if time.monotonic() > deadline:
+            raise KlptraceError(f"no livepatch transition started within {opts.timeout:.0f} s")
+        time.sleep(0.1)
+        patch = opts.patch or st.transition_patch()
+    if opts.watch:
+        with signals_unwind():
+            return _watch(opts, patch, deadline)
+    rep = st.snapshot(patch)
+    if opts.format == "json":
+        doc = rep.to_json() if rep else {"patch": patch, "in_transition": False}
+        _write(opts, json.dumps(doc, indent=1) + "\n")
+    else:
+        _write(opts, st.render_text(rep))
+    return 0
+
+
+def _write(opts: StallOptions, text: str) -> None:
+    if opts.output:
+        files.write_text(opts.output, text)
+    else:
+        files.write_stdout(text)
+
+
+@dataclasses.dataclass
+class Watched:
+    """What a watch saw: each task first seen pending, when it switched, the last report."""
+
+    seen: dict[int, tuple[Any, float]] = dataclasses.field(default_factory=dict)
+    latency: dict[int, float] = dataclasses.field(default_factory=dict)
+    last: Any = None  # stall.Report
+
+    def update(self, rep: Any, now: float) -> None:
+        """Fold in a snapshot (None once the transition is over) taken at now."""
+        pending = {t.tid for t in rep.tasks} if rep else set()
+        for t in rep.tasks if rep else []:
+            self.seen.setdefault(t.tid, (t, now))
+        for tid, (_t, since) in self.seen.items():
+            if tid not in pending and tid not in self.latency:
+                self.latency[tid] = now - since
+        if rep is not None:
+            self.last = rep
+
+
+def summary(patch: str, watched: Watched, events: list[Any], attached_ns: int,
+            completed: bool) -> dict[str, Any]:
+    """The watch's JSON: the direction, whether it completed, the timeline, each task."""
+    from klptrace import stall as st
+    from klptrace.events import EventKind
+
+    done = [e for e in events if e.kind == EventKind.TRANSITION_DONE and e.patch == patch]
+    return {
+        "patch": patch,
+        "direction": watched.last.direction if watched.last else None,
+        "completed": completed,
+        "result": (f"{done[-1].to_json().get('target', '?')} complete" if done
+                   else "in transition" if not completed else "complete"),
+        "timeline": st.timeline(events, patch, attached_ns=attached_ns),
+        "tasks": [{"pid": t.pid, "tid": t.tid, "comm": t.comm, "reason": t.reason,
+                   "function": t.function,
+                   "switch_latency_s": (round(watched.latency[tid], 3)
+                                        if tid in watched.latency else None)}
+                  for tid, (t, _s) in watched.seen.items()],
+    }
+
+
+def render_summary(s: dict[str, Any]) -> str:
+    """The watch's summary for a person."""
+    lines = [f"{s['patch']}: transition {'complete' if s['completed'] else 'still in progress'}",
+             "timeline:"]
+    lines += [f"  {i['t_s']:8.3f} s  {i['what']}"
+              + (f", {i['tasks_left']} task(s) left" if "tasks_left" in i else "")
+              for i in s["timeline"]]
+    lines.append("tasks:")
+    lines += [f"  {t['comm']}:{t['tid']} {t['reason']} {t['function']} -> switched after "
+              + (f"{t['switch_latency_s']:.1f} s" if t["switch_latency_s"] is not None
+                 else "(not switched)") for t in s["tasks"]]
+    return "\n".join(lines) + "\n"
+
+
+def html_document(s: dict[str, Any], watched: Watched, events: list[Any],
+                  duration_s: float) -> dict[str, Any]:
+    """The watch as a run document of one scenario, for the HTML report's timeline."""
+    from klptrace.results import Recording, RunDocument, ScenarioResult, Status, Verdict
+    from klptrace.transcript import render
+
+    report = dict(watched.last.to_json()) if watched.last else {"patch": s["patch"]}
+    report["timeline"] = s["timeline"]
+    status = Status.PASS if s["completed"] else Status.FAIL
+    why = "" if s["completed"] else f"{s['patch']} was still in transition when the watch ended"
+    verdict = Verdict(status, [], render(events), why)
+    result = ScenarioResult(f"stall {s['patch']}", verdict, Recording(list(events)),
+                            duration_s, notes=["a watch of a transition: nothing was expected, "
+                                               "this is what the kernel did"], stall=report)
+    return RunDocument(os.uname().release, [result]).to_json()
+
+
+def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
+    from klptrace import stall as st
+    from klptrace.recorder import Recorder
+
+    if patch is None:
+        _write(opts, st.render_text(None))
+        return 0
+    tty = sys.stdout.isatty() and not opts.output and opts.format == "text"
+    line(f"Attaching BPF probes to watch {patch}'s transition...")
+    watched = Watched()
+    stopped: KeyboardInterrupt | None = None
+    with Recorder([]) as rec:
+        t_attach = time.monotonic()
+        line(f"Watching {patch} (Ctrl-C to stop).")
+        try:
+            while True:
+                rep = st.snapshot(patch, rec.events)
+                now = time.monotonic()
+                watched.update(rep, now)
+                if rep is None:
+                    break
+                if tty:
+                    sys.stdout.write("\x1b[H\x1b[2J" + st.render_text(rep))
+                    sys.stdout.flush()
+                else:
+                    left = ", ".join(f"{t.comm}:{t.tid} {t.reason} {t.function}".strip()
+                                     for t in rep.tasks[:3])
+                    line(f"{now - t_attach:6.1f} s  tries {rep.tries if rep.tries else '?'}: "
+                         f"{len(rep.tasks)} task(s) left: {left}")
+                if now > deadline:
+                    break
+                rec.poll(1000)
+        except KeyboardInterrupt as e:  # Ctrl-C ends the watch: what was seen is still told
+            stopped = e
+            line("stopped watching; what was seen so far:")
+        rec.drain()
+        events = list(rec.events)
+    completed = kmod.patch_attr(patch, "transition") != "1"
+    s = summary(patch, watched, events, int(t_attach * 1e9), completed)
+    if opts.format == "json":
+        _write(opts, json.dumps(s, indent=1) + "\n")
+    elif opts.format == "html":
+        from klptrace import report
+
+        _write(opts, report.render("html", html_document(s, watched, events,
+                                                         time.monotonic() - t_attach)))
+    else:
+        _write(opts, render_summary(s))
+    if stopped is not None:
+        raise stopped
+    return 0 if completed else 1

@@ -1,0 +1,122 @@
+"""`klptrace trace`: probes on, COMMAND (or until Ctrl-C), the livepatch story out.
+
+The pure part (the kernel log's `%` lines as steps, resolving a module name)
+is klptrace/trace.py; this module runs the command and writes the story.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+
+from klptrace import checker, files, kmsg
+from klptrace.commands import Output, emit, line, say, signals_unwind
+from klptrace.errors import UsageError
+from klptrace.oops import Oops
+from klptrace.recorder import Recorder
+from klptrace.results import RunDocument, ScenarioResult
+
+
+@dataclasses.dataclass
+class TraceOptions:
+    module: list[str] = dataclasses.field(default_factory=list)  # .ko paths or names
+    format: str = "transcript"
+    output: str | None = None
+    expect: str | None = None  # a transcript the recording must match
+    command: list[str] = dataclasses.field(default_factory=list)
+
+
+def run(opts: TraceOptions) -> int:
+    from klptrace import probes
+    from klptrace import trace as tr
+    from klptrace.transcript import parse_expectation, render
+
+    command = opts.command[1:] if opts.command[:1] == ["--"] else list(opts.command)
+    expected = None
+    if opts.expect:
+        expected = parse_expectation(files.read_text(
+            opts.expect, hint="--expect reads a transcript you wrote (a text file)"))
+    kos = [tr.resolve_module(m) for m in opts.module]
+    probes.check_kernel()
+    status = 0
+    oops: Oops | None = None
+    watch = kmsg.OopsWatch()
+    try:
+        with signals_unwind() if command else contextlib.nullcontext(), kmsg.devkmsg_unlimited(), \
+                Recorder(kos) as rec:
+            klog = kmsg.KernelLog()
+            line(f"Tracing livepatch events{' of ' + ', '.join(opts.module) if kos else ''}"
+                 + ("... Ctrl-C to end." if not command else f"; running {' '.join(command)}"))
+            start = rec.now()
+            if command:
+                status, oops = _run_command(command, rec, watch)
+            else:
+                try:
+                    while oops is None:
+                        rec.poll(200)
+                        oops = watch.check()
+                except KeyboardInterrupt:
+                    pass
+            recording = rec.recording(start)
+            user = [msg for fac, msg in klog.records() if fac != 0]
+            klog.close()
+            oops = oops or watch.check()
+            if oops is not None:
+                rec.wedged = "the kernel oopsed"
+    finally:
+        watch.close()
+    merged = tr.merge_log(recording.events, user)
+    recording.events = merged.events
+    oopsed = ""
+    if oops is not None:
+        oopsed = "the kernel oopsed: " + "; ".join(oops.summary)
+    for p in [*checker.integrity(recording), *([oopsed] if oopsed else []), *merged.notes]:
+        say(p)
+    if expected is not None:
+        v = checker.judge(expected, recording, step_error=oopsed,
+                          oops=oops.lines if oops else ())
+        doc = RunDocument(os.uname().release, [ScenarioResult(
+            "trace", v, recording, notes=merged.notes, step_error=oopsed,
+            oops=oops.lines if oops else [])], recording.lost, recording.probes)
+        fmt = opts.format if opts.format in ("json", "ktap", "junit") else "text"
+        code = emit(doc, Output(format=fmt, output=opts.output))
+        return code or (1 if status else 0)
+    lines = render(recording.events)
+    problems = checker.integrity(recording) + ([oopsed] if oopsed else [])
+    if opts.format == "json":
+        text = json.dumps({
+            "kernel": os.uname().release, "command": command, "status": status,
+            "lost_events": recording.lost, "probes": recording.probes,
+            "events": [e.to_json() for e in recording.events],
+            "callbacks": tr.callbacks_json(recording.events), "transcript": lines,
+            "notes": merged.notes, "problems": problems,
+            **({"oops": oops.lines} if oops else {})}, indent=1) + "\n"
+    else:
+        text = "".join(f"{x}\n" for x in lines)
+    if opts.output:
+        files.write_text(opts.output, text)
+    else:
+        files.write_stdout(text)
+    return (status or 1) if problems else status
+
+
+def _run_command(command: list[str], rec: Recorder, watch: kmsg.OopsWatch
+                 ) -> tuple[int, Oops | None]:
+    """COMMAND's exit status while the recorder records; an oops ends the wait at once."""
+    try:
+        proc = subprocess.Popen(command)
+    except OSError as e:
+        raise UsageError(f"cannot run {command[0]}: {e.strerror}") from None
+    oops = None
+    while proc.poll() is None and oops is None:
+        rec.poll(100)
+        oops = watch.check()
+    if oops is not None and proc.poll() is None:
+        # a task of it may sleep in the wedged livepatch core for good
+        proc.kill()
+        say(f"the kernel oopsed; {command[0]} (pid {proc.pid}) is left behind, it may never "
+            "return from the kernel")
+    return (proc.returncode if proc.returncode is not None else 1), oops

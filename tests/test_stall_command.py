@@ -1,0 +1,119 @@
+"""`klptrace stall` offline: a fake /proc and /sys/kernel/livepatch stand in for the kernel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from klptrace import cli, kmod, stall
+from klptrace.commands import stall as stall_cmd
+from klptrace.events import Event, EventKind
+
+WORKER_STACK = ("[<0>] msleep+0x2d/0x40\n"
+                "[<0>] klptrace_busy_work_func+0x3f/0x70 [klptrace_busy]\n"
+                "[<0>] process_one_work+0x1c7/0x380\n[<0>] worker_thread+0x4d/0x380\n")
+
+
+def _task(proc: Path, pid: int, tid: int, comm: str, state: str, patch_state: int,
+          stack: str, kthread: bool) -> None:
+    d = proc / str(pid) / "task" / str(tid)
+    d.mkdir(parents=True)
+    flags = 0x00200000 if kthread else 0  # PF_KTHREAD
+    (d / "stat").write_text(f"{tid} ({comm}) {state} 2 0 0 0 -1 {flags} 0 0 0 0 0 0\n")
+    (d / "comm").write_text(comm + "\n")
+    (d / "status").write_text(f"Name:\t{comm}\nState:\t{state} (x)\n"
+                              "voluntary_ctxt_switches:\t5\nnonvoluntary_ctxt_switches:\t1\n")
+    (d / "stack").write_text(stack)
+    (d / "patch_state").write_text(f"{patch_state}\n")
+
+
+@pytest.fixture
+def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A kernel with klptrace_lp patching: its worker blocks, a shell has switched."""
+    proc, sysfs = tmp_path / "proc", tmp_path / "livepatch"
+    _task(proc, 61, 61, "kworker/1:1", "D", 0, WORKER_STACK, kthread=True)
+    _task(proc, 300, 300, "sh", "S", 1, "[<0>] do_wait+0x1/0x2\n", kthread=False)
+    _task(proc, 301, 301, "idle-ish", "S", -1, "", kthread=False)  # not a livepatch task
+    patch = sysfs / "klptrace_lp"
+    (patch / "klptrace_busy" / "klptrace_busy_work_func,1").mkdir(parents=True)
+    (patch / "enabled").write_text("1\n")
+    (patch / "transition").write_text("1\n")
+    monkeypatch.setattr(stall, "PROC", str(proc))
+    monkeypatch.setattr(kmod, "LIVEPATCH_SYSFS", sysfs)
+    monkeypatch.setattr(kmod.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(stall, "kernel_log", lambda: [
+        (100.0, "livepatch: 'klptrace_lp': starting patching transition")])
+    return tmp_path
+
+
+def test_the_report_names_the_blocking_worker(machine: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["stall", "--format", "json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["patch"], rep["direction"], rep["in_transition"]) == ("klptrace_lp", "patching",
+                                                                      True)
+    [worker] = rep["tasks"]  # the shell has switched; the other task is not a livepatch one
+    assert (worker["comm"], worker["tid"], worker["kthread"]) == ("kworker/1:1", 61, True)
+    assert (worker["reason"], worker["function"]) == ("sleeping on function",
+                                                      "klptrace_busy_work_func")
+    assert any("kernel thread" in s for s in rep["next_steps"])
+    assert any("echo 0 > /sys/kernel/livepatch/klptrace_lp/enabled" in s
+               for s in rep["next_steps"])
+
+
+def test_the_text_report(machine: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["stall"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("klptrace_lp: patching transition in progress")
+    assert "kworker/1:1:61 (kthread) sleeping on function klptrace_busy_work_func()" in out
+
+
+def test_no_transition_and_an_unknown_patch(machine: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (machine / "livepatch" / "klptrace_lp" / "transition").write_text("0\n")
+    assert cli.main(["stall"]) == 0
+    assert capsys.readouterr().out == "no livepatch transition in progress\n"
+    assert cli.main(["stall", "--format", "json", "klptrace_lp"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"patch": "klptrace_lp",
+                                                   "in_transition": False}
+    assert cli.main(["stall", "nope"]) == 2
+    assert "no livepatch named nope" in capsys.readouterr().err
+
+
+def test_html_needs_a_watch(machine: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["stall", "--format", "html"]) == 2
+    assert "add --watch" in capsys.readouterr().err
+
+
+def test_a_watch_s_summary_and_page(machine: Path) -> None:
+    # what a watch saw: the worker pending at two snapshots, then the transition over
+    rep = stall.snapshot("klptrace_lp")
+    assert rep is not None
+    watched = stall_cmd.Watched()
+    watched.update(rep, 10.0)
+    watched.update(rep, 11.0)
+    watched.update(None, 12.5)
+    s = 1_000_000_000
+    events = [Event(EventKind.TRANSITION_TRY, 9 * s, patch="klptrace_lp", state=1, ret=3),
+              Event(EventKind.TASK_BLOCKED, 9 * s + 1, tid=61, comm="kworker/1:1", ret=-98,
+                    patch="klptrace_lp", object="klptrace_busy_work_func"),
+              Event(EventKind.TRANSITION_DONE, 12 * s, patch="klptrace_lp", state=1)]
+    summary = stall_cmd.summary("klptrace_lp", watched, events, 8 * s, completed=True)
+    assert summary["result"] == "patched complete" and summary["completed"]
+    assert [i["what"] for i in summary["timeline"]] == [
+        "klptrace attached (the transition had started)", "try 4", "complete (patching)"]
+    [t] = summary["tasks"]
+    assert (t["tid"], t["switch_latency_s"]) == (61, 2.5)
+    text = stall_cmd.render_summary(summary)
+    assert "kworker/1:1:61 sleeping on function klptrace_busy_work_func -> switched after " \
+           "2.5 s" in text
+    doc = stall_cmd.html_document(summary, watched, events, 4.5)
+    [sc] = doc["scenarios"]
+    assert sc["id"] == "stall klptrace_lp" and sc["status"] == "pass"
+    assert sc["stall"]["timeline"] == summary["timeline"]
+    from klptrace import report
+
+    page = report.render("html", doc)
+    assert "stall klptrace_lp" in page and "<svg" in page and "klptrace_busy_work_func" in page
