@@ -79,8 +79,11 @@ test-kernels: setup
 
 # klptrace's main job: the 11 scenarios, in the lab VM (this host's kernel
 # cannot load modules), recorded with BPF and checked; a table of results.
+# KERNELS="6.1 latest" runs them on each, one guest per kernel: one table with a
+# column per kernel (empty: the default kernel of this host's Debian).
+KERNELS :=
 run: setup
-	$(KLPTRACE) run --vm
+	$(KLPTRACE) run --vm $(foreach k,$(KERNELS),--kernel $(k))
 
 test: test-kernels test-deb-packages
 	KLPTRACE_TEST_KERNELS="$(TEST_KERNELS)" $(VENV)/bin/pytest -v

@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from klptrace.lab import build
-from klptrace.lab.kernels import Kernel
+if TYPE_CHECKING:  # the lab is imported only to build: a run in a guest never needs it
+    from klptrace.lab.build import Built
+    from klptrace.lab.kernels import Kernel
 
 
 def _package_dir(name: str) -> Path:
@@ -32,6 +34,8 @@ def modules_dir() -> Path:
 
 
 def build_modules(kernel: Kernel | None = None, *, kdir: Path | None = None,
-                  say: Callable[[str], None] | None = None) -> build.Built:
+                  say: Callable[[str], None] | None = None) -> Built:
     """klptrace's test modules built for kernel (or against kdir), as the lab builds any tree."""
+    from klptrace.lab import build
+
     return build.build(kernel, kdir=kdir, src=modules_dir(), say=say)

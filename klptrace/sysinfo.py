@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Any
 
 
@@ -64,3 +65,13 @@ def running_kernel() -> dict[str, Any]:
     info.setdefault("release", u.release)
     info["arch"] = u.machine
     return info
+
+
+def process_age_s(stat: str | None = None) -> float:
+    """Seconds since this process started (the interpreter's start included), from
+    /proc/self/stat's starttime (clock ticks since boot) and CLOCK_BOOTTIME."""
+    if stat is None:
+        with open("/proc/self/stat") as f:
+            stat = f.read()
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the fields after comm
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")

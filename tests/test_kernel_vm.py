@@ -45,7 +45,7 @@ def test_kernel_suite_in_guest(spec: str, capsys: pytest.CaptureFixture[str]) ->
             f"KLPTRACE_MODULES={built.dir}",
             # five runs in a row on 6.1 (the stress), one elsewhere (CI time)
             f"KLPTRACE_RUN_REPEAT={5 if spec == STRESS_KERNEL else 1}",
-            sys.executable, "-m", "pytest", "-v",
+            sys.executable, "-m", "pytest", "-v", "--durations=12",
             "-p", "no:cacheprovider", f"--junitxml={junit}", "--rootdir", str(REPO),
             str(REPO / "tests" / "kernel")]
     with capsys.disabled():

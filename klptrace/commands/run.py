@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,8 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
                               "kernel_info": info, "probes": [x.to_json() for x in p.status]}})
         run = runner.Runner(rec, str(mods), actor, watch, timeout_s=opts.timeout, log=say,
                             klog=klog)
+        # start-up as a user waits for it: from the process's start to the first scenario
+        timing["start_s"] = round(sysinfo.process_age_s(), 3)
         wedged_by = ""
         for s in [s for _ in range(opts.repeat) for s in scs]:
             if run.wedged:
@@ -247,8 +250,11 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
         lost = rec.lost()  # and raises a signal that a callback swallowed
         probe_status = [x.to_json() for x in p.status]
         rec.wedged = run.wedged
+        detach = time.monotonic()
+    timing["detach_s"] = round(time.monotonic() - detach, 3)  # and the settings put back
     leftovers = getattr(rec, "leftovers", [])
-    stream.put({"end": {"lost_events": lost, "probes": probe_status, "leftovers": leftovers}})
+    stream.put({"end": {"lost_events": lost, "probes": probe_status, "leftovers": leftovers,
+                        "timing": timing}})
     stream.close()
     doc = checker.account_lost(RunDocument(os.uname().release, done, lost, probe_status, timing,
                                            leftovers, info))
@@ -397,7 +403,7 @@ def _merge_boot(top: dict[str, Any], got: dict[str, Any]) -> None:
     start, end = got["start"] or {}, got["end"] or {}
     probes = end.get("probes", start.get("probes", []))
     if top["probes"] is None:
-        top["probes"], top["timing"] = probes, start.get("timing", {})
+        top["probes"], top["timing"] = probes, end.get("timing", start.get("timing", {}))
         top["kernel_info"] = start.get("kernel_info", {})
     else:
         top["probes"] += [p for p in probes if not p.get("ok")]
