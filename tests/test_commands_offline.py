@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from test_runner import FakeKernel
@@ -57,7 +57,7 @@ class FakeProbes:
     """probes.Probes with no BPF: attaches nothing, sends no kernel events."""
 
     lost_count = 0
-    attached: list[list[str]] = []
+    attached: ClassVar[list[list[str]]] = []
 
     def __init__(self, livepatch_modules: Any = (), build: Any = None) -> None:
         self.status = [_Status("kprobe:klp_enable_patch")]
