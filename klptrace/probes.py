@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,6 +22,7 @@ from typing import Any
 from klptrace import assets, btf, elf, kmod, kmsg, settings
 from klptrace.errors import KlptraceError, NotSupported
 from klptrace.events import Callback, Event, EventKind, carries_ret, carries_state
+from klptrace.lab import defaults
 
 #: the BPF C (klptrace.bpf.c), its header and the stand-in kernel headers for bcc
 BPF_DIR = assets.bpf_dir()
@@ -209,7 +209,7 @@ def cflags() -> list[str]:
     # (the kernel suites load them all, on 6.1 and the newest kernel).
     flags = [f"-I{BPF_DIR}", "-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-g0",
              "-Oz"]
-    flags += [f"-D{k}={v}" for k, v in btf.layout(btf.BTF.load()).items()]
+    flags += [f"-D{k}={v}" for k, v in btf.cached_layout(defaults.cache_dir()).items()]
     addrs = _kallsyms(GLOBALS.values())
     for define, sym in GLOBALS.items():
         if not addrs.get(sym):
@@ -497,8 +497,7 @@ class Probes:
         with expedited_grace_periods() if expedite else contextlib.nullcontext():
             if self._bpf is not None:
                 try:
-                    _close_perf_events(self._bpf)
-                    self._bpf.cleanup()  # the rest: programs, maps, the ring buffer
+                    self._bpf.cleanup()
                 except Exception:
                     pass
                 self._bpf = None
@@ -543,28 +542,6 @@ class Probes:
         self._bpf = None  # this process only drops its references, at exit
         self._events_written = []
         return pid
-
-
-
-def _close_perf_events(bpf: Any) -> None:
-    """Close the perf events of bcc's probes all at once, then forget them in bcc.
-
-    Closing one waits for RCU grace periods in the kernel (the kprobe's
-    unregistration), and bcc closes them one after the other. Closed from many
-    threads at once (a call through ctypes releases the GIL), the waits overlap:
-    one grace period ends every waiter that began before it.
-    """
-    import concurrent.futures
-
-    lib = sys.modules["bcc.libbcc"].lib
-    fds = [fd for by_fn in bpf.kprobe_fds.values() for fd in by_fn.values()]
-    fds += list(bpf.tracepoint_fds.values())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(fds) or 1)) as pool:
-        list(pool.map(lib.bpf_close_perf_event_fd, fds))
-    for ev_name in list(bpf.kprobe_fds):
-        lib.bpf_detach_kprobe(ev_name)  # as bcc does: a legacy kprobe event, if it made one
-    bpf.kprobe_fds.clear()
-    bpf.tracepoint_fds.clear()
 
 
 def _kprobe_events(line: str) -> None:

@@ -70,3 +70,40 @@ def test_a_definition_with_members_wins_over_an_empty_one() -> None:
     b = _with_empty_module(first=False)
     assert b.sizeof("module") == 80
     assert b.offsetof("module", "name") == 24
+
+
+def _notes(*items: tuple[bytes, int, bytes]) -> bytes:
+    """ELF notes as /sys/kernel/notes holds them: (name, type, desc), 4-byte aligned."""
+    out = b""
+    for name, ntype, desc in items:
+        name += b"\0"
+        out += struct.pack("=III", len(name), len(desc), ntype)
+        out += name + b"\0" * (-len(name) % 4) + desc + b"\0" * (-len(desc) % 4)
+    return out
+
+
+def test_kernel_build_id() -> None:
+    bid = bytes.fromhex("4a5a9b0affb66c437abcd455d2738af879985fa9")
+    notes = _notes((b"Xen", 6, b"\1\2\3"), (b"GNU", 3, bid), (b"Linux", 1, b"\0\0\0\0"))
+    assert btf.kernel_build_id(notes) == bid.hex()
+    assert btf.kernel_build_id(_notes((b"Linux", 3, b"x"))) is None
+    assert btf.kernel_build_id(b"\x01") is None
+
+
+def test_the_layout_is_kept_per_build_id(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notes = tmp_path / "notes"
+    notes.write_bytes(_notes((b"GNU", 3, b"\xab\xcd")))
+    computed: list[str] = []
+    monkeypatch.setattr(btf.BTF, "load", classmethod(lambda cls, path: computed.append(path)))
+    monkeypatch.setattr(btf, "layout", lambda b: {k: 8 for k in [*btf.FIELDS, *btf.SIZES]})
+    first = btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
+    again = btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
+    assert first == again and computed == ["vmlinux"]  # read once, for this build
+    assert (tmp_path / "cache" / "layout" / "abcd.json").is_file()
+    # a cache of another klptrace (other fields) or a torn file is not trusted
+    (tmp_path / "cache" / "layout" / "abcd.json").write_text('{"OFF_X": 1}')
+    btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
+    assert computed == ["vmlinux", "vmlinux"]
+    # no build id: nothing is kept
+    btf.cached_layout(tmp_path / "c2", str(tmp_path / "absent"), "vmlinux")
+    assert not (tmp_path / "c2").exists()

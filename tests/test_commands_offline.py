@@ -229,6 +229,7 @@ def fake_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
                 lab.setdefault("staged", []).append(Path(argv[argv.index(flag) + 1],
                                                          name).is_file())
         stream = Path(argv[argv.index("--stream") + 1])
+        assert argv[0] == "env" and argv[1].startswith("KLPTRACE_CACHE=")
         rest = argv[argv.index("run") + 1:]
         ids = rest[:next(i for i, a in enumerate(rest) if a.startswith("--"))]
         return lab["play"].pop(0)(stream, ids)

@@ -21,7 +21,7 @@ from util import REPO, skip_or_fail
 
 from klptrace import assets
 from klptrace.errors import KlptraceError
-from klptrace.lab import kernels, vm
+from klptrace.lab import defaults, kernels, vm
 
 KERNELS = os.environ.get("KLPTRACE_TEST_KERNELS", "6.1 latest").split()
 #: the kernel whose suite runs `klptrace run` five times in a row (the stress)
@@ -42,6 +42,7 @@ def test_kernel_suite_in_guest(spec: str, capsys: pytest.CaptureFixture[str]) ->
     junit = rw / "junit.xml"
     saved = rw / "run.json"
     argv = ["env", "KLPTRACE_IN_GUEST=1", "KLPTRACE_REQUIRE_KERNEL=1", f"KLPTRACE_SAVE_RUN={saved}",
+            f"KLPTRACE_CACHE={defaults.cache_dir()}",
             f"KLPTRACE_MODULES={built.dir}",
             # five runs in a row on 6.1 (the stress), one elsewhere (CI time)
             f"KLPTRACE_RUN_REPEAT={5 if spec == STRESS_KERNEL else 1}",
@@ -51,7 +52,9 @@ def test_kernel_suite_in_guest(spec: str, capsys: pytest.CaptureFixture[str]) ->
     with capsys.disabled():
         print(f"\n--- kernel tests in the guest ({kernel.release}) ---", flush=True)
         started = time.monotonic()
-        status = vm.run(kernel, argv, rwdirs=[rw], cwd=REPO)
+        # the BTF layout kept across boots (btf.cached_layout), as run --vm does
+        layouts = defaults.cache_dir() / "layout"
+        status = vm.run(kernel, argv, rwdirs=[rw, layouts], cwd=REPO)
         print(f"--- end of the guest's output: kernel suite on {spec} ({kernel.release}) took "
               f"{time.monotonic() - started:.0f} s ---", flush=True)
     suite = ET.parse(junit).getroot()

@@ -20,7 +20,7 @@ from util import until
 
 from klptrace import cli
 from klptrace.errors import Interrupted, KlptraceError, UsageError
-from klptrace.lab import archive, build, kernels, vm
+from klptrace.lab import archive, build, defaults, kernels, vm
 
 # --- --kernel specs -----------------------------------------------------------
 
@@ -108,10 +108,10 @@ def test_cached_release_needs_no_apt(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_cache_dir_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KLPTRACE_CACHE", str(tmp_path))
-    assert kernels.cache_dir() == tmp_path
+    assert defaults.cache_dir() == tmp_path
     monkeypatch.delenv("KLPTRACE_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert kernels.cache_dir() == tmp_path / "home" / ".cache" / "klptrace"
+    assert defaults.cache_dir() == tmp_path / "home" / ".cache" / "klptrace"
 
 
 # --- apt sources and apt-cache output ------------------------------------------

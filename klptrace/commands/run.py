@@ -102,14 +102,13 @@ def run(opts: RunOptions) -> int:
 def module_dir(explicit: str | None, needed: list[str]) -> Path:
     """Where the test modules for the running kernel are, building them if headers exist."""
     from klptrace import assets
-    from klptrace.lab import kernels
 
     if explicit:
         d = Path(explicit)
     else:
         rel = os.uname().release
         kdir = Path(f"/lib/modules/{rel}/build")
-        d = kernels.cache_dir() / "modules" / rel
+        d = defaults.cache_dir() / "modules" / rel
         if not all((d / f"{m}.ko").is_file() for m in needed) and (kdir / "Makefile").is_file():
             d = assets.build_modules(kdir=kdir).dir
     missing = [m for m in needed if not (d / f"{m}.ko").is_file()]
@@ -187,6 +186,7 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
     from klptrace.recorder import Recorder
 
     line("Compiling klptrace's BPF probes...")
+    before_build = sysinfo.process_age_s()  # Python and klptrace's imports, the checks
     build = probes.Build()  # compiles while the checks below run
     foreign, refuse = _foreign(scs)
     if refuse:
@@ -215,6 +215,7 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
              f"{p.layout_s:.1f} s, compile {p.compile_s:.1f} s, attach {p.attach_s:.1f} s).")
         timing = {k: round(getattr(p, k), 3)
                   for k in ("import_s", "layout_s", "compile_s", "attach_s")}
+        timing["before_build_s"] = round(before_build, 3)
         info = sysinfo.running_kernel()
         stream.put({"start": {"kernel": os.uname().release, "timing": timing,
                               "kernel_info": info, "probes": [x.to_json() for x in p.status]}})
@@ -300,10 +301,12 @@ def run_vm(opts: RunOptions, spec: str | None) -> RunDocument:
                 opts, ids=[s.id for s in sequence[len(done):]], repeat=1, stream=str(stream),
                 modules=str(mods), scenarios=str(scen) if scen else None)
             died = ""
+            layouts = defaults.cache_dir() / "layout"  # kept across boots (btf.cached_layout)
             try:
-                status = vm.run(kernel, [sys.executable, "-m", "klptrace", *guest.to_argv()],
+                status = vm.run(kernel, ["env", f"KLPTRACE_CACHE={defaults.cache_dir()}",
+                                         sys.executable, "-m", "klptrace", *guest.to_argv()],
                                 cpus=opts.cpus or VM_CPUS, memory=opts.memory or VM_MEMORY,
-                                rwdirs=[Path(rw)], say=say,
+                                rwdirs=[Path(rw), layouts], say=say,
                                 done=lambda f=stream: _stream_ended(f))  # type: ignore[misc]
             except KlptraceError as e:  # a panic, a guest that stopped: not a signal
                 died, status = e.message, None

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from klptrace.errors import KlptraceError
 from klptrace.lab import archive, buildroot
-from klptrace.lab.kernels import Kernel, cache_dir
+from klptrace.lab.defaults import cache_dir
+from klptrace.lab.kernels import Kernel
 
 # What a kbuild source tree is made of; build products are never hashed or copied.
 _SOURCE_NAMES = ("Kbuild", "Makefile")

@@ -31,6 +31,7 @@ from pathlib import Path
 from klptrace.errors import KlptraceError, UsageError
 from klptrace.lab import archive
 from klptrace.lab.archive import Package, SuiteApt
+from klptrace.lab.defaults import cache_dir
 
 Progress = Callable[[str], None]
 
@@ -147,14 +148,6 @@ def host_default_track() -> tuple[str, str]:
     except OSError:
         text = ""
     return default_track(text)
-
-
-def cache_dir() -> Path:
-    """klptrace's cache: $KLPTRACE_CACHE, else ~/.cache/klptrace."""
-    env = os.environ.get("KLPTRACE_CACHE")
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path.home() / ".cache" / "klptrace"
 
 
 def cached_releases(cache: Path | None = None) -> list[str]:

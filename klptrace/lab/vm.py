@@ -28,7 +28,8 @@ from types import FrameType
 
 from klptrace.errors import Interrupted, KlptraceError
 from klptrace.lab import defaults
-from klptrace.lab.kernels import Kernel, cache_dir
+from klptrace.lab.defaults import cache_dir
+from klptrace.lab.kernels import Kernel
 
 DEFAULT_MEMORY = defaults.MEMORY
 DEFAULT_TIMEOUT = defaults.TIMEOUT_S
