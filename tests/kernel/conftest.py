@@ -17,6 +17,16 @@ from klptrace.commands import run as run_cmd
 from klptrace.errors import NotSupported
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """KLPTRACE_KERNEL_ONCE=0 deselects the `once` tests (not a skip: they run on the
+    stress kernel, and a skip would be a CI failure)."""
+    if os.environ.get("KLPTRACE_KERNEL_ONCE", "1") != "0":
+        return
+    keep = [i for i in items if i.get_closest_marker("once") is None]
+    config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+    items[:] = keep
+
+
 @functools.cache
 def _why_not() -> str:
     """Why this machine cannot run kernel tests ('' if it can): klptrace's own check."""

@@ -13,7 +13,7 @@ import pytest
 
 from klptrace import kmod, probes, transcript
 
-REPEAT = int(os.environ.get("KLPTRACE_RUN_REPEAT", "5"))
+REPEAT = int(os.environ.get("KLPTRACE_RUN_REPEAT", "3"))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def run(module_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 def _scenario(doc: dict[str, Any], sid: str) -> dict[str, Any]:
-    return next(s for s in doc["scenarios"] if s["id"] == sid)  # the first of the five
+    return next(s for s in doc["scenarios"] if s["id"] == sid)  # the first of the repeats
 
 
 def test_all_scenarios_pass(run: dict[str, Any]) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import checker, elf, kmod, kmsg, probes
+from klptrace import checker, elf, kmod, kmsg, probes, trace
+from klptrace.events import Event
 from klptrace.recorder import Recorder
 from klptrace.results import Status
 
@@ -73,14 +74,21 @@ def _trace(module_dir: Path, *args: str, n: int = 1, script: str = SCRIPT,
     return p
 
 
-def test_trace_prints_the_whole_transcript(module_dir: Path) -> None:
-    p = _trace(module_dir, "--format", "json")
-    assert p.returncode == 0
-    doc = json.loads(p.stdout)
+def test_trace_prints_the_whole_transcript_and_meets_its_expectation(module_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text(EXPECTED)
+    p = _trace(module_dir, "--expect", str(good), "--format", "json")
+    assert p.returncode == 0, p.stdout
+    doc = json.loads(p.stdout)  # with --expect, a run document of one scenario
     want = [line for line in EXPECTED.splitlines() if not line.startswith("#")]
-    assert doc["transcript"] == want
+    [sc] = doc["scenarios"]
+    assert (sc["id"], sc["status"]) == ("trace", "pass"), sc["explanation"]
+    assert sc["recorded"] == want
     assert doc["lost_events"] == 0 and all(pr["ok"] for pr in doc["probes"])
-    roles = [(c["callback"], c["object"], c["module_state"], c["ret"]) for c in doc["callbacks"]]
+    events = [Event.from_json(e) for e in sc["events"]]
+    roles = [(c["callback"], c["object"], c["module_state"], c["ret"])
+             for c in trace.callbacks_json(events)]
     assert roles == [
         ("pre_patch", "vmlinux", None, 0), ("pre_patch", "klptrace_target", "LIVE", 0),
         ("post_patch", "vmlinux", None, None), ("post_patch", "klptrace_target", "LIVE", None),
@@ -108,12 +116,7 @@ def test_trace_records_both_loads_and_a_failing_pre_patch(module_dir: Path) -> N
     subprocess.run(["rmmod", "klptrace_target"], capture_output=True)
 
 
-def test_expect_passes_and_fails_with_the_diff(module_dir: Path, tmp_path: Path) -> None:
-    good = tmp_path / "good.txt"
-    good.write_text(EXPECTED)
-    p = _trace(module_dir, "--expect", str(good), "--format", "ktap")
-    assert p.returncode == 0, p.stdout
-    assert "ok 1 trace" in p.stdout and "not ok" not in p.stdout
+def test_expect_fails_with_the_diff(module_dir: Path, tmp_path: Path) -> None:
     lines = EXPECTED.splitlines()
     i = lines.index("acme_lp: post_patch_callback: vmlinux")
     lines.insert(i - 2, lines.pop(i))  # one line moved
