@@ -100,7 +100,7 @@ bench: test-kernels
 # The README's picture: the HTML report of busy-target-module from the saved
 # run, drawn by headless Chromium.
 screenshot: venv test-deb-packages
-	$(VENV)/bin/python tests/browser.py tests/data/run-6.1.json busy-target-module \
+	$(VENV)/bin/python tests/browser.py tests/data/run-busy-6.1.json busy-target-module \
 		docs/busy-target-module.png
 
 # Optional: ruff and mypy are not among the dependencies (pip install ruff mypy).

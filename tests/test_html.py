@@ -443,3 +443,22 @@ def test_screenshot_of_one_scenario(chromium: Any, tmp_path: Path) -> None:
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert width > 1000 and height > 400
     assert len(data) < 300_000
+
+
+def test_real_stall_is_drawn() -> None:
+    """tests/data/run-busy-6.1.json, recorded by `klptrace run --vm --kernel 6.1
+    busy-target-module` (the README's screenshot): the worker that held the transition
+    is a blocked bar from its BPF record until the transition reversed, and the page
+    carries the stall report."""
+    run = json.loads((REPO / "tests" / "data" / "run-busy-6.1.json").read_text())
+    sd = _sd(run, "busy-target-module")
+    evs = _events(sd)
+    blocked = [e for e in evs if e.kind == EventKind.TASK_BLOCKED]
+    assert blocked and {e.object for e in blocked} == {"klptrace_busy_work_func"}  # its function
+    lay = tl.layout(evs, sd["stall"])
+    bar = next(b for b in lay.bars if b.cls == "blocked")
+    reverse = next(e for e in evs if e.kind == EventKind.TRANSITION_REVERSE)
+    assert bar.x0 == pytest.approx(_x(lay, blocked[0].ts_ns))
+    assert bar.x1 == pytest.approx(_x(lay, reverse.ts_ns))
+    section = html.scenario(sd)
+    assert "<h3>Stall report</h3>" in section and "klptrace_busy_work_func" in section
