@@ -682,11 +682,13 @@ def test_stop_ends_the_group_then_qemu_outside_it(tmp_path: Path) -> None:
     stubborn = "trap '' TERM; sleep 300 & touch " + shlex.quote(str(ready)) + "; wait"
     group = subprocess.Popen(["sh", "-c", stubborn], start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    qemu = subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done", marker],
-                            start_new_session=True)
+    # the stand-in says it is ready once its trap is set: a SIGTERM before that would end it
+    qemu_ready = tmp_path / "qemu-ready"
+    qemu = subprocess.Popen(["sh", "-c", "trap '' TERM; touch " + shlex.quote(str(qemu_ready))
+                             + "; while :; do sleep 0.1; done", marker], start_new_session=True)
     pid_file = tmp_path / "qemu.pid"
     pid_file.write_text(f"{qemu.pid}\n")
-    assert until(ready.exists, 10)
+    assert until(ready.exists, 10) and until(qemu_ready.exists, 10)
     members = vm._group_left(group.pid)
     assert group.pid in members and len(members) == 2
     t0 = time.monotonic()
