@@ -24,7 +24,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from klptrace import assets  # noqa: E402
+from klptrace import assets, btf  # noqa: E402
 from klptrace.errors import KlptraceError  # noqa: E402
 from klptrace.lab import defaults, kernels, vm  # noqa: E402
 
@@ -84,9 +84,9 @@ def measure(spec: str, threads: int) -> dict[str, Any]:
     accel = vm.choose_accel(kernel, vm.check_host())
     with tempfile.TemporaryDirectory(prefix="klptrace-bench-", dir="/tmp") as rw:
         out = Path(rw) / "bench.json"
-        # the BTF layout kept across boots (btf.cached_layout), as run --vm does
-        layouts = defaults.cache_dir() / "layout"
-        argv = ["env", f"KLPTRACE_CACHE={defaults.cache_dir()}", sys.executable,
+        # the BTF layouts kept across boots (btf.cached_layout), as run --vm does
+        share, layouts = btf.guest_layout_share(defaults.cache_dir())
+        argv = [*share, sys.executable,
                 str(REPO / "bench" / "guest.py"), "--modules", str(built.dir),
                 "--out", str(out), "--threads", str(threads)]
         with _Others() as others:

@@ -216,17 +216,28 @@ def kernel_build_id(notes: bytes) -> str | None:
     return None
 
 
+def layout_dir(cache: Path) -> Path:
+    """Where cached_layout keeps its files in cache: one per kernel build id."""
+    return cache / "layout"
+
+
+def guest_layout_share(cache: Path) -> tuple[list[str], Path]:
+    """What a command run in the lab guest needs to share this host's layouts: the `env`
+    prefix that points the guest's cache at cache, and the directory it must write."""
+    return ["env", f"KLPTRACE_CACHE={cache}"], layout_dir(cache)
+
+
 def cached_layout(cache: Path, notes_path: str = "/sys/kernel/notes",
                   btf_path: str = VMLINUX_BTF) -> dict[str, int]:
     """layout() of the running kernel, kept per kernel build id in cache: the same build
-    is the same BTF, and reading it is most of a run's layout time (1.0-1.4 s in the
-    emulated guest)."""
+    is the same BTF, which took 1.0-1.4 s to read in the emulated guest (what remains of
+    the `layout_s` timing once it is cached is reading /proc/kallsyms)."""
     try:
         with open(notes_path, "rb") as f:
             bid = kernel_build_id(f.read())
     except OSError:
         bid = None
-    saved = cache / "layout" / f"{bid}.json" if bid else None
+    saved = layout_dir(cache) / f"{bid}.json" if bid else None
     wanted = set(FIELDS) | set(SIZES)
     if saved is not None:
         try:

@@ -107,3 +107,11 @@ def test_the_layout_is_kept_per_build_id(tmp_path, monkeypatch: pytest.MonkeyPat
     # no build id: nothing is kept
     btf.cached_layout(tmp_path / "c2", str(tmp_path / "absent"), "vmlinux")
     assert not (tmp_path / "c2").exists()
+
+
+def test_a_guest_shares_the_hosts_layouts(tmp_path) -> None:
+    """The guest's command points its cache at the host's and may write its layouts
+    there: the directory cached_layout uses, which the guest must see writable."""
+    prefix, rwdir = btf.guest_layout_share(tmp_path / "cache")
+    assert prefix == ["env", f"KLPTRACE_CACHE={tmp_path / 'cache'}"]
+    assert rwdir == btf.layout_dir(tmp_path / "cache") == tmp_path / "cache" / "layout"

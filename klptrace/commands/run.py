@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from klptrace import checker, kmod, kmsg, scenario, sysinfo
+from klptrace import btf, checker, kmod, kmsg, scenario, sysinfo
 from klptrace.commands import RUN_TIMEOUT_S, Output, emit, line, say, scenarios_for, signals_unwind
 from klptrace.errors import KlptraceError, NotSupported, UsageError, interrupt
 from klptrace.lab import defaults
@@ -301,10 +301,11 @@ def run_vm(opts: RunOptions, spec: str | None) -> RunDocument:
                 opts, ids=[s.id for s in sequence[len(done):]], repeat=1, stream=str(stream),
                 modules=str(mods), scenarios=str(scen) if scen else None)
             died = ""
-            layouts = defaults.cache_dir() / "layout"  # kept across boots (btf.cached_layout)
+            # the BTF layouts, kept across boots (btf.cached_layout)
+            share, layouts = btf.guest_layout_share(defaults.cache_dir())
             try:
-                status = vm.run(kernel, ["env", f"KLPTRACE_CACHE={defaults.cache_dir()}",
-                                         sys.executable, "-m", "klptrace", *guest.to_argv()],
+                status = vm.run(kernel, [*share, sys.executable, "-m", "klptrace",
+                                         *guest.to_argv()],
                                 cpus=opts.cpus or VM_CPUS, memory=opts.memory or VM_MEMORY,
                                 rwdirs=[Path(rw), layouts], say=say,
                                 done=lambda f=stream: _stream_ended(f))  # type: ignore[misc]
