@@ -397,6 +397,12 @@ def test_trace_runs_the_command_and_tells_its_story(tmp_path: Path, fake_kernel:
     assert cli.main(["trace", "--module", str(ko), "--expect", str(expect), "--format", "ktap",
                      "--", "true"]) == 0
     assert "ok 1 trace" in capsys.readouterr().out
+    # an expectation the recording does not meet: exit status 1 and the diff
+    expect.write_text("% insmod other.ko\n")
+    sent.clear()
+    assert cli.main(["trace", "--module", str(ko), "--expect", str(expect), "--", "true"]) == 1
+    out = capsys.readouterr().out
+    assert "-% insmod other.ko" in out and "+% insmod lp.ko" in out, out
 
 
 def test_trace_stops_at_an_oops(tmp_path: Path, fake_kernel: FakeKernel,
