@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import shlex
 import shutil
@@ -357,6 +358,22 @@ def test_vng_argv_tcg() -> None:
     script = _exec_script(cmd)
     assert "; sh -c 'exit 3'; " in script
     assert "> /tmp/kv/status" in script
+
+
+def test_vng_argv_keeps_udev_from_loading_unneeded_drivers() -> None:
+    cmd = vm.vng_argv(
+        _kernel(), ["true"], status_file=Path("/tmp/kv/status"), accel="tcg",
+        cpus=1, memory_mib=512, cwd=Path("/home/u/src"),
+    )  # fmt: skip
+    [append] = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--append"]
+    [blacklist] = [w for w in append.split() if w.startswith("modprobe.blacklist=")]
+    names = blacklist.removeprefix("modprobe.blacklist=").split(",")
+    assert "kvm" in names and "libata" in names
+    # what vng's initramfs loads and the guest's command uses is never among them
+    needed = {"9p", "9pnet", "9pnet_virtio", "netfs", "fscache", "overlay", "virtio",
+              "virtio_ring", "virtio_pci", "virtio_mmio", "virtio_console", "virtiofs", "fuse"}
+    assert not needed & set(names)
+    assert all(re.fullmatch(r"[a-zA-Z0-9_]+", n) for n in names)  # module names as /proc/modules
 
 
 def test_vng_argv_kvm_and_overlaid_cwd() -> None:

@@ -212,6 +212,25 @@ def needs_overlay(path: Path) -> bool:
 #: read-ahead for the guest's 9p mounts, in KiB (see guest_script)
 READ_AHEAD_KB = 4096
 
+#: Drivers that udev's coldplug would load in the guest for QEMU's devices and CPU
+#: (the q35 AHCI and CD-ROM, watchdogs, input, KVM for the emulated SVM/VMX, the
+#: CPU's crypto), none of them used by a guest command. libkmod honours
+#: modprobe.blacklist= from the kernel command line for loads by alias, which is how
+#: udev loads drivers (an explicit modprobe or insmod still loads them). Measured on
+#: 6.1 under TCG: udev's coldplug took 59 s, 28 s of it decompressing and linking
+#: kvm, and 21 s without these: the command started 35 s sooner. A name that a
+#: kernel lacks costs nothing.
+UNNEEDED_DRIVERS = (
+    "kvm", "kvm_amd", "kvm_intel", "ccp", "irqbypass",
+    "ahci", "libahci", "libata", "scsi_mod", "sr_mod", "cdrom", "sg",
+    "aesni_intel", "sha1_ssse3", "sha256_ssse3", "sha512_ssse3", "ghash_clmulni_intel",
+    "crypto_simd", "cryptd", "crc32_pclmul", "crct10dif_pclmul", "polyval_clmulni",
+    "psmouse", "evdev", "serio_raw", "joydev", "pcspkr", "button",
+    "i2c_i801", "i2c_smbus", "lpc_ich", "iTCO_wdt", "iTCO_vendor_support", "i6300esb",
+    "sp5100_tco", "watchdog", "intel_pmc_bxt", "powernow_k8", "k10temp",
+    "intel_rapl_msr", "intel_rapl_common", "rapl", "floppy", "parport_pc", "ppdev",
+)
+
 
 def guest_script(argv: Sequence[str], status_file: Path, bdi_dir: str = "/sys/class/bdi") -> str:
     """The shell line the guest runs: the command, then its status into status_file.
@@ -258,7 +277,7 @@ def vng_argv(
     for d in (status_file.parent, *rwdirs):
         cmd.append(f"--rwdir={d}")
     # vng boots with "quiet loglevel=0"; warnings and worse reach the console log.
-    cmd += ["--append", "loglevel=4"]
+    cmd += ["--append", f"loglevel=4 modprobe.blacklist={','.join(UNNEEDED_DRIVERS)}"]
     cmd += ["--exec", guest_script(argv, status_file)]
     return cmd
 

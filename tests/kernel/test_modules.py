@@ -53,3 +53,12 @@ def test_atomic_replace_takes_over(clean_kernel: Path) -> None:
     assert until(lambda: kmod.unload("klptrace_lp") == 0)
     assert kmod.write("/sys/kernel/livepatch/klptrace_lp2/enabled", "0") == 0
     assert until(lambda: kmod.unload("klptrace_lp2") == 0)
+
+
+def test_the_guest_loaded_no_driver_it_does_not_need() -> None:
+    """udev's coldplug loaded none of the drivers the lab keeps from it (vm.UNNEEDED_DRIVERS:
+    modprobe.blacklist= on the guest's command line), on this kernel's own module names."""
+    from klptrace.lab import vm
+
+    assert "modprobe.blacklist=" in Path("/proc/cmdline").read_text()
+    assert not set(vm.UNNEEDED_DRIVERS) & set(kmod.loaded_modules())
