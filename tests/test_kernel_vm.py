@@ -147,7 +147,7 @@ class Suites:
 
 
 @pytest.fixture(scope="module")
-def suites() -> Iterator[Suites]:
+def suites(request: pytest.FixtureRequest) -> Iterator[Suites]:
     if not shutil.which("qemu-system-x86_64"):
         skip_or_fail("qemu-system-x86_64 is not installed (make setup installs it)")
     jobs = int(os.environ.get("KLPTRACE_TEST_JOBS", "0"))
@@ -164,9 +164,10 @@ def suites() -> Iterator[Suites]:
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        print(f"\n--- kernel suites: {', '.join(KERNELS)}, {jobs} guest(s) at a time "
-              f"({why}); each suite's output follows when it ends ---",
-              file=sys.stderr, flush=True)
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():  # said now, not when the test ends
+            print(f"\n--- kernel suites: {', '.join(KERNELS)}, {jobs} guest(s) at a time "
+                  f"({why}); each suite's output follows when it ends ---", flush=True)
         all_suites.start()
         yield all_suites
     finally:
