@@ -68,11 +68,11 @@ class Suite:
     def saved(self) -> Path:
         return self.rw / "run.json"
 
-    def argv(self, modules: Path) -> list[str]:
+    def argv(self) -> list[str]:
         """The `klptrace vm` that boots this kernel and runs tests/kernel in it."""
         share, layouts = btf.guest_layout_share(defaults.cache_dir())
         guest = [*share, "KLPTRACE_IN_GUEST=1", "KLPTRACE_REQUIRE_KERNEL=1",
-                 f"KLPTRACE_SAVE_RUN={self.saved}", f"KLPTRACE_MODULES={modules}",
+                 f"KLPTRACE_SAVE_RUN={self.saved}", f"KLPTRACE_MODULES={self.modules}",
                  f"KLPTRACE_RUN_REPEAT={3 if self.spec == STRESS_KERNEL else 1}",
                  f"KLPTRACE_KERNEL_ONCE={1 if self.spec == ONCE_KERNEL else 0}",
                  sys.executable, "-m", "pytest", "-v", "--durations=12",
@@ -121,7 +121,7 @@ class Suites:
                     if self._stop.is_set():
                         return
                     s.started = time.monotonic()
-                    s.proc = subprocess.Popen(s.argv(s.modules), stdin=subprocess.DEVNULL,
+                    s.proc = subprocess.Popen(s.argv(), stdin=subprocess.DEVNULL,
                                               stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
                 running.append(s)
             time.sleep(0.5)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 from klptrace.errors import Interrupted, KlptraceError
 from klptrace.lab import defaults
@@ -582,24 +583,27 @@ DONE_GRACE_S = 30.0
 
 
 class _ConsoleWatch:
-    """Reads the kernel's console log as it grows, for a panic line."""
+    """Reads the kernel's console log as it grows (QEMU creates it), for a panic line."""
 
     def __init__(self, path: Path | None) -> None:
-        self.path, self.at, self.tail = path, 0, ""
+        self.path, self.tail = path, ""
+        self.file: BinaryIO | None = None
 
     def panicked(self) -> bool:
-        if self.path is None:
+        if self.file is None and self.path is not None:
+            try:
+                self.file = open(self.path, "rb")  # closed by close()
+            except OSError:
+                return False
+        if self.file is None:
             return False
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.at)
-                new = f.read()
-        except OSError:
-            return False
-        self.at += len(new)
-        text = self.tail + new.decode(errors="replace")
+        text = self.tail + self.file.read().decode(errors="replace")
         self.tail = text[-4096:]  # a line split between two reads
-        return _PANIC_RE.search(text) is not None
+        return panic_line(text) is not None
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def _pump(proc: subprocess.Popen[bytes], deadline: float, wake: int,
@@ -648,6 +652,7 @@ def _pump(proc: subprocess.Popen[bytes], deadline: float, wake: int,
                 out.flush()
     finally:
         sel.close()
+        watch.close()
     return "exited"
 
 
