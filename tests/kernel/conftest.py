@@ -19,7 +19,7 @@ from klptrace.errors import NotSupported
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """KLPTRACE_KERNEL_ONCE=0 deselects the `once` tests (not a skip: they run on the
-    last kernel of tests/test_kernel_vm.py, and a skip would be a CI failure)."""
+    first kernel of tests/test_kernel_vm.py, and a skip would be a CI failure)."""
     if os.environ.get("KLPTRACE_KERNEL_ONCE", "1") != "0":
         return
     keep = [i for i in items if i.get_closest_marker("once") is None]
