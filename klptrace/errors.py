@@ -36,34 +36,43 @@ class UsageError(KlptraceError):
 
 
 _pending_signal: list[int] = []
+#: depth of signals_deferred() blocks: a signal raises nothing inside them
 _deferring: list[bool] = []
+#: depth of signals_checked() blocks: a signal raises only at check_interrupted()
+_checking: list[bool] = []
 
 
 def interrupt(signum: int, frame: FrameType | None = None) -> None:
     """A handler for SIGINT and SIGTERM: unwind now, or at the next safe point.
 
-    An exception raised inside a ctypes callback (bcc's ring buffer callback)
-    is printed and dropped, so there the signal is only remembered, and
-    check_interrupted() raises it once bcc has returned.
+    Python runs a handler between any two bytecodes, so an exception raised
+    here can land between a syscall and the line that records what it did.
+    Inside signals_checked() and signals_deferred() the signal is therefore
+    only remembered, and check_interrupted() raises it where klptrace's record
+    of what it did in the kernel is complete. An exception raised inside a
+    ctypes callback (bcc's ring buffer callback) is printed and dropped, so
+    there too the signal is only remembered.
     """
     # one signal is enough: ignore the next ones so that cleanup can finish
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _pending_signal.append(signum)
+    if _deferring or _checking:
+        return
     f = frame
     while f is not None:
         if "/bcc/" in f.f_code.co_filename:
             return
         f = f.f_back
-    _pending_signal.clear()
-    raise Interrupted(signum, signal.Signals(signum).name)
+    check_interrupted()
 
 
 def check_interrupted() -> None:
-    """Raise Interrupted if a signal came in and was swallowed on its way
-    (not inside signals_deferred(): a cleanup runs to its end first)."""
+    """Raise Interrupted if a signal came in and was held (a safe point), unless inside
+    signals_deferred(): a cleanup runs to its end first."""
     if _pending_signal and not _deferring:
-        signum = _pending_signal.pop()
+        signum = _pending_signal[-1]
+        _pending_signal.clear()
         raise Interrupted(signum, signal.Signals(signum).name)
 
 
@@ -84,12 +93,28 @@ class Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, so a cleanup runs to its end."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    """Hold SIGINT and SIGTERM until the block ends, so that what it does (a cleanup, a
+    call into the kernel and the record of its result) runs to its end; a signal that
+    came meanwhile is raised as the block ends, unless an enclosing block holds it (it
+    then replaces an exception on its way out: a signal decides the exit status)."""
     _deferring.append(True)
     try:
         yield
     finally:
         _deferring.pop()
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        check_interrupted()
+
+
+@contextlib.contextmanager
+def signals_checked() -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM raise Interrupted only at the safe points
+    that call check_interrupted() (and as a signals_deferred() block ends), never
+    between a change to the kernel and klptrace's record of it; one that came
+    meanwhile is raised as the block ends at the latest."""
+    _checking.append(True)
+    try:
+        yield
+    finally:
+        _checking.pop()
+        check_interrupted()
+

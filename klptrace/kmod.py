@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from klptrace.errors import KlptraceError, NotSupported
+from klptrace.errors import KlptraceError, NotSupported, signals_deferred
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_FINIT_MODULE = 313  # x86_64
@@ -181,21 +181,18 @@ class Actor:
         seq = self._seq
         what = _AS_COMMAND[op](*args)
         deadline = time.monotonic() + timeout
-        try:
-            os.write(self._req, (json.dumps([seq, op, *args]) + "\n").encode())
-        except OSError:
-            self.stuck = f"`{what}`"
-            raise Abandoned(f"`{what}`: klptrace's kernel actor (pid {self.pid}) is gone",
-                            "see the kernel log for an oops") from None
-        try:
+        # A signal waits until the call has returned, as it would for a syscall of
+        # klptrace's own: whoever handles it then sees what the call did (a module it
+        # loaded, say). Raised between the request and the reply, it would leave a call
+        # in flight that the cleanup cannot see yet (a module not in sysfs so far).
+        with signals_deferred():
+            try:
+                os.write(self._req, (json.dumps([seq, op, *args]) + "\n").encode())
+            except OSError:
+                self.stuck = f"`{what}`"
+                raise Abandoned(f"`{what}`: klptrace's kernel actor (pid {self.pid}) is gone",
+                                "see the kernel log for an oops") from None
             return self._wait(seq, what, timeout, deadline, idle)
-        except KeyboardInterrupt:
-            # A signal: the syscall goes on in the child. Let it finish first, as a
-            # syscall of klptrace's own would have before the signal was handled, so
-            # that the cleanup sees what it did (a module it loaded, say).
-            with contextlib.suppress(KlptraceError):
-                self._wait(seq, what, timeout, deadline, idle)
-            raise
 
     def _wait(self, seq: int, what: str, timeout: float, deadline: float,
               idle: Callable[[], None]) -> int:
@@ -210,7 +207,7 @@ class Actor:
                     raise Abandoned(f"`{what}` did not return within {timeout:g} s: it is left "
                                     "waiting in the kernel",
                                     "see the kernel log and `klptrace stall`; a reboot clears it")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Python's own Ctrl-C (no klptrace handler): not stuck
             raise
         except BaseException:
             self.stuck = self.stuck or f"`{what}`"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from klptrace import assets, btf, elf, kmod, kmsg, settings
-from klptrace.errors import KlptraceError, NotSupported
+from klptrace.errors import KlptraceError, NotSupported, check_interrupted
 from klptrace.events import Callback, Event, EventKind, carries_ret, carries_state
 from klptrace.lab import defaults
 
@@ -303,6 +303,7 @@ class Build:
         """bcc's BPF class and the compiled module, once the thread is done."""
         while self._thread.is_alive():
             self._thread.join(0.1)  # a short wait: signals are handled between them
+            check_interrupted()  # a safe point: nothing is in the kernel yet
         if self._error is not None:
             raise self._error
         return self._BPF, self._bpf

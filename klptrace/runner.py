@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from klptrace import checker, stall
-from klptrace.errors import KlptraceError, signals_deferred
+from klptrace.errors import KlptraceError, check_interrupted, signals_deferred
 from klptrace.events import EventKind
 from klptrace.kmsg import KernelLog, OopsWatch
 from klptrace.oops import Oops
@@ -108,6 +108,7 @@ class Runner:
 
     def step(self, s: Step) -> None:
         """Perform one step, marking it in the recording like a selftest's `% cmd` line."""
+        check_interrupted()  # between steps: a safe point (see errors.signals_checked)
         if s.kind == "load":
             cmd = f"insmod {s.module}.ko" + (f" {s.params}" if s.params else "")
             self._mark_step(cmd)
@@ -278,6 +279,7 @@ class Runner:
 
         On a wedged kernel nothing is tried: every such call would sleep forever.
         """
+        self._note_stuck()  # a call abandoned on the way here (a signal came meanwhile)
         if self.wedged:
             return [f"{m} is still loaded ({self.wedged}): reboot to clear it"
                     for m in reversed(self.loaded) if self.kernel.is_loaded(m)]

@@ -15,9 +15,15 @@
  * callback dereference NULL after printing its line: the fault a livepatch
  * developer debugs. The task running it dies holding the livepatch core's
  * mutex, which wedges the core until reboot.
+ *
+ * sleep=<role> makes that callback sleep sleep_ms (default 3000) after printing
+ * its line, with `sleeping` reading 1 meanwhile: the syscall that ran it (an
+ * insmod, an rmmod, a write to `enabled`) is then in flight for that long, a
+ * point klptrace's signal tests send their signal at.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/delay.h>
 #include <linux/kernel.h>
 #include <linux/livepatch.h>
 #include <linux/module.h>
@@ -35,6 +41,18 @@ static char *oops = "";
 module_param(oops, charp, 0644);
 MODULE_PARM_DESC(oops, "the callback that dereferences NULL (default: none)");
 
+static char *sleep = "";
+module_param(sleep, charp, 0644);
+MODULE_PARM_DESC(sleep, "the callback that sleeps sleep_ms (default: none)");
+
+static int sleep_ms = 3000;
+module_param(sleep_ms, int, 0644);
+MODULE_PARM_DESC(sleep_ms, "how long the sleep callback sleeps, in ms (default 3000)");
+
+static int sleeping;
+module_param(sleeping, int, 0444);
+MODULE_PARM_DESC(sleeping, "1 while a callback sleeps (read-only)");
+
 /* never set; read with READ_ONCE so that the compiler keeps the faulting store */
 static int *klptrace_lp_nowhere;
 
@@ -45,10 +63,20 @@ do {									\
 		WRITE_ONCE(*READ_ONCE(klptrace_lp_nowhere), 1);	\
 } while (0)
 
+static void klptrace_lp_maybe_sleep(const char *role)
+{
+	if (strcmp(sleep, role))
+		return;
+	WRITE_ONCE(sleeping, 1);
+	msleep(max(READ_ONCE(sleep_ms), 0));
+	WRITE_ONCE(sleeping, 0);
+}
+
 static int klptrace_lp_pre_patch(struct klp_object *obj)
 {
 	klptrace_callback_info("pre_patch", obj);
 	klptrace_lp_maybe_oops("pre_patch");
+	klptrace_lp_maybe_sleep("pre_patch");
 	return pre_patch_ret;
 }
 
@@ -56,18 +84,21 @@ static void klptrace_lp_post_patch(struct klp_object *obj)
 {
 	klptrace_callback_info("post_patch", obj);
 	klptrace_lp_maybe_oops("post_patch");
+	klptrace_lp_maybe_sleep("post_patch");
 }
 
 static void klptrace_lp_pre_unpatch(struct klp_object *obj)
 {
 	klptrace_callback_info("pre_unpatch", obj);
 	klptrace_lp_maybe_oops("pre_unpatch");
+	klptrace_lp_maybe_sleep("pre_unpatch");
 }
 
 static void klptrace_lp_post_unpatch(struct klp_object *obj)
 {
 	klptrace_callback_info("post_unpatch", obj);
 	klptrace_lp_maybe_oops("post_unpatch");
+	klptrace_lp_maybe_sleep("post_unpatch");
 }
 
 static int livepatch_cmdline_proc_show(struct seq_file *m, void *v)

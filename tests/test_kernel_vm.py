@@ -38,9 +38,8 @@ from klptrace.lab import defaults, kernels, vm
 KERNELS = list(dict.fromkeys(os.environ.get("KLPTRACE_TEST_KERNELS", "6.1 latest").split()))
 #: the kernel whose suite runs `klptrace run` three times in a row (the stress): the first
 STRESS_KERNEL = KERNELS[0] if KERNELS else ""
-#: the kernel that runs the `once` tests (klptrace's own unwinding): the first, where they
-#: have always passed. On 7.3.4 (as the last kernel) they failed in 1 of 4 CI runs and left
-#: the guest's pytest blocked in the kernel: an open question, see the stop-18 note
+#: the kernel that runs the `once` tests (a foreign livepatch, a transition timeout: their
+#: kernel side is covered on every kernel): the first. The signal tests run on every kernel
 ONCE_KERNEL = STRESS_KERNEL
 #: the longest one kernel suite may take in its guest (a slow host took 20 min for one)
 SUITE_TIMEOUT_S = 3600

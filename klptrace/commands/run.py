@@ -25,7 +25,14 @@ from typing import Any
 
 from klptrace import btf, checker, kmod, kmsg, scenario, sysinfo
 from klptrace.commands import RUN_TIMEOUT_S, Output, emit, line, say, scenarios_for, signals_unwind
-from klptrace.errors import KlptraceError, NotSupported, UsageError, interrupt
+from klptrace.errors import (
+    KlptraceError,
+    NotSupported,
+    UsageError,
+    check_interrupted,
+    interrupt,
+    signals_checked,
+)
 from klptrace.lab import defaults
 from klptrace.oops import Oops
 from klptrace.results import Matrix, RunDocument, ScenarioResult, Status, Verdict
@@ -157,7 +164,10 @@ def run_local(opts: RunOptions) -> int:
         watch = kmsg.OopsWatch()  # from the start: an oops during setup counts too
         actor = kmod.Actor()  # forked before bcc is loaded: the child holds no BPF program
         try:
-            return _run_with(opts, scs, actor, watch)
+            # from here a signal unwinds only at safe points: never between a change to
+            # the kernel (a module loaded, a probe written) and klptrace's record of it
+            with signals_checked():
+                return _run_with(opts, scs, actor, watch)
         finally:
             actor.close()
             watch.close()
@@ -202,6 +212,7 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
                        for s in scs if s.replaces_all}
     needed = sorted({m for s in scs for m in s.modules})
     mods = module_dir(opts.modules, needed)
+    check_interrupted()  # a safe point: nothing of ours is in the kernel yet
     kos = sorted({str(mods / f"{lp}.ko") for s in scs for lp in s.livepatches})
     done: list[ScenarioResult] = []
     stream = _Stream(opts.stream)

@@ -16,7 +16,7 @@ from typing import Any
 
 from klptrace import files, kmod
 from klptrace.commands import STALL_TIMEOUT_S, line, signals_unwind
-from klptrace.errors import KlptraceError, UsageError
+from klptrace.errors import KlptraceError, UsageError, signals_checked
 
 
 @dataclasses.dataclass
@@ -153,7 +153,7 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
     line(f"Attaching BPF probes to watch {patch}'s transition...")
     watched = Watched()
     stopped: KeyboardInterrupt | None = None
-    with Recorder([]) as rec:
+    with signals_checked(), Recorder([]) as rec:  # unwound at its polls (errors.py)
         t_attach = time.monotonic()
         line(f"Watching {patch} (Ctrl-C to stop).")
         try:

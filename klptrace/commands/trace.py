@@ -6,7 +6,6 @@ is klptrace/trace.py; this module runs the command and writes the story.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -14,7 +13,7 @@ import subprocess
 
 from klptrace import checker, files, kmsg
 from klptrace.commands import Output, emit, line, say, signals_unwind
-from klptrace.errors import UsageError
+from klptrace.errors import UsageError, signals_checked
 from klptrace.oops import Oops
 from klptrace.recorder import Recorder
 from klptrace.results import RunDocument, ScenarioResult
@@ -45,7 +44,10 @@ def run(opts: TraceOptions) -> int:
     oops: Oops | None = None
     watch = kmsg.OopsWatch()
     try:
-        with signals_unwind() if command else contextlib.nullcontext(), kmsg.devkmsg_unlimited(), \
+        # a signal unwinds at the recorder's polls, never between a probe written to the
+        # kernel and klptrace's record of it (errors.signals_checked); without COMMAND,
+        # Ctrl-C ends the trace, which is then told as usual
+        with signals_unwind(), signals_checked(), kmsg.devkmsg_unlimited(), \
                 Recorder(kos) as rec:
             klog = kmsg.KernelLog()
             line(f"Tracing livepatch events{' of ' + ', '.join(opts.module) if kos else ''}"

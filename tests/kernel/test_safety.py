@@ -32,6 +32,52 @@ def _ours_left() -> list[str]:
 
 
 
+def _sleeping() -> bool:
+    """klptrace_lp's sleep=<callback> is asleep: the syscall that ran it is in flight."""
+    try:
+        return Path("/sys/module/klptrace_lp/parameters/sleeping").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+#: scenarios whose step is held in flight by a callback of klptrace_lp that sleeps
+#: (sleep=<callback>): the signal comes while that syscall is in the kernel
+IN_FLIGHT = {
+    # a livepatch's insmod: klp_enable_patch() runs pre_patch in the module's init
+    "enable": [{"load": "klptrace_lp", "params": "sleep=pre_patch"}],
+    # a target's insmod: klp_module_coming() runs pre_patch before the target's init
+    "load": [{"load": "klptrace_lp"},
+             {"set": "klptrace_lp", "param": "sleep", "value": "pre_patch"},
+             {"load": "klptrace_target"}],
+    # echo 0 > enabled: __klp_disable_patch() runs pre_unpatch in the writer
+    "disable": [{"load": "klptrace_target"}, {"load": "klptrace_lp"},
+                {"set": "klptrace_lp", "param": "sleep", "value": "pre_unpatch"},
+                {"disable": "klptrace_lp"}],
+    # a target's rmmod: klp_module_going() runs pre_unpatch for the going object
+    "unload": [{"load": "klptrace_lp"}, {"load": "klptrace_target"},
+               {"set": "klptrace_lp", "param": "sleep", "value": "pre_unpatch"},
+               {"unload": "klptrace_target"}],
+}
+
+
+def _in_flight_scenario(directory: Path, step: str) -> str:
+    """A scenario file that holds a step of that kind in flight; its id."""
+    sid = f"signal-during-{step}"
+    steps = ",\n".join("  { " + ", ".join(f'{k} = "{v}"' for k, v in s.items()) + " }"
+                        for s in IN_FLIGHT[step])
+    (directory / f"{sid}.toml").write_text(f'''
+id = "{sid}"
+title = "a signal while its {step} step is in flight"
+livepatches = ["klptrace_lp"]
+doc = "klptrace_lp's sleep parameter holds the last step in the kernel for 3 s."
+steps = [
+{steps},
+]
+expect = "% insmod klptrace_lp.ko"
+''')
+    return sid
+
+
 POINTS = {
     # name: (scenario, signal, condition that marks the point)
     "after-target-loads": ("target-module-before-livepatch", signal.SIGINT,
@@ -42,21 +88,26 @@ POINTS = {
                             lambda: kmod.patch_attr("klptrace_lp", "transition") is not None),
     "during-a-stall": ("busy-target-module", signal.SIGTERM,
                        lambda: kmod.patch_attr("klptrace_lp", "transition") == "1"),
+    **{f"during-a-{step}": (f"signal-during-{step}", sig, _sleeping)
+       for step, sig in (("enable", signal.SIGINT), ("load", signal.SIGTERM),
+                         ("disable", signal.SIGINT), ("unload", signal.SIGTERM))},
 }
-#: the points that exercise klptrace's unwinding more than the kernel: on one kernel.
-#: The stall (a transition the kernel must reverse on the way out) runs on every kernel.
-ONCE = {"after-target-loads", "after-livepatch-loads", "during-a-transition"}
 
 
-@pytest.mark.parametrize("point", [pytest.param(p, marks=[pytest.mark.once] if p in ONCE else [])
-                                   for p in POINTS])
-def test_signal_leaves_nothing_behind(module_dir: Path, point: str) -> None:
+@pytest.mark.parametrize("point", list(POINTS))
+def test_signal_leaves_nothing_behind(module_dir: Path, tmp_path: Path, point: str) -> None:
+    """A signal at any point, a syscall in flight included, ends with everything
+    klptrace loaded unloaded and every setting put back (on every kernel)."""
     sid, sig, reached = POINTS[point]
     assert not _ours_left()
     before = _settings()
-    proc = subprocess.Popen([sys.executable, "-m", "klptrace", "run", sid, "--modules",
-                             str(module_dir), "--format", "json"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-m", "klptrace", "run", "--modules", str(module_dir),
+            "--format", "json"]
+    if sid.startswith("signal-during-"):
+        argv += ["--scenarios", str(tmp_path)]
+        _in_flight_scenario(tmp_path, sid.removeprefix("signal-during-"))
+    proc = subprocess.Popen([*argv, sid], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     try:
         assert until(reached, 180), f"{point} was never reached"
         proc.send_signal(sig)
@@ -68,7 +119,7 @@ def test_signal_leaves_nothing_behind(module_dir: Path, point: str) -> None:
     assert proc.returncode == 128 + sig, err
     assert f"interrupted by {signal.Signals(sig).name}" in err
     assert "Traceback" not in err
-    assert not _ours_left()
+    assert not _ours_left(), err
     assert _settings() == before
 
 
