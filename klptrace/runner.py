@@ -19,7 +19,7 @@ from klptrace.events import EventKind
 from klptrace.kmsg import KernelLog, OopsWatch
 from klptrace.oops import Oops
 from klptrace.results import Recording, ScenarioResult
-from klptrace.scenario import Scenario, Step
+from klptrace.scenario import Scenario, Step, is_module_name, is_param_name
 from klptrace.transcript import insmod_error, rmmod_error, witnessed
 
 
@@ -65,6 +65,24 @@ class Kernel(Protocol):
     def write(self, path: str, value: str, **kw: Any) -> int: ...
 
 
+def _component(name: str, param: bool = False) -> str:
+    """name, as one path component. scenario.py refuses every other name, so one here is
+    a bug; checked again because the path is opened as root."""
+    if not (is_param_name(name) if param else is_module_name(name)):
+        raise AssertionError(f"not a {'parameter' if param else 'module'} name: {name!r}")
+    return name
+
+
+def patch_file(patch: str, attr: str) -> str:
+    """A livepatch's file in sysfs: /sys/kernel/livepatch/<patch>/<attr>."""
+    return f"/sys/kernel/livepatch/{_component(patch)}/{attr}"
+
+
+def param_file(module: str, param: str) -> str:
+    """A module parameter's file in sysfs."""
+    return f"/sys/module/{_component(module)}/parameters/{_component(param, True)}"
+
+
 class Runner:
     """Executes the steps of scenarios with modules from one directory."""
 
@@ -96,7 +114,8 @@ class Runner:
         self.livepatches: set[str] = set()  # modules seen registering a livepatch
 
     def ko(self, module: str) -> str:
-        return os.path.join(self.module_dir, f"{module}.ko")
+        """The module's file in the module directory, never outside it."""
+        return os.path.join(self.module_dir, f"{_component(module)}.ko")
 
     # -- steps ----------------------------------------------------------------
     def _mark_step(self, cmd: str) -> None:
@@ -110,11 +129,12 @@ class Runner:
         """Perform one step, marking it in the recording like a selftest's `% cmd` line."""
         check_interrupted()  # between steps: a safe point (see errors.signals_checked)
         if s.kind == "load":
+            ko = self.ko(s.module)  # before it counts as ours: cleanup() uses the name too
             cmd = f"insmod {s.module}.ko" + (f" {s.params}" if s.params else "")
             self._mark_step(cmd)
             # counted as ours before the syscall: a signal may land right after it
             self.loaded.append(s.module)
-            err = self.kernel.load(self.ko(s.module), s.params, **self._waiting())
+            err = self.kernel.load(ko, s.params, **self._waiting())
             if err:
                 self.loaded.remove(s.module)
                 self.rec.mark(EventKind.STEP_RESULT, insmod_error(f"{s.module}.ko", err), err)
@@ -129,7 +149,7 @@ class Runner:
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, rmmod_error(s.module, err), err)
         elif s.kind == "disable":
-            path = f"/sys/kernel/livepatch/{s.patch}/enabled"
+            path = patch_file(s.patch, "enabled")
             self._mark_step(f"echo 0 > {path}")
             err = self.kernel.write(path, "0", **self._waiting())
             if err:
@@ -138,7 +158,7 @@ class Runner:
             elif s.wait:
                 self.wait_transition(s.patch, 0)
         elif s.kind == "set":
-            path = f"/sys/module/{s.module}/parameters/{s.param}"
+            path = param_file(s.module, s.param)
             self._mark_step(f"echo {s.value} > {path}")
             err = self.kernel.write(path, s.value, **self._waiting())
             if err:
@@ -309,9 +329,9 @@ class Runner:
         while self.kernel.is_patch(patch):
             enabled = self.kernel.patch_attr(patch, "enabled")
             if enabled == "1":
-                self._mark_step(f"echo 0 > /sys/kernel/livepatch/{patch}/enabled")
-                self.kernel.write(f"/sys/kernel/livepatch/{patch}/enabled", "0",
-                                  **self._waiting())
+                path = patch_file(patch, "enabled")
+                self._mark_step(f"echo 0 > {path}")
+                self.kernel.write(path, "0", **self._waiting())
             if time.monotonic() > deadline:
                 raise KlptraceError(
                     f"livepatch {patch} is still registered",

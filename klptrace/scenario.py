@@ -1,11 +1,22 @@
 """Scenarios are data: one TOML file each, with a doc, steps and the expected
 transcript. This module loads and validates them; runner.py executes them.
+
+A scenario file is untrusted input: it names the modules klptrace loads and the
+sysfs files it writes, as root. So one strict schema is applied before anything
+runs: module, livepatch and parameter names are the kernel's kind of names (they
+become parts of paths), ids are kebab-case (they become arguments and test
+names), every value has exactly its type, and size and nesting are bounded. Each
+error names the file, the line (found in the text: tomllib gives no positions)
+and the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +26,57 @@ from klptrace.transcript import parse_expectation
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
 
-STEP_KINDS = {
-    # kind: (required keys, optional keys)
-    "load": ({"module"}, {"params", "wait"}),
-    "unload": ({"module"}, set()),
-    "disable": ({"patch"}, {"wait"}),
-    "set": ({"module", "param", "value"}, set()),
-    "wait_transition": ({"patch", "transition"}, set()),
+#: what one step may hold beside its action (the key naming its kind): key -> required
+STEP_KINDS: dict[str, dict[str, bool]] = {
+    "load": {"params": False, "wait": False},
+    "unload": {},
+    "disable": {"wait": False},
+    "set": {"param": True, "value": True},
+    "wait_transition": {"transition": True},
 }
+TOP_KEYS = ("id", "title", "doc", "livepatches", "replaces_all", "steps", "expect")
+
+MAX_FILE_BYTES = 1 << 20
+#: a scenario nests two deep (steps = [{ ... }]); tomllib recurses, and fails near 500
+MAX_DEPTH = 32
+MAX_STEPS = 256
+MAX_EXPECT_LINES = 4096
+MAX_LIVEPATCHES = 64
+MAX_ID = 64
+MAX_TITLE = 200
+#: the kernel's MODULE_NAME_LEN (56) holds the name and its NUL
+MAX_MODULE_NAME = 55
+MAX_PARAM_NAME = 64
+MAX_PARAM_TEXT = 1024
+
+ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+#: the kernel's module names (it treats - and _ alike); with no / or . they stay
+#: one path component, and with no leading - they are never an option
+MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+HINT = ("a scenario file is described under \"Scenario files\" in README.md; "
+        "klptrace/scenarios/ holds examples")
+_MODULE_HINT = (f"a module or livepatch name is the kernel's: letters, digits, _ and -, "
+                f"at most {MAX_MODULE_NAME} characters, not starting with - "
+                "(MODDIR/<name>.ko without .ko)")
 
 
 class ScenarioError(KlptraceError):
     """A scenario file that is not valid."""
+
+    def __init__(self, message: str, hint: str | None = HINT) -> None:
+        super().__init__(message, hint)
+
+
+def is_module_name(name: str) -> bool:
+    """Whether name is a module (or livepatch) name the kernel could have."""
+    return len(name) <= MAX_MODULE_NAME and MODULE_NAME.fullmatch(name) is not None
+
+
+def is_param_name(name: str) -> bool:
+    """Whether name is a module parameter's name (a file in /sys/module/<m>/parameters)."""
+    return len(name) <= MAX_PARAM_NAME and PARAM_NAME.fullmatch(name) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,68 +117,308 @@ class Scenario:
         return seen
 
 
-def _step(raw: Any, where: str) -> Step:
+# --- where things are in the text ---------------------------------------------------------
+
+# One token of the text for _layout(): a newline (looking ahead at what starts the next
+# line: a [table] header or a key), a comment, a whole string, a bracket.
+_TOKEN = re.compile(
+    r"\n(?=[ \t]*(?:(?P<header>\[\[?)[ \t]*(?P<table>[^\]\n]*?)[ \t]*\]"
+    r"|(?:\"(?P<qkey>[^\"\\\n]*)\"|'(?P<lkey>[^'\n]*)'|(?P<key>[A-Za-z0-9_-]+))"
+    r"[ \t]*(?P<sep>[=.])))?"
+    r"|#[^\n]*"
+    r"|\"\"\"(?:[^\"\\]|\\.|\"(?!\"\"))*(?:\"{3,5})?"  # the alternatives of a string are
+    r"|'''(?:[^']|'(?!''))*(?:'{3,5})?"               # disjoint and its end optional: it
+    r"|\"(?:[^\"\\\n]|\\[^\n])*\"?"                    # never backtracks; one left open
+    r"|'[^'\n]*'?"                                     # ends its line (tomllib says why)
+    r"|[\[\]{}]",
+    re.S)
+
+
+@dataclasses.dataclass
+class _Layout:
+    """Where things are in a scenario file's text, found without parsing it."""
+
+    text: str
+    keys: dict[str, int] = dataclasses.field(default_factory=dict)  # top-level key: line
+    steps: list[int] = dataclasses.field(default_factory=list)  # the line each step starts on
+    depth: int = 0  # of [ and { outside strings and comments
+    deep_line: int = 0  # where depth went past MAX_DEPTH
+
+
+def _layout(text: str) -> _Layout:
+    """One pass over the text: its top-level keys, where each step starts, how deep it nests."""
+    out = _Layout(text)
+    stack: list[bool] = []  # an open [ or {: whether it is the steps array
+    table = ""  # the [table] the lines are in ('' at the top)
+    steps_next = False  # `steps =` was seen: its value's [ is the steps array
+    line = 0
+    for m in _TOKEN.finditer("\n" + text):  # a newline first: line 1 starts like the others
+        c = m.group()[0]
+        if c == "\n":
+            line += 1
+            if stack:
+                continue
+            steps_next = False
+            if m.group("header"):
+                table = m.group("table")
+                if m.group("header") == "[[" and table == "steps":
+                    out.steps.append(line)
+            elif m.group("sep") and not table:
+                key = m.group("qkey") or m.group("lkey") or m.group("key") or ""
+                out.keys.setdefault(key, line)
+                steps_next = key == "steps" and m.group("sep") == "="
+        elif c in "\"'":
+            line += m.group().count("\n")
+        elif c in "[{":
+            if len(stack) == 1 and stack[0]:
+                out.steps.append(line)
+            stack.append(steps_next and not stack)
+            steps_next = False
+            if len(stack) > out.depth:
+                out.depth = len(stack)
+                if out.depth > MAX_DEPTH:
+                    out.deep_line = line
+                    break
+        elif c in "]}" and stack:
+            stack.pop()
+    return out
+
+
+class _Where:
+    """The file:line prefix of an error about part of one file."""
+
+    def __init__(self, path: str, layout: _Layout) -> None:
+        self.path = _path(path)
+        self.layout = layout
+        self._lines: list[str] | None = None
+
+    def at(self, line: int | None) -> str:
+        return f"{self.path}:{line}" if line else self.path
+
+    def key(self, key: str) -> str:
+        """Where a top-level key is set."""
+        return self.at(self.layout.keys.get(key))
+
+    def step(self, i: int, key: str | None = None) -> str:
+        """Where step i begins, or the line of its key (a [[steps]] table spans lines)."""
+        steps = self.layout.steps
+        if i >= len(steps):
+            return self.key("steps")
+        line = steps[i]
+        if key is not None:
+            if self._lines is None:
+                self._lines = self.layout.text.splitlines()
+            # a step ends where the next begins; a [[steps]] table is a few lines at most
+            end = min(steps[i + 1] if i + 1 < len(steps) else line + 100, line + 100)
+            lines = self._lines[line - 1:end - 1]
+            pat = re.compile(rf"(^|[{{,\s]){re.escape(key)}\s*=")
+            line += next((n for n, text in enumerate(lines) if pat.search(text)), 0)
+        return self.at(line)
+
+
+def _path(path: str | Path) -> str:
+    """A file's name as an error line shows it: as it is, or quoted and escaped if it holds
+    a character that is not printable (a newline in a name must not end the line)."""
+    text = str(path)
+    return text if text.isprintable() else json.dumps(text)
+
+
+def _quoted(value: str) -> str:
+    """A value from the file in an error line: always quoted, escaped and cut."""
+    return json.dumps(value[:80] + ("..." if len(value) > 80 else ""))
+
+
+def _type(value: Any) -> str:
+    """The TOML name of a parsed value's type."""
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+             list: "an array", dict: "a table"}
+    return names.get(type(value), "a date or time")
+
+
+def _control(text: str, allowed: str = "") -> str:
+    """The first control character in text (other than those allowed), or ''. U+2028 and
+    U+2029 count: they end a line for str.splitlines() as a newline does."""
+    return next((c for c in text
+                 if c not in allowed and unicodedata.category(c) in ("Cc", "Zl", "Zp")), "")
+
+
+# --- the schema -----------------------------------------------------------------------------
+
+
+def _text(raw: dict[str, Any], key: str, where: str, *, lines: bool, limit: int = 0) -> str:
+    """A top-level string: present, not blank, no control characters (but newlines and tabs
+    where it holds lines), at most limit characters."""
+    value = raw.get(key)
+    if not isinstance(value, str) or not value.strip():
+        got = "it is missing" if value is None else f"not {_type(value)}"
+        raise ScenarioError(f"{where}: needs a non-empty string `{key}` ({got})")
+    bad = _control(value, "\n\t" if lines else "")
+    if bad:
+        raise ScenarioError(f"{where}: `{key}` holds the control character {_quoted(bad)}"
+                            + ("" if lines else " (it is one line)"))
+    if limit and len(value.strip()) > limit:
+        raise ScenarioError(f"{where}: `{key}` is longer than {limit} characters")
+    return value
+
+
+def _name(value: Any, what: str, where: str) -> str:
+    """A module or livepatch name."""
+    if not isinstance(value, str):
+        raise ScenarioError(f"{where}: {what} must be a string (a module name), "
+                            f"not {_type(value)}")
+    if not is_module_name(value):
+        why = (f"is {len(value)} characters, longer than a module name can be"
+               if MODULE_NAME.fullmatch(value) else "is not a module name")
+        raise ScenarioError(f"{where}: {what} {_quoted(value)} {why}", _MODULE_HINT)
+    return value
+
+
+def _param_text(value: Any, what: str, where: str) -> str:
+    """A parameter's value, or an insmod parameter string: one line, bounded."""
+    if type(value) is int:  # value = -19 reads as "-19"; a bool is not an int here
+        if not -2**63 <= value < 2**64:
+            raise ScenarioError(f"{where}: {what} is an integer out of range")
+        value = str(value)
+    if not isinstance(value, str):
+        raise ScenarioError(f"{where}: {what} must be a string, not {_type(value)}")
+    bad = _control(value)
+    if bad:
+        raise ScenarioError(f"{where}: {what} holds the control character {_quoted(bad)}",
+                            "a parameter's value is one line of printable text")
+    if len(value) > MAX_PARAM_TEXT:
+        raise ScenarioError(f"{where}: {what} is longer than {MAX_PARAM_TEXT} characters")
+    return value
+
+
+def _params(value: Any, where: str) -> str:
+    """An insmod parameter string: name=value pairs (or a bare name) separated by spaces,
+    values maybe in double quotes, as the kernel's parse_args() splits them."""
+    text = _param_text(value, "params", where)
+    if text.count('"') % 2:
+        raise ScenarioError(f"{where}: params has an unclosed double quote")
+    for arg in re.findall(r'(?:[^\s"]|"[^"]*")+', text):
+        name = arg.lstrip('"').split("=", 1)[0]
+        if not is_param_name(name):
+            raise ScenarioError(
+                f"{where}: params: {_quoted(name)} is not a parameter name",
+                "params holds name=value pairs separated by spaces; a name is letters, "
+                f"digits, _ and -, at most {MAX_PARAM_NAME} characters, not starting with "
+                "a digit or -")
+    return text
+
+
+def _step(raw: Any, i: int, where: _Where) -> Step:
+    """steps[i]."""
+    at = f"{where.step(i)}: steps[{i}]"
     if not isinstance(raw, dict):
-        raise ScenarioError(
-            f"{where}: a step must be a table, e.g. {{ load = \"klptrace_target\" }}")
+        raise ScenarioError(f"{at}: a step must be a table, e.g. {{ load = \"klptrace_target\" }}, "
+                            f"not {_type(raw)}")
     kinds = [k for k in raw if k in STEP_KINDS]
+    expected = list(STEP_KINDS[kinds[0]]) if len(kinds) == 1 else []
+    for key in raw:
+        if key not in STEP_KINDS and key not in expected:
+            at = f"{where.step(i, key)}: steps[{i}]"
+            if len(kinds) == 1:
+                raise ScenarioError(
+                    f"{at}: unknown key {_quoted(key)} for a {kinds[0]} step "
+                    f"(expected one of {', '.join([kinds[0], *expected])})")
+            raise ScenarioError(
+                f"{at}: unknown key {_quoted(key)} (expected one of {', '.join(STEP_KINDS)})",
+                f"a step needs exactly one of the actions {', '.join(STEP_KINDS)}")
     if len(kinds) != 1:
-        raise ScenarioError(
-            f"{where}: a step needs exactly one of the actions {', '.join(STEP_KINDS)}")
+        raise ScenarioError(f"{at}: a step needs exactly one of the actions "
+                            f"{', '.join(STEP_KINDS)}, not {' and '.join(kinds) or 'none'}")
     kind = kinds[0]
-    required, optional = STEP_KINDS[kind]
-    args = dict(raw)
-    main = args.pop(kind)
-    fields: dict[str, Any] = {}
-    if kind in ("load", "unload", "set"):
-        fields["module"] = main
-    else:
-        fields["patch"] = main
-    fields.update(args)
-    allowed = required | optional
-    unknown = set(fields) - allowed
-    if unknown:
-        raise ScenarioError(
-            f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a {kind} step")
-    missing = required - set(fields)
+    missing = [k for k, required in STEP_KINDS[kind].items() if required and k not in raw]
     if missing:
-        raise ScenarioError(f"{where}: a {kind} step needs {', '.join(sorted(missing))}")
-    for k in ("module", "patch", "params", "param"):
-        if k in fields and not isinstance(fields[k], str):
-            raise ScenarioError(f"{where}: {k} must be a string")
-    if "value" in fields:
-        fields["value"] = str(fields["value"])
-    if "wait" in fields and not isinstance(fields["wait"], bool):
-        raise ScenarioError(f"{where}: wait must be true or false")
-    if "transition" in fields and fields["transition"] not in (0, 1):
-        raise ScenarioError(f"{where}: transition must be 0 or 1")
+        raise ScenarioError(f"{at}: a {kind} step needs {', '.join(missing)}")
+    fields: dict[str, Any] = {}
+    name = _name(raw[kind], kind, f"{where.step(i, kind)}: steps[{i}]")
+    fields["module" if kind in ("load", "unload", "set") else "patch"] = name
+    for key, value in raw.items():
+        here = f"{where.step(i, key)}: steps[{i}]"
+        if key == "params":
+            fields[key] = _params(value, here)
+        elif key == "param":
+            if not isinstance(value, str) or not is_param_name(value):
+                shown = _quoted(value) if isinstance(value, str) else _type(value)
+                raise ScenarioError(
+                    f"{here}: param {shown} is not a parameter name",
+                    f"param names a file in /sys/module/{name}/parameters: letters, digits, "
+                    f"_ and -, at most {MAX_PARAM_NAME} characters")
+            fields[key] = value
+        elif key == "value":
+            fields[key] = _param_text(value, "value", here)
+        elif key == "wait":
+            if not isinstance(value, bool):
+                raise ScenarioError(f"{here}: wait must be true or false, not {_type(value)}")
+            fields[key] = value
+        elif key == "transition":
+            if type(value) is not int or value not in (0, 1):
+                # str() of a 5,000-digit integer raises: only a short one is shown
+                got = str(value) if type(value) is int and abs(value) < 10**6 else _type(value)
+                raise ScenarioError(f"{here}: transition must be the integer 0 or 1, "
+                                    f"not {got}")
+            fields[key] = value
     return Step(kind=kind, **fields)
 
 
 def parse(text: str, where: str) -> Scenario:
-    """A Scenario from TOML text; where names it in errors."""
+    """A Scenario from TOML text; where (the file) names it in errors."""
+    layout = _layout(text)
+    w = _Where(where, layout)
+    if layout.deep_line:
+        raise ScenarioError(f"{w.at(layout.deep_line)}: nested more than {MAX_DEPTH} deep "
+                            "(a scenario needs two: steps = [{ ... }])")
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{where}: not valid TOML: {e}") from None
-    for key in ("id", "title", "doc", "expect"):
-        if not isinstance(d.get(key), str) or not d[key].strip():
-            raise ScenarioError(f"{where}: needs a non-empty string `{key}`")
+        raise ScenarioError(f"{w.path}: not valid TOML: {e}") from None
+    except ValueError:  # an integer of more digits than Python converts (4,300)
+        raise ScenarioError(f"{w.path}: an integer with too many digits") from None
+    except RecursionError:  # the bracket count above missed a way to nest
+        raise ScenarioError(f"{w.path}: nested too deeply") from None
+    for key in d:
+        if key not in TOP_KEYS:
+            raise ScenarioError(f"{w.key(key)}: unknown key {_quoted(key)} "
+                                f"(expected one of {', '.join(TOP_KEYS)})")
+    sid = _text(d, "id", w.key("id"), lines=False)
+    if len(sid) > MAX_ID or not ID.fullmatch(sid):
+        raise ScenarioError(
+            f"{w.key('id')}: id {_quoted(sid)} is not kebab-case",
+            "an id is words of lowercase letters and digits joined by single dashes, "
+            f"e.g. acme-target-first, at most {MAX_ID} characters")
+    title = _text(d, "title", w.key("title"), lines=False, limit=MAX_TITLE)
+    doc = _text(d, "doc", w.key("doc"), lines=True)
+    expect = parse_expectation(_text(d, "expect", w.key("expect"), lines=True))
+    if not expect:
+        raise ScenarioError(f"{w.key('expect')}: `expect` has no lines (only blank lines "
+                            "and # comments)")
+    if len(expect) > MAX_EXPECT_LINES:
+        raise ScenarioError(f"{w.key('expect')}: `expect` has more than {MAX_EXPECT_LINES} "
+                            "lines")
     raw_steps = d.get("steps")
     if not isinstance(raw_steps, list) or not raw_steps:
-        raise ScenarioError(f"{where}: needs a non-empty list `steps`")
-    steps = tuple(_step(s, f"{where}: steps[{i}]") for i, s in enumerate(raw_steps))
+        got = "is missing" if raw_steps is None else f"is {_type(raw_steps)}"
+        raise ScenarioError(f"{w.key('steps')}: `steps` must be a non-empty array ({got})")
+    if len(raw_steps) > MAX_STEPS:
+        raise ScenarioError(f"{w.key('steps')}: more than {MAX_STEPS} steps")
+    steps = tuple(_step(s, i, w) for i, s in enumerate(raw_steps))
     lps = d.get("livepatches", [])
-    if not isinstance(lps, list) or not all(isinstance(x, str) for x in lps):
-        raise ScenarioError(f"{where}: `livepatches` must be a list of module names")
-    known = {"id", "title", "doc", "expect", "steps", "livepatches", "replaces_all"}
-    unknown = set(d) - known
-    if unknown:
-        raise ScenarioError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if not isinstance(lps, list):
+        raise ScenarioError(f"{w.key('livepatches')}: `livepatches` must be an array of "
+                            f"module names, not {_type(lps)}")
+    if len(lps) > MAX_LIVEPATCHES:
+        raise ScenarioError(f"{w.key('livepatches')}: more than {MAX_LIVEPATCHES} livepatches")
+    for n, lp in enumerate(lps):
+        _name(lp, f"livepatches[{n}]", w.key("livepatches"))
+    replaces_all = d.get("replaces_all", False)
+    if not isinstance(replaces_all, bool):
+        raise ScenarioError(f"{w.key('replaces_all')}: replaces_all must be true or false, "
+                            f"not {_type(replaces_all)}")
     return Scenario(
-        id=d["id"], title=d["title"].strip(), doc=d["doc"].strip(), steps=steps,
-        expect=tuple(parse_expectation(d["expect"])), livepatches=tuple(lps),
-        path=where, replaces_all=bool(d.get("replaces_all", False)),
+        id=sid, title=title.strip(), doc=doc.strip(), steps=steps, expect=tuple(expect),
+        livepatches=tuple(lps), path=where, replaces_all=replaces_all,
     )
 
 
@@ -136,16 +426,23 @@ def load_dir(directory: str | Path = BUILTIN_DIR) -> list[Scenario]:
     """All scenarios of a directory, in file name order (which is their run order)."""
     p = Path(directory)
     if not p.is_dir():
-        raise ScenarioError(f"{p} is not a directory of scenario files")
+        raise ScenarioError(f"{_path(p)} is not a directory of scenario files")
     # names starting with a dot are editors' files (an Emacs lock is a dangling link)
-    files = sorted(f for f in p.glob("*.toml") if not f.name.startswith("."))
-    if not files:
-        raise ScenarioError(f"{p} has no *.toml scenario files")
-    out = [parse(_read(f), str(f)) for f in files]
-    ids = [s.id for s in out]
-    dup = {i for i in ids if ids.count(i) > 1}
-    if dup:
-        raise ScenarioError(f"{p}: duplicate scenario id(s) {', '.join(sorted(dup))}")
+    found = sorted(f for f in p.glob("*.toml") if not f.name.startswith("."))
+    if not found:
+        raise ScenarioError(f"{_path(p)} has no *.toml scenario files")
+    out: list[Scenario] = []
+    first: dict[str, Path] = {}
+    for f in found:
+        text = _read(f)
+        sc = parse(text, str(f))
+        if sc.id in first:
+            line = _layout(text).keys.get("id")
+            raise ScenarioError(
+                f"{_Where(str(f), _layout(text)).at(line)}: id {_quoted(sc.id)} is also the "
+                f"id of {_path(first[sc.id])}", "each scenario has an id of its own")
+        first[sc.id] = f
+        out.append(sc)
     return out
 
 
@@ -153,8 +450,12 @@ def _read(f: Path) -> str:
     """The text of one scenario file; a named error for anything else found as *.toml."""
     why = files.special_file(f)
     if why:
-        raise UsageError(f"{f} {why}, not a scenario file",
+        raise UsageError(f"{_path(f)} {why}, not a scenario file",
                          "scenario directories hold one TOML file per scenario: move it away")
+    size = f.stat().st_size
+    if size > MAX_FILE_BYTES:  # before reading it: nothing this big is a scenario
+        raise ScenarioError(f"{_path(f)}: {size} bytes, more than a scenario file may "
+                            f"hold ({MAX_FILE_BYTES >> 20} MiB)")
     return files.read_text(f, ScenarioError)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from util import DATA, REPO, saved_run
 
-from klptrace import cli
+from klptrace import cli, scenario
 from klptrace.commands import run as run_cmd
 from klptrace.lab import build, kernels, vm
 
@@ -307,3 +308,166 @@ def test_vng_gets_a_stdin_it_can_reopen(tmp_path: Path) -> None:
             os.close(fd)
         a.close()
         b.close()
+
+
+# --- scenario files are untrusted input: refused before anything runs ------------------------
+
+HOSTILE = DATA / "hostile-scenarios"
+#: each traversal (or injection) attempt of the pack, and what refuses it, after the file's name
+HOSTILE_SAYS = {
+    "01-load-traversal.toml": ':9: steps[1]: load "../../../../etc/passwd" is not a module name',
+    "02-load-absolute.toml": ':9: steps[1]: load "/etc/passwd" is not a module name',
+    "03-unload-traversal.toml":
+        ':9: steps[1]: unload "../../../../etc/passwd" is not a module name',
+    "04-set-param-traversal.toml":
+        ':9: steps[1]: param "../../../../etc/passwd" is not a parameter name',
+    "05-set-module-traversal.toml":
+        ':9: steps[1]: set "../../kernel/mm/transparent_hugepage" is not a module name',
+    "06-disable-traversal.toml":
+        ':9: steps[1]: disable "../mm/transparent_hugepage" is not a module name',
+    "07-wait-transition-traversal.toml":
+        ':9: steps[1]: wait_transition "../../../proc/self" is not a module name',
+    "08-livepatches-traversal.toml": ':5: livepatches[0] "../../etc/passwd" is not a module name',
+    "09-load-option.toml": ':9: steps[1]: load "-f" is not a module name',
+    "10-load-dotdot.toml": ':9: steps[1]: load ".." is not a module name',
+    "11-load-nul.toml":
+        ':9: steps[1]: load "klptrace_lp\\u0000/../../../etc/passwd" is not a module name',
+    "12-set-module-key.toml":
+        ':9: steps[1]: unknown key "module" for a set step (expected one of set, param, value)',
+    "13-id-option.toml": ':3: id "--allow-replace" is not kebab-case',
+    "14-id-newline.toml": ':3: `id` holds the control character "\\n" (it is one line)',
+    "15-value-newline.toml": ':9: steps[1]: value holds the control character "\\n"',
+    "16-params-newline.toml": ':9: steps[1]: params holds the control character "\\n"',
+    "17-params-traversal.toml": ':9: steps[1]: params: "../../x" is not a parameter name',
+    "18-module-too-long.toml": f':9: steps[1]: load "{"a" * 56}" is 56 characters, longer than '
+                               "a module name can be",
+    "19-table-steps-traversal.toml":
+        ':16: steps[1]: disable "../mm/transparent_hugepage" is not a module name',
+}
+
+
+def test_the_hostile_pack_is_tested_whole() -> None:
+    assert sorted(f.name for f in HOSTILE.iterdir()) == sorted(HOSTILE_SAYS)
+
+
+def _pack_with(tmp_path: Path, name: str) -> Path:
+    """A directory: a good scenario first (it does not help), then one hostile file."""
+    d = tmp_path / "pack"
+    d.mkdir()
+    (d / "00-good.toml").write_text(GOOD_SCENARIO.read_text())
+    shutil.copy(HOSTILE / name, d / name)
+    return d
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_SAYS))
+def test_a_hostile_scenario_is_refused_before_any_work(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], no_work: list[str],
+        name: str) -> None:
+    d = _pack_with(tmp_path, name)
+    for argv in (["run", "--vm", "--scenarios", str(d)],
+                 ["run", "--vm", "--scenarios", str(d), "target-module-not-present"],
+                 ["run", "--vm", "--kernel", "6.1", "--kernel", "latest", "--scenarios", str(d)],
+                 ["list", "--scenarios", str(d)],
+                 ["check", RUN, "--scenarios", str(d)]):
+        assert _status(argv) == 1, argv
+        assert _one_error(capsys.readouterr().err) == (
+            f"klptrace: error: {d / name}{HOSTILE_SAYS[name]}"), argv
+    assert no_work == []
+
+
+@pytest.fixture
+def no_fetch(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fail loudly on a kernel fetch, a module build, a boot or a kernel check, leaving the
+    commands' own code (run_vm, run_matrix, run_local) as it is."""
+    from klptrace import assets, kmod, kmsg, probes
+
+    started: list[str] = []
+
+    def refuse(name: str) -> object:
+        def f(*_a: object, **_k: object) -> None:
+            started.append(name)
+            raise AssertionError(f"{name} was called for a hostile scenario")
+        return f
+
+    for mod, name in ((kernels, "ensure"), (vm, "check_host"), (vm, "run"), (build, "build"),
+                      (assets, "build_modules"), (probes, "check_kernel"), (kmod, "Actor"),
+                      (kmsg, "OopsWatch")):
+        monkeypatch.setattr(mod, name, refuse(f"{mod.__name__}.{name}"))
+    return started
+
+
+def test_the_hostile_pack_is_refused_before_a_fetch_or_a_boot(
+        capsys: pytest.CaptureFixture[str], no_fetch: list[str]) -> None:
+    name = "01-load-traversal.toml"
+    first = f"klptrace: error: {HOSTILE / name}{HOSTILE_SAYS[name]}"
+    for argv in (["run", "--vm", "--scenarios", str(HOSTILE)],
+                 ["run", "--vm", "--kernel", "6.1", "--kernel", "7.2", "--scenarios",
+                  str(HOSTILE)],
+                 ["run", "--scenarios", str(HOSTILE)]):
+        assert _status(argv) == 1, argv
+        assert _one_error(capsys.readouterr().err) == first, argv
+    # run_vm, which the matrix's children run, loads them first of all too
+    with pytest.raises(scenario.ScenarioError, match=r"01-load-traversal\.toml:9: "):
+        run_cmd.run_vm(run_cmd.RunOptions(scenarios=str(HOSTILE), vm=True), "6.1")
+    assert no_fetch == []
+
+
+def _issue_examples() -> dict[str, tuple[dict[str, str], str]]:
+    """The scenario files issue 19 named: the files of a directory, and the error after its
+    path."""
+    good = GOOD_SCENARIO.read_text()
+    step = '{ disable = "klptrace_lp" },'
+    assert step in good
+
+    def hostile(name: str) -> tuple[dict[str, str], str]:
+        return {name: (HOSTILE / name).read_text()}, f"/{name}{HOSTILE_SAYS[name]}"
+
+    return {
+        "module-traversal": hostile("01-load-traversal.toml"),
+        "module-absolute": hostile("02-load-absolute.toml"),
+        "set-param-traversal": hostile("04-set-param-traversal.toml"),
+        "disable-traversal": hostile("06-disable-traversal.toml"),
+        "id-option": hostile("13-id-option.toml"),
+        "id-newline": hostile("14-id-newline.toml"),
+        "transition-true": (
+            {"a.toml": good.replace(
+                step, '{ wait_transition = "klptrace_lp", transition = true },')},
+            "/a.toml:12: steps[1]: transition must be the integer 0 or 1, not a boolean"),
+        "replaces-all-string": (
+            {"a.toml": good.replace("\ndoc =", '\nreplaces_all = "false"\ndoc =')},
+            "/a.toml:4: replaces_all must be true or false, not a string"),
+        "unknown-step-key": (
+            {"a.toml": good.replace(step, '{ lod = "klptrace_lp" },')},
+            '/a.toml:12: steps[1]: unknown key "lod" (expected one of load, unload, disable, set, '
+            "wait_transition)"),
+        "one-id-two-files": (
+            {"a.toml": good, "b.toml": good},
+            '/b.toml:1: id "target-module-not-present" is also the id of {d}/a.toml'),
+        "nested-3000-deep": (
+            {"a.toml": good.replace("steps = [\n", "steps = [" + "[" * 3000 + "]" * 3000 + ",\n")},
+            "/a.toml:10: nested more than 32 deep (a scenario needs two: steps = [{ ... }])"),
+        "oversized": (
+            {"a.toml": good + "#" * scenario.MAX_FILE_BYTES + "\n"},
+            f"/a.toml: {len(good) + scenario.MAX_FILE_BYTES + 1} bytes, more than a scenario file "
+            "may hold (1 MiB)"),
+    }
+
+
+ISSUE_EXAMPLES = _issue_examples()
+
+
+@pytest.mark.parametrize("example", list(ISSUE_EXAMPLES))
+def test_a_bad_scenario_is_one_error_line(tmp_path: Path, example: str) -> None:
+    texts, says = ISSUE_EXAMPLES[example]
+    d = tmp_path / "scenarios"
+    d.mkdir()
+    for name, text in texts.items():
+        (d / name).write_text(text)
+    # the real entry point, both at once (a fresh interpreter: its own recursion limit)
+    procs = [subprocess.Popen([sys.executable, "-m", "klptrace", *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for argv in (["list", "--scenarios", str(d)], ["check", RUN, "--scenarios", str(d)])]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, out) == (1, ""), err
+        assert _one_error(err) == f"klptrace: error: {d}{says.replace('{d}', str(d))}"
