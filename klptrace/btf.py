@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import struct
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -238,20 +239,46 @@ def cached_layout(cache: Path, notes_path: str = "/sys/kernel/notes",
     except OSError:
         bid = None
     saved = layout_dir(cache) / f"{bid}.json" if bid else None
-    wanted = set(FIELDS) | set(SIZES)
     if saved is not None:
-        try:
-            got = json.loads(saved.read_text())
-            if isinstance(got, dict) and set(got) == wanted and \
-                    all(isinstance(v, int) for v in got.values()):
-                return got
-        except (OSError, ValueError):
-            pass
+        got = _read_layout(saved)
+        if got is not None:
+            return got
     out = layout(BTF.load(btf_path))
     if saved is not None:
         with contextlib.suppress(OSError):
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            tmp = saved.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(out, sort_keys=True) + "\n")
-            tmp.replace(saved)  # whole or not at all
+            _save_layout(saved, out)
     return out
+
+
+#: larger than any offset or size klptrace reads (task_struct, the largest, is ~10 KiB)
+_LAYOUT_MAX = 1 << 16
+
+
+def _read_layout(path: Path) -> dict[str, int] | None:
+    """The layout saved at path, or None when it is missing or not exactly what layout()
+    makes: its values become -D flags of the BPF compile, so anything else is a miss."""
+    try:
+        with open(path, "rb") as f:
+            got = json.loads(f.read(_LAYOUT_MAX))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(got, dict) or set(got) != set(FIELDS) | set(SIZES):
+        return None
+    if not all(type(v) is int and 0 <= v < _LAYOUT_MAX for v in got.values()):
+        return None  # a bool is an int to isinstance
+    return {str(k): v for k, v in got.items()}
+
+
+def _save_layout(saved: Path, out: dict[str, int]) -> None:
+    """Write out to saved whole or not at all, through a temporary file of its own
+    (mkstemp: O_EXCL and O_NOFOLLOW, so nothing planted there is followed)."""
+    saved.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{saved.stem}.", suffix=".tmp", dir=saved.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(out, sort_keys=True) + "\n")
+        os.replace(tmp, saved)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from klptrace import kernelfs
 from klptrace.errors import KlptraceError, NotSupported, signals_deferred
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -104,19 +105,9 @@ def patch_attr(patch: str, attr: str) -> str | None:
 
 
 def write(path: str, value: str, append: bool = False) -> int:
-    """Write value to a sysfs or tracefs file: 0 or the errno. append: O_APPEND without
-    seeking, as kprobe_events needs (open(..., "a") seeks, which tracefs refuses)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | (os.O_APPEND if append else 0))
-    except OSError as e:
-        return e.errno or errno.EIO
-    try:
-        os.write(fd, value.encode())
-        return 0
-    except OSError as e:
-        return e.errno or errno.EIO
-    finally:
-        os.close(fd)
+    """Write value to a kernel file (sysfs, tracefs): 0 or the errno, from
+    kernelfs.write(), which refuses any file klptrace has no reason to write."""
+    return kernelfs.write(path, value, append)
 
 
 # --- the kernel actor ------------------------------------------------------------

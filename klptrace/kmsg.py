@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 
-from klptrace import settings
+from klptrace import kernelfs, settings
 from klptrace.errors import signals_deferred
 from klptrace.oops import Oops, find_oops
 
@@ -119,11 +119,10 @@ def livepatch_debug() -> Iterator[bool]:
 
 
 def _control(query: str) -> None:
-    fd = os.open(DYNDBG, os.O_WRONLY)
-    try:
-        os.write(fd, query.encode())
-    finally:
-        os.close(fd)
+    """One dynamic debug query; OSError with the kernel's errno when it is refused."""
+    err = kernelfs.write(DYNDBG, query)
+    if err:
+        raise OSError(err, os.strerror(err))
 
 
 # --- oopses ------------------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from klptrace import assets, btf, elf, kmod, kmsg, settings
+from klptrace import assets, btf, elf, kernelfs, kmod, kmsg, settings
 from klptrace.errors import KlptraceError, NotSupported, check_interrupted
 from klptrace.events import Callback, Event, EventKind, carries_ret, carries_state
 from klptrace.lab import defaults
@@ -547,7 +547,7 @@ class Probes:
 
 def _kprobe_events(line: str) -> None:
     """Add or remove a kprobe event; OSError with the kernel's errno when it refuses."""
-    err = kmod.write(KPROBE_EVENTS, line + "\n", append=True)
+    err = kernelfs.write(KPROBE_EVENTS, line + "\n", append=True)
     if err:
         raise OSError(err, os.strerror(err))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from klptrace import kernelfs
 from klptrace.errors import signals_deferred
 
 
@@ -13,20 +14,20 @@ def changed(path: str, old: str, new: str) -> Iterator[bool]:
     """Write new to the file at path if it reads old, and old back after the block.
 
     Any other value, or a file that cannot be read or written (locked on the
-    command line, absent), is left as it is. Yields whether it was changed.
-    The put-back is not cut short by SIGINT or SIGTERM.
+    command line, absent, not one kernelfs lets klptrace write), is left as it
+    is. Yields whether it was changed. The put-back is not cut short by SIGINT
+    or SIGTERM.
     """
     try:
         with open(path) as f:
             was = f.read().strip()
-        if was == old:
-            with open(path, "w") as f:
-                f.write(new)
     except OSError:
+        was = ""
+    if was == old and kernelfs.write(path, new):
         was = ""
     try:
         yield was == old
     finally:
         if was == old:
-            with signals_deferred(), contextlib.suppress(OSError), open(path, "w") as f:
-                f.write(old)
+            with signals_deferred():
+                kernelfs.write(path, old)

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from klptrace import errors, kmod
+from klptrace import errors, kernelfs, kmod
 
 
 @pytest.fixture
-def actor():  # type: ignore[no-untyped-def]
+def actor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    # its writes go through kernelfs, which then takes this test's files (and no others)
+    monkeypatch.setattr(kernelfs, "WRITABLE", (f"{tmp_path}/*",))
     a = kmod.Actor()
     yield a
     a.close()

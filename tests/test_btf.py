@@ -1,5 +1,7 @@
-"""BTF parsing against a small hand-built BTF blob."""
+"""BTF parsing against a small hand-built BTF blob, and the cache of layouts."""
 
+import json
+import os
 import struct
 
 import pytest
@@ -107,6 +109,73 @@ def test_the_layout_is_kept_per_build_id(tmp_path, monkeypatch: pytest.MonkeyPat
     # no build id: nothing is kept
     btf.cached_layout(tmp_path / "c2", str(tmp_path / "absent"), "vmlinux")
     assert not (tmp_path / "c2").exists()
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """BTF reads, counted; each gives the same layout (every value 8)."""
+    computed: list[str] = []
+    monkeypatch.setattr(btf.BTF, "load", classmethod(lambda cls, path: computed.append(path)))
+    monkeypatch.setattr(btf, "layout", lambda b: {k: 8 for k in [*btf.FIELDS, *btf.SIZES]})
+    return computed
+
+
+def _each_name(value: str, extra: str = "") -> str:
+    return "{" + ", ".join(f'"{k}": {value}' for k in [*btf.FIELDS, *btf.SIZES]) + extra + "}"
+
+
+@pytest.mark.parametrize("text", [
+    "not json", "[" * 100_000, "1" * 5000, "[]", _each_name("8") + " true",
+    _each_name("8", ', "EXTRA": 1'), _each_name("8").replace('"OFF_TASK_PID": 8, ', ""),
+    _each_name('"8 -include /etc/shadow"'), _each_name("true"), _each_name("-8"),
+    _each_name("65536"), _each_name("8.0"), _each_name("8" * 5000),
+])
+def test_a_malformed_cached_layout_is_a_miss(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                             text: str) -> None:
+    """A cached layout becomes -D flags of the BPF compile: only the known names with
+    small non-negative ints are taken from the cache; anything else is computed again
+    (and the file replaced)."""
+    notes = tmp_path / "notes"
+    notes.write_bytes(_notes((b"GNU", 3, b"\xab\xcd")))
+    computed = _counting(monkeypatch)
+    saved = tmp_path / "cache" / "layout" / "abcd.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(text)
+    got = btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
+    assert computed == ["vmlinux"]
+    assert got == {k: 8 for k in [*btf.FIELDS, *btf.SIZES]}
+    assert json.loads(saved.read_text()) == got
+
+
+def test_a_well_formed_cached_layout_is_taken(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notes = tmp_path / "notes"
+    notes.write_bytes(_notes((b"GNU", 3, b"\xab\xcd")))
+    computed = _counting(monkeypatch)
+    saved = tmp_path / "cache" / "layout" / "abcd.json"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(json.dumps({k: i for i, k in enumerate([*btf.FIELDS, *btf.SIZES])}))
+    got = btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
+    assert computed == [] and got["OFF_MODULE_NAME"] == 0 and got["SIZE_KLP_OBJECT"] == 15
+
+
+def test_saving_a_layout_follows_no_planted_link(tmp_path, monkeypatch: pytest.MonkeyPatch
+                                                 ) -> None:
+    """The old temporary name (<bid>.<pid>.tmp) was predictable and written through a
+    link; the layout is now written to a new file made with O_EXCL, and renamed over the
+    cached one (a link there is replaced, not followed)."""
+    notes = tmp_path / "notes"
+    notes.write_bytes(_notes((b"GNU", 3, b"\xab\xcd")))
+    _counting(monkeypatch)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    layouts = tmp_path / "cache" / "layout"
+    layouts.mkdir(parents=True)
+    (layouts / f"abcd.{os.getpid()}.tmp").symlink_to(victim)
+    (layouts / "abcd.json").symlink_to(victim)  # read: not a layout, so a miss
+    btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
+    assert victim.read_text() == "untouched\n"
+    assert not (layouts / "abcd.json").is_symlink()
+    assert json.loads((layouts / "abcd.json").read_text())["OFF_MODULE_NAME"] == 8
+    assert {p.name for p in layouts.iterdir()} == {"abcd.json", f"abcd.{os.getpid()}.tmp"}
 
 
 def test_a_guest_shares_the_hosts_layouts(tmp_path) -> None:

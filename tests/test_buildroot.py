@@ -188,6 +188,19 @@ def test_a_root_is_made_once_and_reused(tmp_path: Path, monkeypatch: pytest.Monk
     assert {p.name for p in root.parent.iterdir()} == {".lock", "trixie-gcc-14"}
 
 
+def test_a_link_planted_as_the_roots_lock_is_not_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = _fake_mmdebstrap(tmp_path, monkeypatch, fail=False)
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (tmp_path / "cache" / "roots").mkdir(parents=True)
+    (tmp_path / "cache" / "roots" / ".lock").symlink_to(victim)
+    with pytest.raises(KlptraceError, match="cannot open the cache's lock"):
+        buildroot.ensure_root("trixie", _compiler("7.3.4+deb13-amd64"), "", tmp_path / "cache",
+                              lambda m: None)
+    assert victim.read_text() == "untouched\n" and not log.exists()
+
+
 def test_a_failed_root_leaves_nothing_usable(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_mmdebstrap(tmp_path, monkeypatch, fail=True)

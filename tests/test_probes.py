@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from util import DATA
 
-from klptrace import probes
+from klptrace import kernelfs, probes
+
+
+@pytest.fixture(autouse=True)
+def _writable_knob(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The setting's writes go through kernelfs: let it write this test's files."""
+    monkeypatch.setattr(kernelfs, "WRITABLE", (f"{tmp_path}/*",))
 
 
 def test_expedites_and_puts_back(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ end with its last process, after a success, a failure or a kill alike.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from klptrace.errors import KlptraceError
+from klptrace.lab.defaults import locked
 
 Say = Callable[[str], None]
 
@@ -155,9 +155,8 @@ def ensure_root(codename: str, compiler: Compiler, sources_text: str, cache: Pat
     if not shutil.which("mmdebstrap"):
         raise KlptraceError("mmdebstrap not found: it makes the build root for this kernel",
                             hint="apt-get install mmdebstrap (make setup does)")
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with locked(base):
         if is_root(final):
             return final  # made by another klptrace meanwhile
         _make_root(codename, compiler, sources_text, aptopts, base, final, say)

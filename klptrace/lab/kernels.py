@@ -16,7 +16,6 @@ a metapackage depending on `linux-binary-<rel>` (usr/lib/modules/<rel>/vmlinuz),
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from pathlib import Path
 from klptrace.errors import KlptraceError, UsageError
 from klptrace.lab import archive
 from klptrace.lab.archive import Package, SuiteApt
-from klptrace.lab.defaults import cache_dir
+from klptrace.lab.defaults import cache_dir, locked
 
 Progress = Callable[[str], None]
 
@@ -469,9 +468,8 @@ def ensure(
     if parsed.kind == "release" and (base / "kernels" / parsed.value / _MARKER).is_file():
         return _kernel_at(base / "kernels" / parsed.value, parsed.value)
 
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one apt and one unpack at a time per cache
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with locked(base):  # one apt and one unpack at a time per cache
         return _from_archive(parsed, base, refresh, say)
 
 
