@@ -45,6 +45,10 @@ def write(path: str, value: str, append: bool = False) -> int:
         return errno.EINVAL
     if not any(_matches(parts, allowed) for allowed in WRITABLE):
         return errno.EPERM
+    if parts[-1] == "kprobe_events" and not append:
+        # O_TRUNC there removes every kprobe event on the machine, other tools' too
+        # (tracefs's probes_open()): klptrace only ever adds and removes its own
+        return errno.EINVAL
     flags = os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC)
     try:
         fd = _open_nofollow(parts, flags)

@@ -44,6 +44,9 @@ def test_a_listed_file_is_written_as_a_shell_would(kroot: Path) -> None:
     assert kernelfs.write(str(events), "p:a f\n", append=True) == 0
     assert kernelfs.write(str(events), "-:a\n", append=True) == 0
     assert events.read_text() == "0\np:a f\n-:a\n"  # `>>`: nothing lost, no seek
+    # never `>`: O_TRUNC on kprobe_events would remove every kprobe event, other tools' too
+    assert kernelfs.write(str(events), "p:b g\n") == errno.EINVAL
+    assert events.read_text() == "0\np:a f\n-:a\n"
 
 
 @pytest.mark.parametrize("tail", [
