@@ -175,3 +175,52 @@ expect = "% insmod klptrace_busy.ko block_transition=Y"
     # cleanup reversed the transition (no force) and unloaded both modules
     assert "reversing transition from patching to unpatching" in "\n".join(sc["recorded"])
     assert not _ours_left()
+
+
+#: where each hostile scenario file aims its name: the sentinel's path, reached
+#: through the module directory or sysfs
+_AIMS = {
+    "load": lambda rel: f'{{ load = "{rel}" }}',
+    "set-param": lambda rel: f'{{ set = "klptrace_target", param = "{rel}", value = "x" }}',
+    "set-module": lambda rel: f'{{ set = "{rel}", param = "p", value = "x" }}',
+    "disable": lambda rel: f'{{ disable = "{rel}" }}',
+    "unload": lambda rel: f'{{ unload = "{rel}" }}',
+}
+
+
+def test_no_scenario_can_change_a_file_outside_what_klptrace_writes(
+        module_dir: Path, tmp_path: Path) -> None:
+    """Scenario files are untrusted input run as root: names that climb out of the module
+    directory or sysfs towards a sentinel file are refused before anything runs, and
+    klptrace's one writer of kernel files refuses such a path even when handed it."""
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_text("untouched\n")
+    rel = "../../../../../../.." + str(sentinel)
+    packs = tmp_path / "packs"
+    for kind, aim in _AIMS.items():
+        for name in (rel, str(sentinel)):
+            d = packs / f"{kind}-{len(list(packs.glob(f'{kind}-*'))) if packs.exists() else 0}"
+            d.mkdir(parents=True)
+            (d / "hostile.toml").write_text(f'''
+id = "hostile-{kind}"
+title = "aims at a file outside sysfs"
+livepatches = ["klptrace_lp"]
+doc = "refused by the schema"
+steps = [ {{ load = "klptrace_target" }}, {aim(name)} ]
+expect = "% insmod klptrace_target.ko"
+''')
+    shipped = Path(__file__).resolve().parent.parent / "data" / "hostile-scenarios"
+    dirs = [*sorted(packs.iterdir()), shipped]
+    for d in dirs:
+        p = subprocess.run([sys.executable, "-m", "klptrace", "run", "--scenarios", str(d),
+                            "--modules", str(module_dir)], capture_output=True, text=True)
+        assert p.returncode in (1, 2), (d, p.stderr)
+        assert p.stderr.startswith("klptrace: error:") and "Traceback" not in p.stderr
+        assert "Tracing livepatch events" not in p.stderr  # refused before any probe
+        assert sentinel.read_text() == "untouched\n", d
+        assert not _ours_left(), d
+    # the writer, handed such paths directly, refuses them too
+    for path in (f"/sys/module/klptrace_target/parameters/{rel}",
+                 f"/sys/kernel/livepatch/{rel}/enabled", str(sentinel)):
+        assert kmod.write(path, "x") != 0, path
+    assert sentinel.read_text() == "untouched\n"
