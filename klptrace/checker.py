@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from klptrace.oops import Oops
 from klptrace.results import Recording, RunDocument, ScenarioResult, Status, Verdict
@@ -161,3 +161,36 @@ def account_lost(doc: RunDocument) -> RunDocument:
            f"{doc.lost_events} in all, {own} in the scenarios): this recording may lack some")
     return dataclasses.replace(doc, scenarios=[
         s if s.status == Status.SKIP else rejudge(s, problems=[why]) for s in doc.scenarios])
+
+
+def ran_anyway(result: ScenarioResult) -> list[str]:
+    """Why a result saved as skipped cannot be a skip: a skipped scenario ran nothing, so
+    it recorded no events, lost none, and no step of it failed or left anything."""
+    rec, out = result.recording, []
+    if rec.events:
+        out.append(f"saved as skipped, but it recorded {len(rec.events)} events: "
+                   "a skipped scenario runs nothing")
+    if rec.lost:
+        out.append(f"saved as skipped, but {rec.lost} of its events were lost: "
+                   "a skipped scenario records nothing")
+    if result.step_error or result.oops or result.leftovers:
+        out.append("saved as skipped, but a step of it failed or left something behind")
+    return out
+
+
+def recheck(doc: RunDocument, expect: Mapping[str, Sequence[str]]) -> RunDocument:
+    """A saved run judged again, trusting none of its statuses: every scenario against
+    expect[id], a skip too when something shows that it ran, and every scenario that ran
+    an error when the run attached no probes (nothing could have been recorded)."""
+    unattached = [] if doc.probes else [
+        "no probes were attached (the run lists none): nothing could be recorded"]
+    out = []
+    for r in doc.scenarios:
+        expected = list(expect[r.id])
+        contradictions = ran_anyway(r) if r.status == Status.SKIP else []
+        if r.status == Status.SKIP and not contradictions:  # nothing ran: nothing to judge
+            out.append(dataclasses.replace(r, verdict=dataclasses.replace(r.verdict,
+                                                                          expected=expected)))
+        else:
+            out.append(rejudge(r, expected, [*contradictions, *unattached]))
+    return account_lost(dataclasses.replace(doc, scenarios=out))

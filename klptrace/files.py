@@ -12,6 +12,7 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from klptrace.errors import KlptraceError, UsageError
 
@@ -38,19 +39,64 @@ def special_file(path: Path) -> str:
     return ""
 
 
+#: the most klptrace reads of one file: a saved run of every scenario on several kernels
+#: is a few MiB, and /dev/stdin or a FIFO may never end
+MAX_READ = 256 * 1024 * 1024
+_BOM = b"\xef\xbb\xbf"
+
+
 def read_text(path: str | Path, error: type[KlptraceError] = NotText, hint: str | None = None,
-              ) -> str:
-    """The UTF-8 text of a file; UsageError (with hint) if it cannot be read, error if it is
-    not text."""
+              limit: int | None = None) -> str:
+    """The UTF-8 text of a regular file or a pipe (a leading BOM dropped); UsageError (with
+    hint) if it cannot be read or is something else, error if it is not text or larger
+    than limit bytes (MAX_READ)."""
+    limit = MAX_READ if limit is None else limit
     try:
-        data = Path(path).read_bytes()
+        # refused before opening: opening a device can do something (a tape rewinds)
+        why = _not_readable(os.stat(path).st_mode)
+        if why:
+            raise UsageError(f"cannot read {path}: {why}", hint)
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb", buffering=0) as f:
+            why = _not_readable(os.fstat(fd).st_mode)  # replaced since os.stat()
+            if why:
+                raise UsageError(f"cannot read {path}: {why}", hint)
+            data = _read_at_most(f, limit + 1)  # one more than allowed tells a file too large
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}", hint) from None
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit} bytes (the most klptrace reads)",
+                    "is it the right file?")
+    start = len(_BOM) if data.startswith(_BOM) else 0  # Windows editors write one
     try:
-        return data.decode()
+        return data[start:].decode()
     except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})",
+        at = start + e.start
+        raise error(f"{path}: not UTF-8 text (byte {data[at]:#04x} at offset {at})",
                     "is it the right file? klptrace reads UTF-8 text (JSON, TOML)") from None
+
+
+def _not_readable(mode: int) -> str:
+    """Why a file of this mode is not read ('' for a regular file or a pipe)."""
+    if stat.S_ISREG(mode) or stat.S_ISFIFO(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "Is a directory"
+    kind = ("a character device" if stat.S_ISCHR(mode) else "a block device"
+            if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    return f"it is {kind}, not a regular file or a pipe"
+
+
+def _read_at_most(f: BinaryIO, n: int) -> bytes:
+    """Up to n bytes of f, read a MiB at a time (memory grows with what is there)."""
+    parts, left = [], n
+    while left > 0:
+        part = f.read(min(left, 1 << 20))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def output_problem(path: str | Path) -> str:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from klptrace.errors import KlptraceError
 from klptrace.events import Event
+from klptrace.jsontext import INT_MAX
 
 
 class Status(enum.StrEnum):
@@ -29,6 +32,10 @@ class Status(enum.StrEnum):
 class RecordingError(KlptraceError):
     """A saved recording or run document that cannot be read."""
 
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint or "klptrace does not write it so: was the file "
+                         "edited, or written by another program?")
+
 
 # --- reading JSON, saying where it is wrong ------------------------------------------
 
@@ -39,18 +46,50 @@ def _obj(d: Any, where: str) -> Mapping[str, Any]:
     return d
 
 
+#: the longest time a saved run may say anything took (about 31 years): sums stay finite
+MAX_SECONDS = 1e9
+# an event's integers: the kernel's u64 clock, a u32 pid, a long return value, an int state
+_EVENT_RANGES = {"ts_ns": (0, INT_MAX), "pid": (0, 2**32 - 1), "tid": (0, 2**32 - 1),
+                 "ret": (-2**63, 2**63 - 1), "state": (-2**31, 2**31 - 1)}
+# as the runner writes it: datetime.isoformat(timespec="milliseconds") in UTC
+_START_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _int(d: Mapping[str, Any], key: str, where: str, default: int = 0) -> int:
     v = d.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise RecordingError(f"{where}: '{key}' must be a non-negative integer")
-    return v
+    if not _is_int(v) or not 0 <= v <= INT_MAX:
+        raise RecordingError(f"{where}: '{key}' must be a non-negative integer (64 bits)")
+    return int(v)
 
 
-def _num(d: Mapping[str, Any], key: str, where: str) -> float:
+def _seconds(d: Mapping[str, Any], key: str, where: str) -> float:
     v = d.get(key, 0.0)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise RecordingError(f"{where}: '{key}' must be a number")
+    if not _is_num(v) or not 0 <= v <= MAX_SECONDS:
+        raise RecordingError(f"{where}: '{key}' must be a number of seconds from 0 to "
+                             f"{MAX_SECONDS:g}")
     return float(v)
+
+
+def _start_time(d: Mapping[str, Any], key: str, where: str) -> str:
+    """A wall-clock time as the runner writes it (ISO 8601 with its offset), or ''."""
+    v = _str(d, key, where)
+    if v and not _START_TIME.fullmatch(v):
+        raise RecordingError(f"{where}: '{key}' must be a date and time such as "
+                             "2025-12-01T10:00:00.250+00:00")
+    if v:
+        try:
+            datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise RecordingError(f"{where}: '{key}' is not a real date and time") from None
+    return v
 
 
 def _str(d: Mapping[str, Any], key: str, where: str) -> str:
@@ -75,9 +114,69 @@ def _objects(d: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]]
 
 
 def _why(e: BaseException) -> str:
-    if isinstance(e, KeyError):
-        return f"missing or unknown {e.args[0]!r}"
-    return str(e)
+    why = f"missing or unknown {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+    return why if len(why) <= 200 else why[:200] + "..."  # it may quote a whole value
+
+
+def _event(ev: Any) -> Event:
+    """One saved event; its integers within what the kernel's types hold."""
+    e = Event.from_json(ev)
+    for field, (lo, hi) in _EVENT_RANGES.items():
+        v = getattr(e, field)
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"{field} {v} is out of its range {lo}..{hi}")
+    return e
+
+
+# the fields of a probe's status (probes.ProbeStatus.to_json) and of a stall report
+# (stall.Report.to_json): what each must be when present
+_PROBE = {"name": "str", "target": "str", "ok": "bool", "reason": "str", "armed": "bool"}
+_STALL = {"patch": "str", "direction": "str", "in_transition": "bool",
+          "in_transition_s": "seconds?", "tries": "count?", "signals": "strs",
+          "forced": "bool", "timeline": "objects", "next_steps": "strs", "tasks": "objects"}
+_STALL_TASK = {"pid": "count", "tid": "count", "comm": "str", "reason": "str",
+               "function": "str", "kthread": "bool", "state": "str", "stack": "strs",
+               "blocking_s": "seconds?", "source": "str"}
+_STALL_STEP = {"t_s": "seconds", "what": "str", "tasks_left": "count", "tasks": "strs"}
+_KINDS: dict[str, tuple[str, Any]] = {  # kind: (what it must be, the test)
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "count": ("a non-negative integer (64 bits)", lambda v: _is_int(v) and 0 <= v <= INT_MAX),
+    "seconds": (f"a number of seconds within {MAX_SECONDS:g}",
+                lambda v: _is_num(v) and abs(v) <= MAX_SECONDS),
+    "strs": ("a list of strings", lambda v: isinstance(v, list)
+             and all(isinstance(x, str) for x in v)),
+    "objects": ("a list of objects", lambda v: isinstance(v, list)
+                and all(isinstance(x, dict) for x in v)),
+}
+
+
+def _shaped(obj: Any, fields: Mapping[str, str], where: str) -> dict[str, Any]:
+    """obj, an object whose fields (where present) are of their kinds; a kind ending in
+    '?' may also be null. Other fields pass as they are (no formatter reads them)."""
+    if not isinstance(obj, dict):
+        raise RecordingError(f"{where}: expected a JSON object")
+    for key, kind in fields.items():
+        v = obj.get(key)
+        if key not in obj or (v is None and kind.endswith("?")):
+            continue
+        what, fits = _KINDS[kind.rstrip("?")]
+        if not fits(v):
+            raise RecordingError(f"{where}: {key!r} must be {what}")
+    return obj
+
+
+def _stall(v: Any, where: str) -> dict[str, Any] | None:
+    """A scenario's stall report (`klptrace stall`'s), every field a formatter reads."""
+    if v is None:
+        return None
+    where += ": stall"
+    st = _shaped(v, _STALL, where)
+    for i, t in enumerate(st.get("tasks", [])):
+        _shaped(t, _STALL_TASK, f"{where}: tasks[{i}]")
+    for i, t in enumerate(st.get("timeline", [])):
+        _shaped(t, _STALL_STEP, f"{where}: timeline[{i}]")
+    return st
 
 
 # --- recordings and verdicts ---------------------------------------------------------
@@ -106,7 +205,7 @@ class Recording:
         events = []
         for i, ev in enumerate(raw):
             try:
-                events.append(Event.from_json(ev))
+                events.append(_event(ev))
             except (KeyError, ValueError, TypeError) as e:
                 raise RecordingError(f"{where}: events[{i}] is malformed: {_why(e)}") from None
         return cls(events, _int(obj, "lost_events", where), _objects(obj, "probes", where))
@@ -187,20 +286,17 @@ class ScenarioResult:
         except ValueError:
             raise RecordingError(f"{where}: 'status' must be one of "
                                  + ", ".join(s.value for s in Status)) from None
-        if status == Status.SKIP and "events" not in obj:
-            rec = Recording(probes=list(probes))
-        else:
-            rec = Recording.from_json({"events": obj.get("events"),
-                                       "lost_events": obj.get("lost_events", 0),
-                                       "probes": list(probes)}, where)
-        stall = obj.get("stall")
-        if stall is not None and not isinstance(stall, dict):
-            raise RecordingError(f"{where}: 'stall' must be an object")
+        # a skip may be saved without its (empty) events
+        rec = Recording.from_json({"events": obj.get("events", [] if status == Status.SKIP
+                                                     else None),
+                                   "lost_events": obj.get("lost_events", 0),
+                                   "probes": list(probes)}, where)
+        stall = _stall(obj.get("stall"), where)
         verdict = Verdict(status, _lines(obj, "expected", where), _lines(obj, "recorded", where),
                           _str(obj, "explanation", where), _lines(obj, "diff", where),
                           _lines(obj, "problems", where))
-        return cls(sid, verdict, rec, _num(obj, "duration_s", where),
-                   _str(obj, "start_time", where), _lines(obj, "notes", where),
+        return cls(sid, verdict, rec, _seconds(obj, "duration_s", where),
+                   _start_time(obj, "start_time", where), _lines(obj, "notes", where),
                    _lines(obj, "dmesg", where) if "dmesg" in obj else None,
                    _str(obj, "step_error", where), _lines(obj, "oops", where),
                    _lines(obj, "leftovers", where), stall)
@@ -268,13 +364,16 @@ class RunDocument:
         kernel = obj.get("kernel", "?")
         if not isinstance(kernel, str):
             raise RecordingError(f"{where}: 'kernel' must be a string")
-        probes = _objects(obj, "probes", where)
+        probes = [_shaped(p, _PROBE, f"{where}: probes[{i}]")
+                  for i, p in enumerate(_objects(obj, "probes", where))]
         scs = [ScenarioResult.from_json(s, f"{where}: scenarios[{i}]", probes, known)
                for i, s in enumerate(obj["scenarios"])]
         timing, info = obj.get("timing"), obj.get("kernel_info")
-        for key, v in (("timing", timing), ("kernel_info", info)):
-            if v is not None and not isinstance(v, dict):
-                raise RecordingError(f"{where}: '{key}' must be an object")
+        # how long each phase took, and what the kernel says about itself (sysinfo)
+        for key, v, kind in (("timing", timing, "seconds"), ("kernel_info", info, "str")):
+            if v is not None:
+                _shaped(v, dict.fromkeys(v if isinstance(v, dict) else (), kind),
+                        f"{where}: {key}")
         boots = _int(obj, "boots", where) if "boots" in obj else None
         return cls(kernel, scs, _int(obj, "lost_events", where), probes, timing,
                    _lines(obj, "leftovers", where) if "leftovers" in obj else None, info, boots)

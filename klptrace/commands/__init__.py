@@ -82,7 +82,7 @@ def emit(doc: RunDocument | Matrix, out: Output) -> int:
     failed: KlptraceError | None = None
     if out.record:
         try:
-            files.write_text(out.record, json.dumps(data, indent=1) + "\n")
+            files.write_text(out.record, json.dumps(data, indent=1, allow_nan=False) + "\n")
         except KlptraceError as e:
             failed = e  # the results still go where they were asked to
     text = report.render(out.format, data, kcidb_origin=out.kcidb_origin)

@@ -182,7 +182,7 @@ class _Stream:
 
     def put(self, record: dict[str, Any]) -> None:
         if self._fd is not None:
-            os.write(self._fd, (json.dumps(record) + "\n").encode())
+            os.write(self._fd, (json.dumps(record, allow_nan=False) + "\n").encode())
             os.fsync(self._fd)
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from klptrace.events import Event
 from klptrace.report import timeline as tl
+from klptrace.report.markup import clean
 from klptrace.results import Status
 from klptrace.transcript import render_pairs
 
@@ -153,7 +154,7 @@ _DEFS = f"""<svg width="0" height="0" style="position:absolute" aria-hidden="tru
 
 
 def _e(text: object) -> str:
-    return escape(str(text), quote=True)
+    return escape(clean(str(text)), quote=True)
 
 
 def _anchor(prefix: str, sid: str) -> str:

@@ -4,4 +4,4 @@ import json
 
 
 def render(run: dict) -> str:  # type: ignore[type-arg]
-    return json.dumps(run, indent=1) + "\n"
+    return json.dumps(run, indent=1, allow_nan=False) + "\n"

@@ -1,8 +1,8 @@
 """junit: one testsuite, one testcase per scenario; a matrix is a testsuite per kernel."""
 
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
+from klptrace.report.markup import attr, text
 from klptrace.results import Status, is_matrix
 
 _TAG = {Status.FAIL: "failure", Status.ERROR: "error"}
@@ -12,16 +12,16 @@ def _suite(run: dict[str, Any], name: str, indent: str) -> list[str]:
     scs = run["scenarios"]
     t = run["totals"]
     total = sum(s["duration_s"] for s in scs)
-    out = [f'{indent}<testsuite name={quoteattr(name)} tests="{len(scs)}" '
+    out = [f'{indent}<testsuite name={attr(name)} tests="{len(scs)}" '
            f'failures="{t["fail"]}" errors="{t["error"]}" skipped="{t["skip"]}" '
            f'time="{total:.3f}">',
-           f'{indent}  <properties><property name="kernel" value={quoteattr(run["kernel"])}/>'
+           f'{indent}  <properties><property name="kernel" value={attr(run["kernel"])}/>'
            f'<property name="lost_events" value="{run["lost_events"]}"/></properties>']
     for s in scs:
-        out.append(f'{indent}  <testcase classname="klptrace" name={quoteattr(s["id"])} '
+        out.append(f'{indent}  <testcase classname="klptrace" name={attr(s["id"])} '
                    f'time="{s["duration_s"]:.3f}">')
-        body = escape("\n".join([*s.get("problems", []), *s.get("diff", [])]))
-        msg = quoteattr(s.get("explanation", ""))
+        body = text("\n".join([*s.get("problems", []), *s.get("diff", [])]))
+        msg = attr(s.get("explanation", ""))
         if s["status"] in _TAG:
             tag = _TAG[Status(s["status"])]
             out.append(f"{indent}    <{tag} message={msg}>{body}</{tag}>")

@@ -46,7 +46,7 @@ def render(run: dict[str, Any], *, origin: str = DEFAULT_ORIGIN) -> str:
         digest = _run_digest(r)
         data["tests"] += [_test(s, i, build["id"], digest, origin)
                           for i, s in enumerate(r["scenarios"], 1)]
-    return json.dumps(data, indent=1) + "\n"
+    return json.dumps(_no_nul(data), indent=1, allow_nan=False) + "\n"
 
 
 def _kernel_key(run: dict[str, Any]) -> str:
@@ -170,3 +170,15 @@ def log_excerpt(sc: dict[str, Any]) -> str:
 def _clean(text: str) -> str:
     """Text as the schema takes it: no NUL characters."""
     return text.replace("\0", "\\0")
+
+
+def _no_nul(v: Any) -> Any:
+    """v with every string in it _clean: the schema refuses NUL in ids, names and comments,
+    and a run's kernel and scenario ids are in all of them."""
+    if isinstance(v, str):
+        return _clean(v)
+    if isinstance(v, dict):
+        return {_clean(k): _no_nul(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_no_nul(x) for x in v]
+    return v

@@ -46,7 +46,7 @@ def render(run: dict[str, Any]) -> str:
            "otherData": {"generator": "klptrace",
                          "kernels": ", ".join(r["kernel"] for r in runs),
                          "clock": "microseconds since each kernel's first recorded event"}}
-    return json.dumps(doc, indent=0) + "\n"
+    return json.dumps(doc, indent=0, allow_nan=False) + "\n"
 
 
 def _track(e: dict[str, Any]) -> Track:
