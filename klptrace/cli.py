@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
+import stat
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from klptrace import __version__
 from klptrace.commands import RUN_TIMEOUT_S, STALL_TIMEOUT_S
-from klptrace.errors import KlptraceError
+from klptrace.errors import KlptraceError, UsageError
 from klptrace.lab import defaults
 from klptrace.report import FORMATS, STALL_FORMATS, TRACE_FORMATS
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 EPILOG = """\
 examples:
@@ -35,20 +40,59 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with klptrace's form of an error: one line and a hint, exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"klptrace: error: {message}\n  hint: see `{self.prog} --help`\n")
+        self.exit(2, f"klptrace: error: {_one_line(message)}\n"
+                  f"  hint: see `{self.prog} --help`\n")
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        """--help and --version: a full disk or a closed pipe is a KlptraceError, as for
+        any other output (stderr, for usage errors, stays argparse's)."""
+        from klptrace import files
+
+        if file is sys.stdout:
+            files.write_stdout(message)
+        else:
+            super()._print_message(message, file)
 
 
 # --- option values, checked while parsing: a usage error costs no download or boot ---
 
+#: upper bounds: a typo (an extra digit or ten) is a usage error, not hours of work or a
+#: list of 10^20 scenarios built in memory
+MAX_REPEAT = 1000
+MAX_JOBS = 64  # guests at once, each with a vCPU and 512M at least
+MAX_CPUS = 64  # a guest's vCPUs: more only slows an emulated (TCG) guest down
+#: the longest wait any --timeout takes (a week): in milliseconds it still fits poll()'s
+#: int (24 days), and it is a valid timeout for threading
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
-    return n
+
+def _one_line(text: str) -> str:
+    """text with its control characters escaped: a value from the command line (a file
+    name with a newline) cannot add lines to an error."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _shown(text: str) -> str:
+    """An option's value in an error message: quoted, and cut short (5,000 digits)."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
+
+
+def _whole(most: int) -> Callable[[str], int]:
+    """An option value from 1 to most."""
+
+    def whole(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:  # not a number, or thousands of digits
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number of at least 1, not {_shown(text)}")
+        if n > most:
+            raise argparse.ArgumentTypeError(f"at most {most}, not {_shown(text)}")
+        return n
+
+    return whole
 
 
 def _seconds(text: str) -> float:
@@ -57,7 +101,11 @@ def _seconds(text: str) -> float:
     except ValueError:
         s = math.nan
     if not (math.isfinite(s) and s > 0):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0, not {_shown(text)}")
+    if s > MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TIMEOUT_S:.0f} seconds (a week), "
+                                         f"not {_shown(text)}")
     return s
 
 
@@ -84,15 +132,46 @@ def _output(text: str) -> str:
     """A file klptrace can create or overwrite, checked before the work that fills it."""
     from klptrace import files
 
-    why = files.output_problem(text)
+    try:
+        why = files.output_problem(text)
+    except OSError as e:  # a name too long, a loop of symbolic links
+        why = f"{text}: {e.strerror}"
     if why:
         raise argparse.ArgumentTypeError(why)
     return text
 
 
+def _kernel(text: str) -> str:
+    """A --kernel value; its form is checked in the options (kernels.parse_spec's error)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value names no kernel")
+    return text
+
+
+def _patch(text: str) -> str:
+    """A livepatch's name (a module name: never a path under /sys/kernel/livepatch)."""
+    from klptrace import trace
+
+    if not trace.is_module_name(text):
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not a livepatch name ({trace.MODULE_NAME_RULE})")
+    return text
+
+
+def _module(text: str) -> str:
+    """A trace --module: a .ko file that exists, or a module name (never an option)."""
+    from klptrace import trace
+
+    try:
+        return trace.module_spec(text)
+    except KlptraceError as e:
+        raise argparse.ArgumentTypeError(f"{e.message} ({e.hint})" if e.hint
+                                         else e.message) from None
+
+
 def _add_kernel_option(p: argparse.ArgumentParser, repeatable: bool = False) -> None:
     p.add_argument(
-        "--kernel",
+        "--kernel", type=_kernel,
         metavar="NAME|PATH",
         action="append" if repeatable else "store", default=[] if repeatable else None,
         help="a suite's kernel: 6.1 (bookworm), 6.12 (bookworm-backports), trixie, "
@@ -130,7 +209,7 @@ def _kcidb_origin(text: str) -> str:
     if not ORIGIN_RE.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"a KCIDB origin is lower-case letters, digits and _ (as KernelCI agreed it "
-            f"with you), not {text!r}")
+            f"with you), not {_shown(text)}")
     return text
 
 
@@ -150,7 +229,8 @@ def _add_output_options(p: argparse.ArgumentParser) -> None:
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "list", help="list the scenarios",
-        description="List the scenario ids and titles, in the order `run` runs them.",
+        description="List the scenario ids and titles, in the order `run` runs them. Exit "
+        "status: 0 listed, 1 a scenario file that is wrong, 2 a usage error.",
         epilog=_examples("klptrace list", "klptrace list --scenarios ./my-scenarios"),
         formatter_class=_RAW)
     p.add_argument("--scenarios", metavar="DIR", type=_directory,
@@ -174,19 +254,20 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="also save the recording (JSON) to FILE")
     p.add_argument("--vm", action="store_true", help="run in the lab VM, results brought back")
     _add_kernel_option(p, repeatable=True)
-    p.add_argument("--jobs", type=_positive, metavar="N",
+    p.add_argument("--jobs", type=_whole(MAX_JOBS), metavar="N",
                    help="with several --kernel, guests at once (default: what this host's "
-                   "cores and memory allow, said on stderr)")
-    p.add_argument("--cpus", type=_positive, metavar="N",
-                   help=f"guest CPUs with --vm (default {defaults.CPUS})")
+                   f"cores and memory allow, said on stderr; at most {MAX_JOBS})")
+    p.add_argument("--cpus", type=_whole(MAX_CPUS), metavar="N",
+                   help=f"guest CPUs with --vm (default {defaults.CPUS}, at most {MAX_CPUS})")
     p.add_argument("--memory", type=_memory, metavar="SIZE",
-                   help=f"guest memory with --vm (default {defaults.MEMORY})")
+                   help=f"guest memory with --vm (default {defaults.MEMORY}, at most 1T)")
     p.add_argument("--timeout", type=_seconds, default=RUN_TIMEOUT_S, metavar="S",
                    help=f"longest wait for one transition or unload (default {RUN_TIMEOUT_S:g})")
     p.add_argument("--modules", metavar="DIR", type=_directory,
                    help="built test modules (default: the cache)")
-    p.add_argument("--repeat", type=_positive, default=1, metavar="N",
-                   help="run the scenarios N times in a row (one BPF compile)")
+    p.add_argument("--repeat", type=_whole(MAX_REPEAT), default=1, metavar="N",
+                   help=f"run the scenarios N times in a row (one BPF compile; at most "
+                   f"{MAX_REPEAT})")
     p.add_argument("--allow-replace", action="store_true",
                    help="run atomic-replace even if other livepatches are enabled")
     # `run --vm` in the guest: each result to FILE as it finishes (JSON lines)
@@ -197,12 +278,14 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         description="Name the tasks that keep a livepatch transition from completing, the "
         "patched function each sits in, the kernel's reason, and what to do next. The first "
         "answer comes from /proc and sysfs, at once; --watch adds BPF and follows the "
-        "transition to its end.",
+        "transition to its end. Exit status: 0 answered (with --watch: the transition "
+        "completed), 1 still in transition when --watch timed out, or an error, 2 a usage "
+        "error, 4 nothing could run here (no root, no livepatch, no kprobes).",
         epilog=_examples("sudo klptrace stall", "sudo klptrace stall klptrace_lp --format json",
                          "sudo klptrace stall --wait --watch --timeout 60"),
         formatter_class=_RAW)
-    p.add_argument("patch", nargs="?", metavar="PATCH", help="the livepatch (default: the one "
-                   "in transition)")
+    p.add_argument("patch", nargs="?", metavar="PATCH", type=_patch,
+                   help="the livepatch (default: the one in transition)")
     p.add_argument("--watch", action="store_true", help="follow it live until it completes, "
                    "then print its timeline")
     p.add_argument("--wait", action="store_true", help="wait for a transition to start")
@@ -219,7 +302,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         description="Attach the probes, run COMMAND (or record until Ctrl-C) and print the "
         "livepatch events meanwhile, as the lines the kernel selftests expect in dmesg. "
         "Callbacks are traced for each --module, loaded or not yet. The exit status is "
-        "COMMAND's; lost events or a probe that did not attach make it non-zero.",
+        "COMMAND's; lost events or a probe that did not attach make it non-zero; with "
+        "--expect, 1 on a mismatch. klptrace's own: 2 a usage error, 4 nothing could run "
+        "here (no root, no livepatch, no kprobes).",
         epilog=_examples(
             "sudo klptrace trace --module ./my_lp.ko -- sh -c 'insmod my_lp.ko; "
             "echo 0 > /sys/kernel/livepatch/my_lp/enabled; rmmod my_lp'",
@@ -227,6 +312,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
             "sudo klptrace trace --module my_lp --format json -o story.json"),
         formatter_class=_RAW)
     p.add_argument("--module", action="append", default=[], metavar="NAME|PATH.ko",
+                   type=_module,
                    help="a livepatch module whose callbacks to trace (repeatable)")
     p.add_argument("--format", choices=TRACE_FORMATS,
                    default="transcript", help="output format (default transcript)")
@@ -253,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="klptrace",
         description="Record the Linux kernel livepatch core's callbacks and transitions "
-        "with BPF, and check them.",
+        "with BPF, and check them. Exit status: 0 success, 1 a failure or an error, 2 a "
+        "usage error (found before anything is downloaded, booted or loaded), 4 nothing "
+        "could run here (no root, no livepatch); each command's --help says which it uses.",
         epilog=EPILOG,
         formatter_class=_RAW,
     )
@@ -263,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "kernel", help="fetch a guest kernel into the cache and show it",
         description="Download a stock Debian kernel's image, headers and kbuild packages into "
-        "the cache (never installed: the host's /boot stays as it is) and print where they are.",
+        "the cache (never installed: the host's /boot stays as it is) and print where they are. "
+        "Exit status: 0 in the cache, 1 a failed download, 2 a usage error.",
         epilog=_examples("klptrace kernel", "klptrace kernel --kernel 6.12",
                          "klptrace kernel --refresh"),
         formatter_class=_RAW)
@@ -273,12 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "build", help="build the test modules against a kernel's headers",
         description="Build klptrace's test modules (modules/) on the host against a cached "
-        "kernel's headers or a kbuild directory, into the cache; print the .ko paths.",
+        "kernel's headers or a kbuild directory, into the cache; print the .ko paths. Exit "
+        "status: 0 built (or up to date), 1 a failed fetch or build, 2 a usage error.",
         epilog=_examples("klptrace build", "klptrace build --kernel 6.12",
                          "klptrace build --kdir /lib/modules/$(uname -r)/build"),
         formatter_class=_RAW)
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--kernel", metavar="NAME|PATH",
+    group.add_argument("--kernel", metavar="NAME|PATH", type=_kernel,
                        help="as for vm (default: the stock kernel of this host's Debian)")
     group.add_argument("--kdir", metavar="DIR", type=_directory,
                        help="a kernel build directory (headers)")
@@ -287,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         "vm",
         help="boot a kernel in QEMU and run a command as root in it",
         description="Boot a guest kernel with the host's / shared copy-on-write, run CMD "
-        "as root, stream its output and exit with its status.",
+        "as root and stream its output. The exit status is CMD's, or klptrace's own: 1 the "
+        "guest could not boot or run it (a panic, a timeout), 2 a usage error.",
         epilog=_examples("klptrace vm -- uname -r",
                          "klptrace vm --kernel 6.12 --cpus 1 --memory 2G -- dmesg",
                          "klptrace vm --rwdir results -- sh -c 'dmesg > results/dmesg.txt'",
@@ -295,10 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_RAW,
     )
     _add_kernel_option(p)
-    p.add_argument("--cpus", type=_positive, default=defaults.CPUS, metavar="N",
-                   help=f"guest CPUs (default {defaults.CPUS})")
+    p.add_argument("--cpus", type=_whole(MAX_CPUS), default=defaults.CPUS, metavar="N",
+                   help=f"guest CPUs (default {defaults.CPUS}, at most {MAX_CPUS})")
     p.add_argument("--memory", type=_memory, default=defaults.MEMORY, metavar="SIZE",
-                   help=f"guest memory (default {defaults.MEMORY})")
+                   help=f"guest memory (default {defaults.MEMORY}, at most 1T)")
     p.add_argument(
         "--timeout", type=_seconds, default=defaults.TIMEOUT_S, metavar="S",
         help=f"give up on the guest after S seconds (default {defaults.TIMEOUT_S:g})",
@@ -314,8 +405,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run klptrace; return the exit status."""
-    args = build_parser().parse_args(argv)
+    _replace_unencodable()
+    try:
+        args = build_parser().parse_args(argv)
+        _distinct_files(args)
+    except KlptraceError as err:  # the files clash, or --help could not be written
+        return _said(err)
     return _flushed(_dispatch(args))
+
+
+def _replace_unencodable() -> None:
+    """Write what the standard output's encoding (PYTHONIOENCODING=ascii, a C locale)
+    cannot hold as backslash escapes, as stderr does, instead of a UnicodeEncodeError:
+    HTML timelines and scenario titles may hold any character."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
+#: (option, its attribute): the files a command writes, and those it reads
+_OUTPUTS = (("-o", "output"), ("--record", "record"), ("--stream", "stream"))
+_INPUTS = (("RECORDING", "recording"), ("--expect", "expect"), ("--module", "module"))
+
+
+def _distinct_files(args: argparse.Namespace) -> None:
+    """UsageError if an output is one of the inputs, or another output: the output would
+    overwrite the input before it is read, or one output the other."""
+    def named(pairs: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+        got = []
+        for option, attr in pairs:
+            value = getattr(args, attr, None)
+            got += [(option, v) for v in (value if isinstance(value, list) else [value])
+                    if v and (attr != "module" or os.sep in v or v.endswith(".ko"))]
+        return got  # (a --module by name is no file here: modinfo finds it)
+
+    outputs, inputs = named(_OUTPUTS), named(_INPUTS)
+    for i, (option, path) in enumerate(outputs):
+        for other, other_path in inputs + outputs[:i]:
+            if _same_file(path, other_path):
+                reads = (other, other_path) in inputs
+                raise UsageError(
+                    f"{option} {_one_line(path)} is the file "
+                    f"{'read as' if reads else 'written by'} {other} {_one_line(other_path)}"
+                    + (": it would be overwritten" if reads else ""),
+                    f"write {option} to another file")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether a and b name one file: the same path once links are resolved, or the same
+    inode (a hard link). A character device (/dev/null, a terminal) is never one file
+    here: writing it twice overwrites nothing."""
+    try:
+        st_a, st_b = os.stat(a), os.stat(b)
+    except OSError:  # one is yet to be created (or cannot be looked at): compare names
+        return os.path.realpath(a) == os.path.realpath(b)
+    if stat.S_ISCHR(st_a.st_mode):
+        return False
+    return (st_a.st_dev, st_a.st_ino) == (st_b.st_dev, st_b.st_ino)
+
+
+def _said(err: KlptraceError) -> int:
+    """err as klptrace's one error line (and its hint) on stderr; its exit status."""
+    print(f"klptrace: error: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"  hint: {err.hint}", file=sys.stderr)
+    return err.status
 
 
 def _flushed(status: int) -> int:
@@ -323,7 +476,8 @@ def _flushed(status: int) -> int:
     from klptrace import files
 
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None: started with it closed, and nothing was written
+            sys.stdout.flush()
     except OSError as e:
         files.discard_stdout()
         print(f"klptrace: error: cannot write the standard output: {e.strerror}\n"
@@ -344,10 +498,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         status: int = getattr(module, function)(options(getattr(module, options_class), args))
         return status
     except KlptraceError as err:
-        print(f"klptrace: error: {err.message}", file=sys.stderr)
-        if err.hint:
-            print(f"  hint: {err.hint}", file=sys.stderr)
-        return err.status
+        return _said(err)
     except KeyboardInterrupt as err:
         name = getattr(err, "name", "SIGINT")
         done = getattr(err, "done", "cleaned up (anything left is named above)")

@@ -146,10 +146,13 @@ def _keep(text: str, suffix: str) -> str:
 
 def write_stdout(text: str) -> None:
     """Write text to the standard output; a named error if it cannot take it (a full disk)."""
+    if sys.stdout is None:  # started with the descriptor closed (`>&-`)
+        raise KlptraceError("cannot write the standard output: it is closed",
+                            "write to a file with -o FILE")
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
-    except OSError as e:
+    except OSError as e:  # a full disk, a closed pipe (`| head`)
         discard_stdout()
         raise KlptraceError(f"cannot write the standard output: {e.strerror}",
                             "write to a file with -o FILE") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Sequence
 
@@ -20,18 +21,65 @@ from klptrace.events import Event, EventKind
 _RESULT = re.compile(r"^(insmod|modprobe|rmmod): ERROR")
 
 
+#: a module's name as the kernel and modprobe take it (no path, no option-like leading -)
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+#: MODULE_NAME_LEN (64) less the NUL and the pointer-sized padding of struct module
+_MODULE_NAME_MAX = 55
+_COMPRESSED = (".ko.xz", ".ko.zst", ".ko.gz")
+
+
+MODULE_NAME_RULE = (f"letters, digits, _ and -, at most {_MODULE_NAME_MAX}, not starting "
+                    "with -")
+
+
+def is_module_name(name: str) -> bool:
+    """Whether name is a module's (or a livepatch's) name, as the kernel names them."""
+    return len(name) <= _MODULE_NAME_MAX and bool(_MODULE_NAME.fullmatch(name))
+
+
+def module_spec(spec: str) -> str:
+    """spec if it names a module as trace takes it, a path to an existing .ko or a module
+    name; UsageError otherwise (said before anything looks at the kernel)."""
+    if os.sep in spec or spec.endswith((".ko", *_COMPRESSED)):
+        try:
+            st = os.stat(spec)
+        except OSError as e:
+            raise UsageError(f"no such module file: {spec} ({e.strerror})",
+                             "name the module's .ko file, or the module by its name") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{spec} is not a regular file", "name the module's .ko file")
+        if not spec.endswith(".ko"):
+            raise UsageError(_compressed(spec), _UNCOMPRESS)
+        return spec
+    if not is_module_name(spec):
+        shown = repr(spec if len(spec) <= 60 else spec[:60] + "...")
+        raise UsageError(f"{shown} is neither a .ko path nor a module name ({MODULE_NAME_RULE})",
+                         "name the module as lsmod shows it, or its .ko file")
+    return spec
+
+
+def _compressed(path: str) -> str:
+    return f"{path} is compressed: klptrace reads the callbacks from an uncompressed .ko"
+
+
+# the loader takes compressed modules; klptrace's ELF reader does not (klptrace/elf.py)
+_UNCOMPRESS = "decompress a copy (unxz -k, zstd -dk or gunzip -k) and name the .ko"
+
+
 def resolve_module(spec: str) -> str:
     """A .ko path for a module named by path or by name (as modprobe would find it)."""
+    spec = module_spec(spec)
     if spec.endswith(".ko") or os.sep in spec:
-        if not os.path.isfile(spec):
-            raise UsageError(f"no such module file: {spec}")
         return os.path.abspath(spec)
     try:
-        p = subprocess.run(["modinfo", "-n", spec], capture_output=True, text=True)
+        # `--`: the name is never an option of modinfo's, whatever module_spec lets through
+        p = subprocess.run(["modinfo", "-n", "--", spec], capture_output=True, text=True)
     except FileNotFoundError:
         raise UsageError(f"cannot resolve module {spec}: modinfo is not installed",
                          "name the module by its .ko path, or install kmod") from None
     path = p.stdout.strip()
+    if p.returncode == 0 and path.endswith(_COMPRESSED):
+        raise UsageError(_compressed(path), _UNCOMPRESS)
     if p.returncode != 0 or not path or not path.endswith(".ko"):
         raise UsageError(f"module {spec} not found for this kernel ({p.stderr.strip()})",
                          "name it by its .ko path")

@@ -5,15 +5,28 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from klptrace import files
 from klptrace.commands import say, signals_unwind
 from klptrace.errors import UsageError
 from klptrace.lab import defaults
+
+
+def _known_form(spec: str | None) -> None:
+    """UsageError for a --kernel of no form klptrace knows, before the host or the
+    network is looked at."""
+    from klptrace.lab import kernels
+
+    if spec is not None:
+        kernels.parse_spec(spec)
 
 
 @dataclasses.dataclass
 class KernelOptions:
     kernel: str | None = None
     refresh: bool = False
+
+    def __post_init__(self) -> None:
+        _known_form(self.kernel)
 
 
 def kernel(opts: KernelOptions) -> int:
@@ -29,11 +42,10 @@ def kernel(opts: KernelOptions) -> int:
     k = kernels.ensure(opts.kernel, refresh=opts.refresh, progress=progress)
     if not any(m.startswith("downloading") for m in said):
         say(f"kernel {k.release}: in the cache, nothing downloaded")
-    print(f"release  {k.release}")
-    print(f"suite    {k.suite or '(not known: not fetched from a suite)'}")
-    print(f"image    {k.image}")
-    print(f"modules  {k.modules_dir}")
-    print(f"kdir     {k.kdir or '(no headers)'}")
+    files.write_stdout(f"release  {k.release}\n"
+                       f"suite    {k.suite or '(not known: not fetched from a suite)'}\n"
+                       f"image    {k.image}\nmodules  {k.modules_dir}\n"
+                       f"kdir     {k.kdir or '(no headers)'}\n")
     return 0
 
 
@@ -41,6 +53,9 @@ def kernel(opts: KernelOptions) -> int:
 class BuildOptions:
     kernel: str | None = None
     kdir: str | None = None
+
+    def __post_init__(self) -> None:
+        _known_form(self.kernel)
 
 
 def build(opts: BuildOptions) -> int:
@@ -54,8 +69,7 @@ def build(opts: BuildOptions) -> int:
         built = assets.build_modules(kernels.ensure(opts.kernel, progress=say), say=say)
     state = "built" if built.rebuilt else "up to date, nothing rebuilt"
     say(f"modules for {built.release}: {state} in {built.dir}")
-    for ko in built.modules:
-        print(ko)
+    files.write_stdout("".join(f"{ko}\n" for ko in built.modules))
     return 0
 
 
@@ -67,6 +81,9 @@ class VmOptions:
     timeout: float = defaults.TIMEOUT_S
     rwdir: list[str] = dataclasses.field(default_factory=list)
     command: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _known_form(self.kernel)
 
 
 def vm(opts: VmOptions) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -65,10 +66,32 @@ class RunOptions(Output):
     memory: str | None = None
     jobs: int | None = None
 
-    def to_argv(self) -> list[str]:
-        """`klptrace run` arguments for the run in a guest: ids, then every guest option
-        that differs from its default."""
-        argv = ["run", *self.ids]
+    def __post_init__(self) -> None:
+        # before anything looks at this machine's kernel, or fetches or boots one
+        if self.vm:
+            from klptrace.lab import kernels
+
+            for spec in self.kernel:  # each: a matrix fetches one kernel after another
+                kernels.parse_spec(spec)
+            return
+        given = [(o, v) for o, v in (
+            ("--kernel", " --kernel ".join(shlex.quote(k) for k in self.kernel)
+             if self.kernel else None),
+            ("--cpus", self.cpus), ("--memory", self.memory), ("--jobs", self.jobs))
+            if v is not None]
+        if given:
+            names = " and ".join(o for o, _ in given)
+            one = len(given) == 1
+            raise UsageError(
+                f"{names} {'is an option' if one else 'are options'} of the lab VM: add --vm, "
+                f"or leave {'it' if one else 'them'} out to run on this machine's kernel",
+                "klptrace run --vm " + " ".join(f"{o} {v}" for o, v in given))
+
+    def to_argv(self, extra: Sequence[str] = ()) -> list[str]:
+        """`klptrace run` arguments for the run in a guest: every guest option that differs
+        from its default, then extra options, then `--` and the ids (so an id is never
+        taken for an option, whatever it looks like)."""
+        argv = ["run"]
         for f in dataclasses.fields(self):
             if not f.metadata.get("guest"):
                 continue
@@ -77,22 +100,12 @@ class RunOptions(Output):
                 continue
             flag = f.metadata["flag"]
             argv += [flag] if isinstance(value, bool) else [flag, str(value)]
-        return argv
+        return [*argv, *extra, "--", *self.ids]
 
 
 def run(opts: RunOptions) -> int:
     """`klptrace run`: on this kernel, or with --vm in the lab on each --kernel."""
     if not opts.vm:
-        given = [(o, v) for o, v in (("--kernel", " ".join(opts.kernel)), ("--cpus", opts.cpus),
-                                     ("--memory", opts.memory), ("--jobs", opts.jobs))
-                 if v not in (None, "")]
-        if given:
-            names = " and ".join(o for o, _ in given)
-            one = len(given) == 1
-            raise UsageError(
-                f"{names} {'is an option' if one else 'are options'} of the lab VM: add --vm, "
-                f"or leave {'it' if one else 'them'} out to run on this machine's kernel",
-                "klptrace run --vm " + " ".join(f"{o} {v}" for o, v in given))
         return run_local(opts)
     opts = dataclasses.replace(opts, cpus=VM_CPUS if opts.cpus is None else opts.cpus,
                                memory=VM_MEMORY if opts.memory is None else opts.memory)
@@ -482,9 +495,9 @@ class _Children:
 
     def _argv(self, spec: str, out: Path) -> list[str]:
         """One kernel's `run --vm`, with this run's options."""
-        return [sys.executable, "-m", "klptrace", *self.opts.to_argv(), "--vm", "--kernel", spec,
-                "--format", "json", "-o", str(out), "--cpus", str(self.opts.cpus or VM_CPUS),
-                "--memory", self.opts.memory or VM_MEMORY]
+        return [sys.executable, "-m", "klptrace", *self.opts.to_argv([
+            "--vm", "--kernel", spec, "--format", "json", "-o", str(out),
+            "--cpus", str(self.opts.cpus or VM_CPUS), "--memory", self.opts.memory or VM_MEMORY])]
 
     def _relay(self, spec: str, pipe: Any) -> None:
         for raw in iter(pipe.readline, b""):

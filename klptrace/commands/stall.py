@@ -28,6 +28,12 @@ class StallOptions:
     format: str = "text"
     output: str | None = None
 
+    def __post_init__(self) -> None:
+        # a usage error, before root or the livepatch core is looked at (exit 2, not 4)
+        if self.format == "html" and not self.watch:
+            raise UsageError("--format html draws a watched transition's timeline",
+                             "add --watch, or use --format text or json")
+
 
 def run(opts: StallOptions) -> int:
     """Explain the livepatch transition in progress (exit 0), or follow it with --watch
@@ -37,9 +43,6 @@ def run(opts: StallOptions) -> int:
     problem = kmod.unsupported(kprobes=opts.watch)
     if problem is not None:
         raise problem
-    if opts.format == "html" and not opts.watch:
-        raise UsageError("--format html draws a watched transition's timeline",
-                         "add --watch, or use --format text or json")
     if opts.patch and not kmod.is_patch(opts.patch):
         raise UsageError(f"no livepatch named {opts.patch}",
                          "livepatches here: " + (", ".join(kmod.patches()) or "none"))

@@ -35,6 +35,9 @@ from klptrace.lab.kernels import Kernel
 DEFAULT_MEMORY = defaults.MEMORY
 DEFAULT_TIMEOUT = defaults.TIMEOUT_S
 MIN_MEMORY_MIB = 512
+#: the most a guest may ask for (1T): a typo such as 999999G is refused before QEMU
+#: tries to reserve it
+MAX_MEMORY_MIB = 1024 * 1024
 
 # Directories that vng already gives a copy-on-write overlay in the guest.
 _VNG_OVERLAID = ("/etc", "/lib", "/home", "/opt", "/srv", "/usr", "/var", "/tmp")
@@ -49,13 +52,18 @@ Say = Callable[[str], None]
 def parse_memory(text: str) -> int:
     """Guest memory in MiB from a QEMU-style size: 4G, 512M, 4096 (MiB), 1.5G."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", text)
+    shown = repr(text if len(text) <= 40 else text[:40] + "...")  # not all 5,000 digits
     if not m:
-        raise KlptraceError(f"bad memory size {text!r}", hint="use a size such as 4G or 2048M")
+        raise KlptraceError(f"bad memory size {shown}", hint="use a size such as 4G or 2048M")
     scale = {"k": 1 / 1024, "": 1, "m": 1, "g": 1024, "t": 1024 * 1024}[m.group(2).lower()]
-    mib = int(float(m.group(1)) * scale)
+    size = float(m.group(1)) * scale  # inf for hundreds of digits: compared, never int()ed
+    if size > MAX_MEMORY_MIB:
+        raise KlptraceError(f"memory size {shown} is too large",
+                            hint=f"give the guest at most {MAX_MEMORY_MIB // (1024 * 1024)}T")
+    mib = int(size)
     if mib < MIN_MEMORY_MIB:
         raise KlptraceError(
-            f"memory size {text!r} is too small", hint=f"give the guest at least {MIN_MEMORY_MIB}M"
+            f"memory size {shown} is too small", hint=f"give the guest at least {MIN_MEMORY_MIB}M"
         )
     return mib
 
