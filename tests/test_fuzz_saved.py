@@ -82,6 +82,8 @@ def mutated(draw: st.DrawFn) -> str:
     fragments: dict[str, str] = {}
     for _ in range(draw(st.integers(1, 4))):
         paths = [p for p in _paths(doc) if p]
+        if not paths:  # an earlier change left nothing to change
+            break
         path = paths[draw(st.integers(0, len(paths) - 1))]
         parent = _parent(doc, path)
         how = draw(st.sampled_from(["like", "like", "value", "value", "fragment", "drop"]))
