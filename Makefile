@@ -8,9 +8,12 @@ VENV := .venv
 KLPTRACE := $(VENV)/bin/klptrace
 # The kernels that `make test` boots, one guest each (tests/test_kernel_vm.py),
 # and that `make bench` measures: Debian 12's stock kernel and the newest one
-# Debian carries. `make test-all` adds the others.
+# Debian carries. `make test-all` adds the others, and the newest kernel's
+# PREEMPT_RT flavour (latest-rt). The cloud flavour has no 9p and boots only
+# where the Rust virtiofsd is (Debian 13's virtiofsd package): add latest-cloud
+# there.
 TEST_KERNELS := 6.1 latest
-ALL_KERNELS := 6.1 6.12 trixie latest sid
+ALL_KERNELS := 6.1 6.12 trixie latest sid latest-rt
 
 # Debian packages (Debian 12 and 13): QEMU and virtme-ng's needs (busybox-static
 # builds the guest's initramfs; udev makes the guest's virtio-port links that
@@ -88,7 +91,8 @@ run: setup
 test: test-kernels test-deb-packages
 	KLPTRACE_TEST_KERNELS="$(TEST_KERNELS)" $(VENV)/bin/pytest -v
 
-# Every kernel klptrace knows by a short name, one guest each (about an hour).
+# Every kernel line klptrace knows by a short name, and the rt flavour, one guest each
+# (about an hour).
 test-all:
 	$(MAKE) test TEST_KERNELS="$(ALL_KERNELS)"
 

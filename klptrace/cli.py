@@ -26,6 +26,7 @@ examples:
   klptrace run --vm                    the same in the lab VM (this Debian's stock kernel)
   klptrace run --vm --kernel latest    the same on the newest kernel Debian carries
   klptrace run --vm --kernel sid       ... on sid's (also: 6.1, 6.12, trixie, 7.3, a release)
+  klptrace run --vm --kernel trixie-rt ... on trixie's PREEMPT_RT kernel (flavours: rt, cloud)
   klptrace run --vm --format json -o r.json busy-target-module
   klptrace check r.json                re-check a saved run offline
   klptrace list                        the scenario ids
@@ -175,9 +176,12 @@ def _add_kernel_option(p: argparse.ArgumentParser, repeatable: bool = False) -> 
         metavar="NAME|PATH",
         action="append" if repeatable else "store", default=[] if repeatable else None,
         help="a suite's kernel: 6.1 (bookworm), 6.12 (bookworm-backports), trixie, "
-        "trixie-backports, sid (unstable); latest; an upstream version such as 7.3; a "
-        "release such as 7.3.4+deb13-amd64; or a vmlinuz path with its modules beside it "
-        "(default: the stock kernel of this host's Debian release)"
+        "trixie-backports, sid (unstable), experimental (next: only when newer than "
+        "latest); latest; an upstream version such as 7.3; each of these with a flavour "
+        "-rt or -cloud (trixie-rt, latest-cloud; amd64, the generic one, is the default); a "
+        "release such as 7.3.4+deb13-amd64 or 6.12.117+deb13-rt-amd64; or a vmlinuz path "
+        "with its modules and config beside it (default: the stock kernel of this host's "
+        "Debian release; `klptrace kernel --list` shows what each suite carries)"
         + ("; repeat it for a matrix of kernels, one guest each" if repeatable else ""),
     )
 
@@ -354,10 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the cache (never installed: the host's /boot stays as it is) and print where they are. "
         "Exit status: 0 in the cache, 1 a failed download, 2 a usage error.",
         epilog=_examples("klptrace kernel", "klptrace kernel --kernel 6.12",
+                         "klptrace kernel --kernel trixie-rt", "klptrace kernel --list",
                          "klptrace kernel --refresh"),
         formatter_class=_RAW)
     _add_kernel_option(p)
     p.add_argument("--refresh", action="store_true", help="re-read the package lists first")
+    p.add_argument("--list", action="store_true",
+                   help="list every suite's kernel of each flavour, download nothing")
 
     p = sub.add_parser(
         "build", help="build the test modules against a kernel's headers",

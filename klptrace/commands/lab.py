@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klptrace import files
 from klptrace.commands import say, signals_unwind
 from klptrace.errors import UsageError
 from klptrace.lab import defaults
+
+if TYPE_CHECKING:
+    from klptrace.lab import kernels as kernels_t
 
 
 def _known_form(spec: str | None) -> None:
@@ -24,6 +28,7 @@ def _known_form(spec: str | None) -> None:
 class KernelOptions:
     kernel: str | None = None
     refresh: bool = False
+    list: bool = False
 
     def __post_init__(self) -> None:
         _known_form(self.kernel)
@@ -33,6 +38,16 @@ def kernel(opts: KernelOptions) -> int:
     """Fetch a guest kernel into the cache (if it is not there) and say where it is."""
     from klptrace.lab import kernels
 
+    if opts.list:
+        if opts.kernel:
+            raise UsageError("--list shows every suite's kernels, not one --kernel",
+                             hint="klptrace kernel --list, or klptrace kernel --kernel NAME")
+        for text in list_lines(kernels.carried(refresh=opts.refresh, progress=say)):
+            print(text)
+        say("a release is the version and its flavour: 6.12.117+deb13 under rt is "
+            "6.12.117+deb13-rt-amd64; --kernel NAME-rt or NAME-cloud picks a flavour "
+            "(trixie-rt, latest-cloud, 7.3-rt)")
+        return 0
     said: list[str] = []
 
     def progress(msg: str) -> None:
@@ -47,6 +62,27 @@ def kernel(opts: KernelOptions) -> int:
                        f"image    {k.image}\nmodules  {k.modules_dir}\n"
                        f"kdir     {k.kdir or '(no headers)'}\n")
     return 0
+
+
+def list_lines(table: list[kernels_t.SuiteKernels]) -> list[str]:
+    """`kernel --list`: one line per suite, the release of each flavour (its ABI part:
+    6.12.117+deb13 under rt is 6.12.117+deb13-rt-amd64), the name that reaches it."""
+    from klptrace.lab import kernels
+
+    flavours = list(kernels.FLAVOURS)
+
+    def abi(suite: kernels_t.SuiteKernels, flavour: str) -> str:
+        cand = suite.releases[flavour]
+        if cand is None:
+            return "-"
+        return cand.release.removesuffix("-" + kernels.FLAVOURS[flavour])
+
+    rows = [["suite", "--kernel", *flavours]]
+    rows += [[s.suite, s.name, *(abi(s, f) for f in flavours)] for s in table]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    return lines
 
 
 @dataclasses.dataclass

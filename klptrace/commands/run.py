@@ -306,6 +306,7 @@ def run_vm(opts: RunOptions, spec: str | None) -> RunDocument:
 
     scs = scenarios_for(opts.ids, opts.scenarios)
     kernel = kernels.ensure(spec, progress=say)
+    vm.guest_root(kernel)  # a guest that could mount no root: exit 4 before the build
     built = assets.build_modules(kernel, say=say)
     sequence = [s for _ in range(opts.repeat) for s in scs]
     with tempfile.TemporaryDirectory(prefix="klptrace-results-", dir="/tmp") as rw:

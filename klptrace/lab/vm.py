@@ -1,7 +1,8 @@
 """A disposable guest: boot a kernel with virtme-ng, run one command, bring back its status.
 
 `vng` runs as an external command. The guest sees the host's / read-only over
-9p with copy-on-write overlays (writes vanish at exit), runs the command as
+9p (virtiofs for a kernel without 9p: guest_root) with copy-on-write overlays
+(writes vanish at exit), runs the command as
 root, and streams its output. The command's exit status comes back through a
 status file in a private --rwdir, so a command that exits 255 is not mistaken
 for a crash; the kernel's console goes to a log so a panic can be named.
@@ -27,8 +28,8 @@ from pathlib import Path
 from types import FrameType
 from typing import BinaryIO
 
-from klptrace.errors import Interrupted, KlptraceError
-from klptrace.lab import defaults
+from klptrace.errors import Interrupted, KlptraceError, NotSupported
+from klptrace.lab import defaults, kconfig
 from klptrace.lab.defaults import cache_dir
 from klptrace.lab.kernels import Kernel
 
@@ -256,6 +257,68 @@ def guest_script(argv: Sequence[str], status_file: Path, bdi_dir: str = "/sys/cl
     return f"{readahead}{shlex.join(argv)}; s=$?; echo $s > {status}; exit $s"
 
 
+#: where virtme-ng looks for virtiofsd besides PATH (VirtioFS._get_virtiofsd_path in
+#: virtme/commands/run.py); Debian 13's virtiofsd package installs /usr/libexec/virtiofsd
+VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/virtiofsd/virtiofsd",
+                   "/usr/lib/virtiofsd", "/usr/lib/qemu/virtiofsd")
+
+
+def is_rust_virtiofsd(help_text: str) -> bool:
+    """Is this `virtiofsd --help` the Rust virtiofsd's, whose options vng passes?
+
+    Debian 12's qemu-system-common ships QEMU's old C virtiofsd as
+    /usr/lib/qemu/virtiofsd. vng means to skip it but, run as root, takes it;
+    it then refuses vng's --shared-dir, and vng falls back to 9p without a
+    word: a guest without 9p then cannot mount its root (seen on Debian 12 with
+    the cloud kernel: "Kernel panic - not syncing: Attempted to kill init!").
+    """
+    return "--shared-dir" in help_text
+
+
+def find_virtiofsd() -> str | None:
+    """The host's Rust virtiofsd, where vng would find it, or None."""
+    for path in (shutil.which("virtiofsd"), *VIRTIOFSD_PATHS):
+        if not (path and os.path.isfile(path) and os.access(path, os.X_OK)):
+            continue
+        try:
+            proc = subprocess.run([path, "--help"], capture_output=True, text=True,
+                                  timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if is_rust_virtiofsd(proc.stdout + proc.stderr):
+            return path
+    return None
+
+
+def guest_root(kernel: Kernel, virtiofsd: Callable[[], str | None] | None = None) -> str:
+    """How the guest mounts the host's /: "9p" (vng --force-9p), or "virtiofs" for a
+    kernel built without 9p (Debian's cloud flavour), which needs the host's virtiofsd.
+
+    Decided from the kernel's config, never its name; a kernel without a config
+    beside it is booted over 9p as before. virtiofsd() (find_virtiofsd() if None)
+    finds the host's daemon, asked only for a kernel without 9p. NotSupported when the guest could
+    mount no root on this host.
+    """
+    config = kconfig.read(kernel.config) if kernel.config is not None else None
+    if config is None or not kconfig.missing(config, kconfig.NINE_P):
+        return "9p"
+    no_9p = ", ".join(kconfig.missing(config, kconfig.NINE_P))
+    lacking = kconfig.missing(config, kconfig.VIRTIOFS)
+    if lacking:
+        raise NotSupported(
+            f"kernel {kernel.release} has neither 9p ({no_9p} unset) nor virtiofs "
+            f"({', '.join(lacking)} unset): the guest could not mount the host's /",
+            hint="the lab's guest needs a kernel with 9p or virtiofs")
+    if (virtiofsd or find_virtiofsd)() is None:
+        raise NotSupported(
+            f"kernel {kernel.release} has no 9p ({no_9p} unset), so its guest needs "
+            "virtiofs for the host's /, and this host has no virtiofsd",
+            hint="run it on a Debian 13 (trixie) or newer host with the virtiofsd package "
+            "(apt-get install virtiofsd); Debian 12 packages no virtiofsd that vng can use "
+            "(QEMU's old C one in qemu-system-common is not it)")
+    return "virtiofs"
+
+
 def vng_argv(
     kernel: Kernel,
     script: Path,
@@ -267,15 +330,18 @@ def vng_argv(
     rwdirs: Sequence[Path] = (),
     qemu: str | None = None,
     vng: str = "vng",
+    root: str = "9p",
 ) -> list[str]:
     """The vng command that boots kernel and runs the shell script (guest_script()) in cwd.
 
     The script is a file in a directory the guest shares, not vng's --exec text: vng
     passes that on the kernel's command line (base64), whose 2048 bytes a long
     command overflowed ("detected buffer overflow in __fortify_strlen", a kernel BUG
-    before the console, and a guest that hangs until the timeout).
+    before the console, and a guest that hangs until the timeout). root is
+    guest_root()'s choice: without --force-9p, vng exports / (and the rwdirs) over
+    virtiofs through the virtiofsd it finds.
     """
-    cmd = [vng, "--run", str(kernel.image), "--force-9p",
+    cmd = [vng, "--run", str(kernel.image), *(["--force-9p"] if root == "9p" else []),
            "--cpus", str(cpus), "--memory", f"{memory_mib}M", "--cwd", str(cwd)]  # fmt: skip
     if accel == "tcg":
         cmd.append("--disable-kvm")
@@ -718,6 +784,7 @@ def run(
         raise KlptraceError(f"--cpus {cpus}: need at least one CPU")
     if not kernel.image.is_file():
         raise KlptraceError(f"no kernel image at {kernel.image}")
+    root = guest_root(kernel)  # before anything boots, the trial boot of KVM too
     with _Signals() as signals:
         real_qemu = check_host()
         vng = _find_vng()
@@ -736,7 +803,7 @@ def run(
         # vng runs virtme-run, which lives beside it.
         env["PATH"] = f"{Path(vng).parent}{os.pathsep}{env.get('PATH', '')}"
         boot = _Boot(kernel, list(argv), vng, real_qemu, accel.name, cpus, memory_mib,
-                     (cwd or Path.cwd()).resolve(), dirs, env, timeout, done)
+                     (cwd or Path.cwd()).resolve(), dirs, env, timeout, done, root)
         for attempt in (1, 2):
             try:
                 return boot.once(signals, note)
@@ -778,6 +845,7 @@ class _Boot:
     env: dict[str, str]
     timeout: float
     done: Callable[[], bool] | None = None
+    root: str = "9p"  # guest_root()
 
     def once(self, signals: _Signals, note: Say) -> int:
         """Boot, run, stop: the command's status, or a named error once no QEMU is left."""
@@ -795,7 +863,7 @@ class _Boot:
             cmd = vng_argv(
                 self.kernel, script, accel=self.accel,
                 cpus=self.cpus, memory_mib=self.memory_mib, cwd=self.cwd, rwdirs=self.rwdirs,
-                qemu=str(wrapper), vng=self.vng,
+                qemu=str(wrapper), vng=self.vng, root=self.root,
             )  # fmt: skip
             if signals.signum is not None:
                 raise signals.interrupted("no guest was started")
