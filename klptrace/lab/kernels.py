@@ -764,8 +764,7 @@ def carried(cache: Path | None = None, *, refresh: bool = False,
     say = progress or (lambda _msg: None)
     base = cache or cache_dir()
     base.mkdir(parents=True, exist_ok=True)
-    with open(base / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(base):  # the package lists are apt's: one klptrace at a time
         apts, _ = _apts((*KNOWN_SUITES, *EXPERIMENTAL.suites), base, refresh, say)
         shown = archive.each(apts, lambda a: a.show(*(metapackage(f) for f in FLAVOURS)))
     return [suite_kernels(a.suite, pkgs) for a, pkgs in zip(apts, shown, strict=True)]
