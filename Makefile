@@ -113,10 +113,5 @@ lint: venv
 		$(VENV)/bin/python -m ruff check klptrace tests; \
 	else echo "lint: ruff is not installed in $(VENV), skipped"; fi
 	@if $(VENV)/bin/python -m mypy --version >/dev/null 2>&1; then \
-		$(VENV)/bin/python -m mypy --strict klptrace/lab/*.py klptrace/assets.py \
-			klptrace/files.py klptrace/report/html.py klptrace/report/timeline.py \
-			klptrace/runner.py klptrace/kmod.py klptrace/kmsg.py klptrace/sysinfo.py \
-			klptrace/elf.py klptrace/probes.py klptrace/checker.py klptrace/cli.py \
-			klptrace/commands/*.py klptrace/results.py klptrace/oops.py klptrace/stall.py \
-			klptrace/events.py klptrace/recorder.py klptrace/transcript.py; \
+		$(VENV)/bin/python -m mypy --strict klptrace; \
 	else echo "lint: mypy is not installed in $(VENV), skipped"; fi
