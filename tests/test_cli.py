@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from util import DATA, REPO, saved_run
+from util import DATA, REPO, one_error, saved_run
 
 from klptrace import cli
 from klptrace.errors import UsageError
@@ -161,16 +161,6 @@ def _klptrace(*argv: str, cache: Path, stdout: Any = subprocess.PIPE,
                                **(env or {})})
 
 
-def _one_error(err: str) -> str:
-    """The one `klptrace: error:` line of err; any other line is its hint."""
-    assert "Traceback" not in err, err
-    lines = err.splitlines()
-    errors = [x for x in lines if x.startswith("klptrace: error: ")]
-    assert len(errors) == 1, err
-    assert all(x.startswith("  hint: ") for x in lines if x not in errors), err
-    return errors[0]
-
-
 @pytest.mark.parametrize(("argv", "says"), [
     # the kernel check (root, /sys/kernel/livepatch) came first: exit 4 on this host
     (["stall", "--format", "html"], "--format html draws a watched transition's timeline"),
@@ -207,7 +197,7 @@ def test_a_usage_error_exits_2_before_any_kernel_check_or_download(
     cache = tmp_path / "cache"
     p = _klptrace(*argv, cache=cache)
     assert p.returncode == 2, p.stderr
-    assert says in _one_error(p.stderr)
+    assert says in one_error(p.stderr)
     assert list(cache.iterdir()) == []  # nothing fetched, built or booted
     assert p.stdout == ""
 
@@ -217,7 +207,7 @@ def test_a_compressed_module_is_named_as_such(tmp_path: Path) -> None:
     ko.write_bytes(b"\xfd7zXZ\x00")
     p = _klptrace("trace", "--module", str(ko), cache=tmp_path / "cache")
     assert p.returncode == 2
-    assert f"{ko} is compressed" in _one_error(p.stderr) and "unxz -k" in p.stderr
+    assert f"{ko} is compressed" in one_error(p.stderr) and "unxz -k" in p.stderr
 
 
 def test_trace_hands_a_module_name_to_modinfo_after_double_dash(
@@ -289,7 +279,7 @@ def test_an_output_that_is_an_input_or_another_output_is_a_usage_error(
         before = kept.read_bytes()
         p = _klptrace(*argv, cache=tmp_path / "cache")
         assert p.returncode == 2, (argv, p.stderr)
-        assert says in _one_error(p.stderr), argv
+        assert says in one_error(p.stderr), argv
         assert kept.read_bytes() == before  # the input was not touched
         assert not (tmp_path / "out.json").exists()
     assert list((tmp_path / "cache").iterdir()) == []
@@ -306,31 +296,31 @@ def test_outputs_apart_from_the_inputs_are_written(tmp_path: Path,
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["list"], ["run", "--help"],
                                   ["check", RUN]])
-def test_a_full_standard_output_is_one_error(tmp_path: Path, argv: list[str]) -> None:
+def test_a_full_standard_output_isone_error(tmp_path: Path, argv: list[str]) -> None:
     with open("/dev/full", "w") as full:
         p = _klptrace(*argv, cache=tmp_path / "cache", stdout=full)
     assert p.returncode == 1
-    assert _one_error(p.stderr) == ("klptrace: error: cannot write the standard output: "
+    assert one_error(p.stderr) == ("klptrace: error: cannot write the standard output: "
                                     "No space left on device")
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["list"], ["check", RUN, "--format", "html"]])
-def test_a_closed_pipe_is_one_error(tmp_path: Path, argv: list[str]) -> None:
+def test_a_closed_pipe_isone_error(tmp_path: Path, argv: list[str]) -> None:
     """`klptrace list | head -0`: the reader is gone before klptrace writes."""
     r, w = os.pipe()
     os.close(r)
     with os.fdopen(w, "w") as pipe:
         p = _klptrace(*argv, cache=tmp_path / "cache", stdout=pipe)
     assert p.returncode == 1
-    assert _one_error(p.stderr) == ("klptrace: error: cannot write the standard output: "
+    assert one_error(p.stderr) == ("klptrace: error: cannot write the standard output: "
                                     "Broken pipe")
 
 
-def test_a_closed_standard_output_is_one_error() -> None:
+def test_a_closed_standard_output_isone_error() -> None:
     p = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m klptrace list >&-'],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 1
-    assert _one_error(p.stderr).endswith("cannot write the standard output: it is closed")
+    assert one_error(p.stderr).endswith("cannot write the standard output: it is closed")
 
 
 @pytest.mark.parametrize("argv", [["list"], ["--help"], ["check", RUN],

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from util import DATA, REPO, saved_run
+from util import DATA, REPO, one_error, saved_run
 
 from klptrace import cli, scenario
 from klptrace.commands import run as run_cmd
@@ -28,16 +28,6 @@ def _status(argv: list[str]) -> int:
         return cli.main(argv)
     except SystemExit as e:
         return int(e.code or 0)
-
-
-def _one_error(err: str) -> str:
-    """The one error line of err; every other line is its hint."""
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    errors = [line for line in lines if line.startswith("klptrace: error: ")]
-    assert len(errors) == 1, err
-    assert all(line.startswith("  hint: ") for line in lines if line not in errors), err
-    return errors[0]
 
 
 @pytest.fixture
@@ -91,7 +81,7 @@ def test_a_bad_scenario_file_is_named(tmp_path: Path, bad: str, status: int, say
         p = subprocess.run([sys.executable, "-m", "klptrace", *argv], capture_output=True,
                            text=True, cwd=REPO, timeout=60)
         assert p.returncode == status, (argv, p.stderr)
-        assert says in _one_error(p.stderr), p.stderr
+        assert says in one_error(p.stderr), p.stderr
 
 
 def test_editors_dot_files_are_not_scenarios(tmp_path: Path,
@@ -109,7 +99,7 @@ def test_check_of_a_binary_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     f = tmp_path / "r.json"
     f.write_bytes(Path(sys.executable).read_bytes()[:4096])
     assert cli.main(["check", str(f)]) == 1
-    assert f"{f}: not UTF-8 text" in _one_error(capsys.readouterr().err)
+    assert f"{f}: not UTF-8 text" in one_error(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("what", ["missing", "directory"])
@@ -119,7 +109,7 @@ def test_check_of_what_cannot_be_read(tmp_path: Path, capsys: pytest.CaptureFixt
     if what == "directory":
         f.mkdir()
     assert cli.main(["check", str(f)]) == 2
-    assert _one_error(capsys.readouterr().err).startswith(f"klptrace: error: cannot read {f}: ")
+    assert one_error(capsys.readouterr().err).startswith(f"klptrace: error: cannot read {f}: ")
 
 
 # --- outputs -------------------------------------------------------------------------------
@@ -135,7 +125,7 @@ def test_an_output_that_cannot_be_written_is_a_usage_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], no_work: list[str],
         option: str, command: list[str], where: str, says: str) -> None:
     assert _status([*command, option, str(tmp_path / where)]) == 2
-    assert says in _one_error(capsys.readouterr().err)
+    assert says in one_error(capsys.readouterr().err)
     assert no_work == []
 
 
@@ -145,7 +135,7 @@ def test_a_full_disk_keeps_the_output(tmp_path: Path, capsys: pytest.CaptureFixt
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert cli.main(["check", RUN, "--format", "json", option, "/dev/full"]) == 1
     captured = capsys.readouterr()
-    line = _one_error(captured.err)
+    line = one_error(captured.err)
     assert line == "klptrace: error: cannot write /dev/full: No space left on device"
     kept = captured.err.split("  hint: the output is in ")[1].split(" instead")[0]
     assert Path(kept).parent == tmp_path
@@ -160,7 +150,7 @@ def test_a_full_standard_output(tmp_path: Path) -> None:
         p = subprocess.run([sys.executable, "-m", "klptrace", "check", RUN], stdout=full,
                            stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 1
-    line = _one_error(p.stderr)
+    line = one_error(p.stderr)
     assert line == "klptrace: error: cannot write the standard output: No space left on device"
 
 
@@ -200,7 +190,7 @@ def test_usage_errors_exit_2_before_any_work(capsys: pytest.CaptureFixture[str],
                                              no_work: list[str], argv: list[str],
                                              says: str) -> None:
     assert _status(argv) == 2
-    assert says in _one_error(capsys.readouterr().err)
+    assert says in one_error(capsys.readouterr().err)
     assert no_work == []
 
 
@@ -270,7 +260,7 @@ def test_negative_lost_events_are_refused(tmp_path: Path,
     f = tmp_path / "r.json"
     f.write_text(json.dumps(doc))
     assert cli.main(["check", str(f)]) == 1
-    assert "'lost_events' must be a non-negative integer" in _one_error(capsys.readouterr().err)
+    assert "'lost_events' must be a non-negative integer" in one_error(capsys.readouterr().err)
 
 
 # --- the standard input handed to vng -----------------------------------------------------
@@ -370,7 +360,7 @@ def test_a_hostile_scenario_is_refused_before_any_work(
                  ["list", "--scenarios", str(d)],
                  ["check", RUN, "--scenarios", str(d)]):
         assert _status(argv) == 1, argv
-        assert _one_error(capsys.readouterr().err) == (
+        assert one_error(capsys.readouterr().err) == (
             f"klptrace: error: {d / name}{HOSTILE_SAYS[name]}"), argv
     assert no_work == []
 
@@ -405,7 +395,7 @@ def test_the_hostile_pack_is_refused_before_a_fetch_or_a_boot(
                   str(HOSTILE)],
                  ["run", "--scenarios", str(HOSTILE)]):
         assert _status(argv) == 1, argv
-        assert _one_error(capsys.readouterr().err) == first, argv
+        assert one_error(capsys.readouterr().err) == first, argv
     # run_vm, which the matrix's children run, loads them first of all too
     with pytest.raises(scenario.ScenarioError, match=r"01-load-traversal\.toml:9: "):
         run_cmd.run_vm(run_cmd.RunOptions(scenarios=str(HOSTILE), vm=True), "6.1")
@@ -470,4 +460,4 @@ def test_a_bad_scenario_is_one_error_line(tmp_path: Path, example: str) -> None:
     for p in procs:
         out, err = p.communicate(timeout=60)
         assert (p.returncode, out) == (1, ""), err
-        assert _one_error(err) == f"klptrace: error: {d}{says.replace('{d}', str(d))}"
+        assert one_error(err) == f"klptrace: error: {d}{says.replace('{d}', str(d))}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import kcidb_io
 import pytest
-from util import DATA, REPO
+from util import DATA, REPO, one_error
 
 from klptrace import cli, files, report
 from klptrace.report import ktap
@@ -100,16 +100,6 @@ def output_parses(fmt: str, text: str) -> None:
 # --- running check ------------------------------------------------------------------------------
 
 
-def _one_error(err: str) -> str:
-    """The one error line of err; every other line is its hint."""
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    errors = [line for line in lines if line.startswith("klptrace: error: ")]
-    assert len(errors) == 1, err
-    assert all(line.startswith("  hint: ") for line in lines if line not in errors), err
-    return errors[0]
-
-
 def _write(tmp_path: Path, doc: Any, name: str = "r.json") -> Path:
     f = tmp_path / name
     f.write_text(doc if isinstance(doc, str) else json.dumps(doc))
@@ -135,7 +125,7 @@ def _refused(capsys: pytest.CaptureFixture[str], f: Path, says: str, status: int
     for fmt in ("text", "junit"):  # refused before any format is written
         code, out, err = _check(capsys, f, "--format", fmt)
         assert (code, out) == (status, ""), err
-        assert says in _one_error(err), err
+        assert says in one_error(err), err
 
 
 # --- reading: what, and how much --------------------------------------------------------------
@@ -146,7 +136,7 @@ def test_a_character_device_is_refused_unread() -> None:
     p = subprocess.run([sys.executable, "-m", "klptrace", "check", "/dev/zero"],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert p.returncode == 2 and p.stdout == ""
-    assert _one_error(p.stderr) == ("klptrace: error: cannot read /dev/zero: it is a character "
+    assert one_error(p.stderr) == ("klptrace: error: cannot read /dev/zero: it is a character "
                                     "device, not a regular file or a pipe")
 
 
@@ -177,7 +167,7 @@ def test_an_endless_pipe_stops_at_the_bound(tmp_path: Path, capsys: pytest.Captu
     writer.join(timeout=30)
     assert not writer.is_alive()
     assert (code, out) == (1, "")
-    assert f"{fifo}: larger than {1 << 20} bytes" in _one_error(err)
+    assert f"{fifo}: larger than {1 << 20} bytes" in one_error(err)
 
 
 def test_a_byte_order_mark_is_accepted(tmp_path: Path,
@@ -192,7 +182,7 @@ def test_a_byte_order_mark_is_accepted(tmp_path: Path,
 def test_not_json_that_is_not_cut_short_is_not_called_truncated(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _check(capsys, _write(tmp_path, "[1, 2 3]"))
-    assert code == 1 and "not JSON (line 1, column 7)" in _one_error(err)
+    assert code == 1 and "not JSON (line 1, column 7)" in one_error(err)
     assert "truncated" not in err
 
 

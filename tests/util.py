@@ -36,3 +36,13 @@ def until(cond: Callable[[], object], timeout: float = 60.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def one_error(err: str) -> str:
+    """The one error line of err; every other line is its hint."""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    errors = [line for line in lines if line.startswith("klptrace: error: ")]
+    assert len(errors) == 1, err
+    assert all(line.startswith("  hint: ") for line in lines if line not in errors), err
+    return errors[0]
