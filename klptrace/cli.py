@@ -151,11 +151,11 @@ def _kernel(text: str) -> str:
 
 def _patch(text: str) -> str:
     """A livepatch's name (a module name: never a path under /sys/kernel/livepatch)."""
-    from klptrace import trace
+    from klptrace import scenario
 
-    if not trace.is_module_name(text):
+    if not scenario.is_module_name(text):
         raise argparse.ArgumentTypeError(
-            f"{_shown(text)} is not a livepatch name ({trace.MODULE_NAME_RULE})")
+            f"{_shown(text)} is not a livepatch name ({scenario.MODULE_NAME_RULE})")
     return text
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from klptrace import kernelfs
 from klptrace.errors import KlptraceError, NotSupported, signals_deferred
+from klptrace.scenario import kernel_name
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SYS_FINIT_MODULE = 313  # x86_64
@@ -42,13 +43,14 @@ def load(path: str, params: str = "") -> int:
 
 
 def unload(name: str) -> int:
-    """delete_module(name, O_NONBLOCK): 0 or the errno."""
-    r = _libc.syscall(_SYS_DELETE_MODULE, name.encode(), _O_NONBLOCK)
+    """delete_module(name, O_NONBLOCK): 0 or the errno (name as in <name>.ko)."""
+    r = _libc.syscall(_SYS_DELETE_MODULE, kernel_name(name).encode(), _O_NONBLOCK)
     return ctypes.get_errno() if r != 0 else 0
 
 
 def is_loaded(name: str) -> bool:
     """Whether a module of that name is loaded (any state)."""
+    name = kernel_name(name)
     return os.path.exists(f"/sys/module/{name}/initstate") or os.path.exists(
         f"/sys/module/{name}/refcnt")
 
@@ -93,13 +95,13 @@ def unsupported(kprobes: bool = True) -> NotSupported | None:
 
 def is_patch(name: str) -> bool:
     """Whether a livepatch of that name is registered (/sys/kernel/livepatch/<name>)."""
-    return (LIVEPATCH_SYSFS / name).is_dir()
+    return (LIVEPATCH_SYSFS / kernel_name(name)).is_dir()
 
 
 def patch_attr(patch: str, attr: str) -> str | None:
     """/sys/kernel/livepatch/<patch>/<attr> (enabled, transition), or None if gone."""
     try:
-        return (LIVEPATCH_SYSFS / patch / attr).read_text().strip()
+        return (LIVEPATCH_SYSFS / kernel_name(patch) / attr).read_text().strip()
     except OSError:
         return None
 

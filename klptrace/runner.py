@@ -19,7 +19,7 @@ from klptrace.events import EventKind
 from klptrace.kmsg import KernelLog, OopsWatch
 from klptrace.oops import Oops
 from klptrace.results import Recording, ScenarioResult
-from klptrace.scenario import Scenario, Step, is_module_name, is_param_name
+from klptrace.scenario import Scenario, Step, is_module_name, is_param_name, kernel_name
 from klptrace.transcript import insmod_error, rmmod_error, witnessed
 
 
@@ -75,12 +75,14 @@ def _component(name: str, param: bool = False) -> str:
 
 def patch_file(patch: str, attr: str) -> str:
     """A livepatch's file in sysfs: /sys/kernel/livepatch/<patch>/<attr>."""
-    return f"/sys/kernel/livepatch/{_component(patch)}/{attr}"
+    return f"/sys/kernel/livepatch/{kernel_name(_component(patch))}/{attr}"
 
 
 def param_file(module: str, param: str) -> str:
     """A module parameter's file in sysfs."""
-    return f"/sys/module/{_component(module)}/parameters/{_component(param, True)}"
+    # a parameter is a C name too, and the kernel matches - and _ alike in it (parameq())
+    return (f"/sys/module/{kernel_name(_component(module))}/parameters/"
+            f"{kernel_name(_component(param, True))}")
 
 
 class Runner:
@@ -168,7 +170,7 @@ class Runner:
             if s.transition == 1:  # stalled on purpose: say who holds it, as `klptrace stall`
                 self.rec.poll(0)
                 evs = self.rec.recording(self._start).events
-                self.stall_report = self.snapshot(s.patch, evs)
+                self.stall_report = self.snapshot(kernel_name(s.patch), evs)
         else:  # scenario.py validates kinds; this is a bug
             raise AssertionError(f"unknown step kind {s.kind}")
 
@@ -219,7 +221,7 @@ class Runner:
         transition file shows, just before klp_complete_transition() returns:
         without this, the next step could be recorded before "... complete"."""
         evs = self.rec.recording(self._step_start).events
-        ours = [e.kind for e in evs if e.patch == patch]
+        ours = [e.kind for e in evs if e.patch == kernel_name(patch)]  # the kernel's name
         return ours.count(EventKind.TRANSITION_DONE) >= ours.count(EventKind.TRANSITION_COMPLETE)
 
     def unload(self, module: str) -> int:

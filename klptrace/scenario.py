@@ -57,8 +57,10 @@ PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 HINT = ("a scenario file is described under \"Scenario files\" in README.md; "
         "klptrace/scenarios/ holds examples")
-_MODULE_HINT = (f"a module or livepatch name is the kernel's: letters, digits, _ and -, "
-                f"at most {MAX_MODULE_NAME} characters, not starting with - "
+#: what is_module_name() takes, as a hint says it
+MODULE_NAME_RULE = (f"letters, digits, _ and -, at most {MAX_MODULE_NAME} characters, not "
+                    "starting with -")
+_MODULE_HINT = (f"a module or livepatch name is the kernel's: {MODULE_NAME_RULE} "
                 "(MODDIR/<name>.ko without .ko)")
 
 
@@ -72,6 +74,12 @@ class ScenarioError(KlptraceError):
 def is_module_name(name: str) -> bool:
     """Whether name is a module (or livepatch) name the kernel could have."""
     return len(name) <= MAX_MODULE_NAME and MODULE_NAME.fullmatch(name) is not None
+
+
+def kernel_name(module: str) -> str:
+    """The kernel's name of the module in <module>.ko: kbuild's KBUILD_MODNAME turns - into
+    _ (kpatch's livepatch-foo.ko is livepatch_foo), which delete_module(2) and sysfs use."""
+    return module.replace("-", "_")
 
 
 def is_param_name(name: str) -> bool:
@@ -427,8 +435,7 @@ def load_dir(directory: str | Path = BUILTIN_DIR) -> list[Scenario]:
     p = Path(directory)
     if not p.is_dir():
         raise ScenarioError(f"{_path(p)} is not a directory of scenario files")
-    # names starting with a dot are editors' files (an Emacs lock is a dangling link)
-    found = sorted(f for f in p.glob("*.toml") if not f.name.startswith("."))
+    found = scenario_files(p)
     if not found:
         raise ScenarioError(f"{_path(p)} has no *.toml scenario files")
     out: list[Scenario] = []
@@ -444,6 +451,12 @@ def load_dir(directory: str | Path = BUILTIN_DIR) -> list[Scenario]:
         first[sc.id] = f
         out.append(sc)
     return out
+
+
+def scenario_files(directory: Path) -> list[Path]:
+    """The files load_dir() reads, in their run order: *.toml, but not editors' files."""
+    # names starting with a dot are editors' files (an Emacs lock is a dangling link)
+    return sorted(f for f in directory.glob("*.toml") if not f.name.startswith("."))
 
 
 def _read(f: Path) -> str:

@@ -16,25 +16,14 @@ from collections.abc import Sequence
 
 from klptrace.errors import UsageError
 from klptrace.events import Event, EventKind
+from klptrace.scenario import MODULE_NAME_RULE, is_module_name
 
 # lines a traced script logs that the selftests' expectations carry too
 _RESULT = re.compile(r"^(insmod|modprobe|rmmod): ERROR")
 
 
 #: a module's name as the kernel and modprobe take it (no path, no option-like leading -)
-_MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
-#: MODULE_NAME_LEN (64) less the NUL and the pointer-sized padding of struct module
-_MODULE_NAME_MAX = 55
 _COMPRESSED = (".ko.xz", ".ko.zst", ".ko.gz")
-
-
-MODULE_NAME_RULE = (f"letters, digits, _ and -, at most {_MODULE_NAME_MAX}, not starting "
-                    "with -")
-
-
-def is_module_name(name: str) -> bool:
-    """Whether name is a module's (or a livepatch's) name, as the kernel names them."""
-    return len(name) <= _MODULE_NAME_MAX and bool(_MODULE_NAME.fullmatch(name))
 
 
 def module_spec(spec: str) -> str:

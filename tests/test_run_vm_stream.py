@@ -75,3 +75,14 @@ def test_user_modules_are_staged_over_klptrace_s(tmp_path: Path) -> None:
                                    [s for s in scs if s.id == "target-module-before-livepatch"])
     assert (dest / "klptrace_lp.ko").read_text() == "theirs"
     assert (dest / "klptrace_target.ko").read_text() == "ours"
+
+
+def test_only_the_scenario_files_the_host_checked_are_staged(tmp_path: Path) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    shipped = sorted(scenario.BUILTIN_DIR.glob("*.toml"))[0]
+    (user / "a.toml").write_text(shipped.read_text())
+    (user / ".#a.toml").symlink_to("root@host.1234")  # an editor's lock: a dangling link
+    dest = commands._stage_scenarios(tmp_path / "s", str(user))
+    assert dest is not None and sorted(p.name for p in dest.iterdir()) == ["a.toml"]
+    assert [s.id for s in scenario.load_dir(dest)] == [s.id for s in scenario.load_dir(user)]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from klptrace import runner, scenario
+from klptrace import kmod, runner, scenario
 from klptrace.events import Event, EventKind
 from klptrace.kmod import Abandoned
 from klptrace.kmsg import Oops
@@ -259,3 +260,18 @@ def test_a_module_whose_task_died_in_the_kernel_is_named_by_the_oops() -> None:
     assert "the kernel oopsed during `insmod lp.ko`: Oops: 0002 [#1] SMP" in \
         r.verdict.explanation
     assert run.wedged == "the kernel oopsed"
+
+
+def test_a_module_file_with_dashes_is_named_as_the_kernel_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kpatch's livepatch-foo.ko is the module livepatch_foo (kbuild's KBUILD_MODNAME):
+    # its file keeps the dash, its sysfs directories and delete_module(2) do not
+    r, _rec = _runner(FakeKernel())
+    assert r.ko("livepatch-foo") == "/mods/livepatch-foo.ko"
+    assert runner.patch_file("livepatch-foo", "enabled") == \
+        "/sys/kernel/livepatch/livepatch_foo/enabled"
+    assert runner.param_file("my-mod", "a-b") == "/sys/module/my_mod/parameters/a_b"
+    (tmp_path / "livepatch_foo").mkdir()
+    (tmp_path / "livepatch_foo" / "enabled").write_text("1\n")
+    monkeypatch.setattr(kmod, "LIVEPATCH_SYSFS", tmp_path)
+    assert kmod.is_patch("livepatch-foo") and kmod.patch_attr("livepatch-foo", "enabled") == "1"

@@ -426,3 +426,15 @@ def test_a_matrix_of_the_saved_runs_parses_in_every_format(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     matrix = {"runs": [_doc(), _doc(BUSY)]}
     assert {code for _, code, _ in _every_format(capsys, _write(tmp_path, matrix))} == {0}
+
+
+def test_the_text_format_shows_what_a_terminal_would_act_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a saved run is input: its kernel name or an explanation must not drive the terminal
+    doc = json.loads((DATA / "run-6.1.json").read_text())
+    doc["kernel"] = "6.1\x1b]0;owned\x07\x1b[2J\r"
+    doc["scenarios"][0]["explanation"] = "x\x9b31m"
+    f = _write(tmp_path, doc)
+    _code, out, _err = _check(capsys, f, "--format", "text")
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", out), out
+    assert "6.1\\x1b]0;owned\\x07\\x1b[2J\\x0d" in out

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from klptrace import btf, checker, kmod, kmsg, scenario, sysinfo
+from klptrace import btf, checker, jsontext, kmod, kmsg, scenario, sysinfo
 from klptrace.commands import RUN_TIMEOUT_S, Output, emit, line, say, scenarios_for, signals_unwind
 from klptrace.errors import (
     KlptraceError,
@@ -36,7 +36,7 @@ from klptrace.errors import (
 )
 from klptrace.lab import defaults
 from klptrace.oops import Oops
-from klptrace.results import Matrix, RunDocument, ScenarioResult, Status, Verdict
+from klptrace.results import Matrix, RecordingError, RunDocument, ScenarioResult, Status, Verdict
 
 VM_CPUS, VM_MEMORY = defaults.CPUS, defaults.MEMORY
 
@@ -384,7 +384,7 @@ def _stage_scenarios(dest: Path, user: str | None) -> Path | None:
     if not user:
         return None
     dest.mkdir()
-    for f in sorted(Path(user).glob("*.toml")):
+    for f in scenario.scenario_files(Path(user)):  # what the host checked, nothing else
         shutil.copy2(f, dest / f.name)
     return dest
 
@@ -551,7 +551,8 @@ class _Children:
     def _result(self, i: int, spec: str) -> RunDocument:
         out = self.tmp / f"{i}.json"
         try:
-            return RunDocument.from_json(json.loads(out.read_text()), str(out))
+            return RunDocument.from_json(
+                jsontext.loads(out.read_text(), str(out), RecordingError), str(out))
         except (OSError, ValueError, KlptraceError):
             proc = self.procs[spec]
             why = f"klptrace run --vm --kernel {spec} ended with exit status {proc.returncode} " \

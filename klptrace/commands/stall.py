@@ -17,6 +17,7 @@ from typing import Any
 from klptrace import files, kmod
 from klptrace.commands import STALL_TIMEOUT_S, line, signals_unwind
 from klptrace.errors import KlptraceError, UsageError, signals_checked
+from klptrace.report.markup import terminal
 
 
 @dataclasses.dataclass
@@ -59,9 +60,9 @@ def run(opts: StallOptions) -> int:
     rep = st.snapshot(patch)
     if opts.format == "json":
         doc = rep.to_json() if rep else {"patch": patch, "in_transition": False}
-        _write(opts, json.dumps(doc, indent=1) + "\n")
+        _write(opts, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     else:
-        _write(opts, st.render_text(rep))
+        _write(opts, terminal(st.render_text(rep)))  # a task's comm is its own to choose
     return 0
 
 
@@ -167,13 +168,14 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
                 if rep is None:
                     break
                 if tty:
-                    sys.stdout.write("\x1b[H\x1b[2J" + st.render_text(rep))
+                    sys.stdout.write("\x1b[H\x1b[2J" + terminal(st.render_text(rep)))
                     sys.stdout.flush()
                 else:
                     left = ", ".join(f"{t.comm}:{t.tid} {t.reason} {t.function}".strip()
                                      for t in rep.tasks[:3])
-                    line(f"{now - t_attach:6.1f} s  tries {rep.tries if rep.tries else '?'}: "
-                         f"{len(rep.tasks)} task(s) left: {left}")
+                    tries = rep.tries if rep.tries else "?"
+                    line(terminal(f"{now - t_attach:6.1f} s  tries {tries}: "
+                                  f"{len(rep.tasks)} task(s) left: {left}"))
                 if now > deadline:
                     break
                 rec.poll(1000)
@@ -185,14 +187,14 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
     completed = kmod.patch_attr(patch, "transition") != "1"
     s = summary(patch, watched, events, int(t_attach * 1e9), completed)
     if opts.format == "json":
-        _write(opts, json.dumps(s, indent=1) + "\n")
+        _write(opts, json.dumps(s, indent=1, allow_nan=False) + "\n")
     elif opts.format == "html":
         from klptrace import report
 
         _write(opts, report.render("html", html_document(s, watched, events,
                                                          time.monotonic() - t_attach)))
     else:
-        _write(opts, render_summary(s))
+        _write(opts, terminal(render_summary(s)))
     if stopped is not None:
         raise stopped
     return 0 if completed else 1

@@ -16,6 +16,7 @@ from klptrace.commands import Output, emit, line, say, signals_unwind
 from klptrace.errors import UsageError, signals_checked
 from klptrace.oops import Oops
 from klptrace.recorder import Recorder
+from klptrace.report.markup import terminal
 from klptrace.results import RunDocument, ScenarioResult
 
 
@@ -95,9 +96,9 @@ def run(opts: TraceOptions) -> int:
             "events": [e.to_json() for e in recording.events],
             "callbacks": tr.callbacks_json(recording.events), "transcript": lines,
             "notes": merged.notes, "problems": problems,
-            **({"oops": oops.lines} if oops else {})}, indent=1) + "\n"
+            **({"oops": oops.lines} if oops else {})}, indent=1, allow_nan=False) + "\n"
     else:
-        text = "".join(f"{x}\n" for x in lines)
+        text = terminal("".join(f"{x}\n" for x in lines))  # comms are the tasks' own
     if opts.output:
         files.write_text(opts.output, text)
     else:

@@ -23,6 +23,17 @@ def clean(text: str) -> str:
     return _FORBIDDEN.sub(_visible, text)
 
 
+#: what a terminal acts on rather than shows: C0 controls but tab and newline (ESC
+#: among them, which starts a terminal's escape sequences), DEL and the C1 controls
+_TERMINAL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal(text: str) -> str:
+    """text with every character a terminal would act on written as an escape: a kernel
+    name or a step's detail from a saved run cannot move the cursor or retitle a window."""
+    return _TERMINAL.sub(_visible, text)
+
+
 def text(s: str) -> str:
     """s as XML character data."""
     return escape(clean(s))

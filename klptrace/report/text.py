@@ -5,6 +5,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from klptrace.report.markup import terminal
 from klptrace.results import Status, is_matrix
 
 _QUIET = (Status.PASS, Status.SKIP)
@@ -41,7 +42,7 @@ def _matrix(doc: dict[str, Any]) -> str:
         out += _details(r, f" on {r['kernel']}")
     out += ["", *(f"{r['kernel']}: {_totals(r['totals'])}" for r in runs),
             f"all: {_totals(doc['totals'])}"]
-    return "\n".join(out) + "\n"
+    return terminal("\n".join(out)) + "\n"
 
 
 def render(run: dict[str, Any]) -> str:
@@ -53,4 +54,4 @@ def render(run: dict[str, Any]) -> str:
     out.append(tabulate(rows, headers=["scenario", "result", "events", "seconds"]))
     out += _details(run)
     out += ["", _totals(run["totals"])]
-    return "\n".join(out) + "\n"
+    return terminal("\n".join(out)) + "\n"
