@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import select
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from util import until
+from util import skip_or_fail, until
 
 from klptrace import cli
 from klptrace.errors import Interrupted, KlptraceError, UsageError
@@ -436,6 +437,39 @@ def test_qemu_wrapper_redirects_only_the_console(tmp_path: Path) -> None:
     ]  # fmt: skip
     # exec keeps the wrapper's pid: the pid file names the process that became QEMU
     assert lines[0] == f"pid {pid_file.read_text().strip()}"
+
+
+def test_a_boot_without_vngs_console_argument_fails_loudly(tmp_path: Path) -> None:
+    fake = tmp_path / "fake-qemu"
+    fake.write_text('#!/bin/sh\necho "QEMU $*"\n')
+    fake.chmod(0o755)
+    wrapper = tmp_path / "qemu"
+    console_log = tmp_path / "console.log"
+    wrapper.write_text(vm.qemu_wrapper(str(fake), console_log, tmp_path / "qemu.pid"))
+    wrapper.chmod(0o755)
+    # vng's probe of QEMU (qemu_helpers.Qemu.probe) is no boot: passed through
+    out = subprocess.run([str(wrapper), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == "QEMU --version\n"
+    # a boot whose console went elsewhere: refused, and said so for vm.run
+    out = subprocess.run([str(wrapper), "-kernel", "k", "-chardev", "stdio,id=console"],
+                         capture_output=True, text=True)
+    assert out.returncode == 70 and "QEMU" not in out.stdout
+    assert vm.VNG_CONSOLE_ARG in out.stderr
+    err = vm._early_end(console_log, out.stderr, 1)
+    assert isinstance(err, vm.GuestStopped) and "virtme-ng started QEMU without" in err.message
+    assert "virtme-ng>=1.42,<1.43" in (err.hint or "")
+
+
+def test_the_pinned_vng_gives_qemu_the_console_argument_the_wrapper_rewrites() -> None:
+    # the internals klptrace relies on, read from the vng that pyproject.toml allows
+    run_py = importlib.util.find_spec("virtme.commands.run")
+    if run_py is None or run_py.origin is None:
+        skip_or_fail("virtme-ng is not installed (make setup installs it)")
+        return
+    source = Path(run_py.origin).read_text()
+    assert 'console_output = "/dev/null"' in source
+    assert '"-chardev", f"file,id=console,path={console_output}"' in source
+    assert vm.VNG_CONSOLE_ARG == "file,id=console,path=/dev/null"
 
 
 def test_panic_line() -> None:

@@ -359,20 +359,37 @@ def vng_argv(
     return cmd
 
 
+#: the argument vng (virtme-ng 1.42, virtme/commands/run.py) gives QEMU for the guest
+#: kernel's console when it is not shown; the wrapper sends that console to a log
+VNG_CONSOLE_ARG = "file,id=console,path=/dev/null"
+#: the file the wrapper leaves beside the pid file when a boot lacked VNG_CONSOLE_ARG
+NO_CONSOLE_ARG = "no-console-arg"
+
+
 def qemu_wrapper(real_qemu: str, console_log: Path, pid_file: Path) -> str:
     """A QEMU stand-in: vng's kernel console (normally /dev/null) goes to a log, and QEMU's
-    pid to pid_file (exec keeps the pid), so that a stop can reach QEMU by its pid."""
+    pid to pid_file (exec keeps the pid), so that a stop can reach QEMU by its pid. A boot
+    (-kernel) without vng's console argument is refused, leaving NO_CONSOLE_ARG: a
+    virtme-ng that starts QEMU otherwise would lose the panic reports klptrace reads."""
+    missing = pid_file.parent / NO_CONSOLE_ARG
     return f"""#!/bin/sh
 # Written by klptrace: keep the guest kernel's console for panic reports, and
 # QEMU's pid so that klptrace can stop QEMU whatever becomes of vng.
 echo $$ > {shlex.quote(str(pid_file))}
+boot= console=
 for a do
   shift
   case $a in
-    file,id=console,path=/dev/null) a={shlex.quote("file,id=console,path=" + str(console_log))} ;;
+    {VNG_CONSOLE_ARG}) a={shlex.quote("file,id=console,path=" + str(console_log))}; console=1 ;;
+    -kernel) boot=1 ;;
   esac
   set -- "$@" "$a"
 done
+if [ -n "$boot" ] && [ -z "$console" ]; then
+  echo "klptrace: vng started QEMU without {VNG_CONSOLE_ARG}" >&2
+  : > {shlex.quote(str(missing))}
+  exit 70
+fi
 exec {shlex.quote(real_qemu)} "$@"
 """
 
@@ -923,6 +940,13 @@ class _Boot:
 
 def _early_end(console_log: Path, stderr: str, vng_status: int | None) -> GuestError:
     """Why a guest ended with no status: the kernel's panic, QEMU's abort, or neither."""
+    if (console_log.parent / NO_CONSOLE_ARG).exists():
+        return GuestStopped(
+            f"virtme-ng started QEMU without `{VNG_CONSOLE_ARG}`, the console argument "
+            "klptrace sends to its log (for panic reports): this virtme-ng is not one "
+            "klptrace was tested with",
+            "install the virtme-ng that klptrace's pyproject.toml allows: "
+            "pip install 'virtme-ng>=1.42,<1.43'", None, vng_status)
     console = console_log.read_text(errors="replace") if console_log.exists() else ""
     panic = panic_line(console)
     if panic:
