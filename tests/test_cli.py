@@ -342,3 +342,15 @@ def test_each_help_says_its_exit_status(capsys: pytest.CaptureFixture[str],
     text = " ".join(capsys.readouterr().out.split())
     assert "exit status" in text.lower(), command
     assert "usage error" in text or "as for run" in text, command
+
+
+def test_an_option_with_no_field_is_a_bug_not_a_silent_drop() -> None:
+    from argparse import Namespace
+
+    from klptrace.commands import options
+    from klptrace.commands.check import CheckOptions
+
+    assert options(CheckOptions, Namespace(cmd="check", recording="r.json")).recording == \
+        "r.json"
+    with pytest.raises(TypeError, match="CheckOptions has no field for formt"):
+        options(CheckOptions, Namespace(cmd="check", recording="r.json", formt="json"))

@@ -35,6 +35,8 @@ from klptrace.commands.run import default_jobs
 from klptrace.errors import KlptraceError
 from klptrace.lab import defaults, kernels, vm
 
+pytestmark = pytest.mark.vm  # boots the lab guest: `make test`, not `make check`
+
 KERNELS = list(dict.fromkeys(os.environ.get("KLPTRACE_TEST_KERNELS", "6.1 latest").split()))
 #: the kernel whose suite runs `klptrace run` three times in a row (the stress): the first
 STRESS_KERNEL = KERNELS[0] if KERNELS else ""

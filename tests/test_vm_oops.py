@@ -22,6 +22,8 @@ from klptrace import assets
 from klptrace.errors import KlptraceError
 from klptrace.lab import kernels
 
+pytestmark = pytest.mark.vm  # boots the lab guest: `make test`, not `make check`
+
 # klptrace_lp alone (its module objects not loaded): only vmlinux's callbacks,
 # pre_patch, post_patch, pre_unpatch, post_unpatch (see scenarios/05-...).
 ALONE = """

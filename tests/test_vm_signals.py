@@ -25,6 +25,8 @@ from util import REPO, skip_or_fail, until
 from klptrace.errors import KlptraceError
 from klptrace.lab import kernels
 
+pytestmark = pytest.mark.vm  # boots the lab guest: `make test`, not `make check`
+
 READY = b"KLPTRACE-SIGNALS-READY"
 
 

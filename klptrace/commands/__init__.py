@@ -51,10 +51,19 @@ def signals_unwind() -> Iterator[None]:
             signal.signal(s, h)
 
 
+#: what the parser keeps in the namespace besides options: the subcommand's name
+PARSER_KEYS = frozenset({"cmd"})
+
+
 def options(cls: type[T], namespace: Any) -> T:
-    """The options dataclass cls, from the parsed attributes of the same names."""
+    """The options dataclass cls, from the parsed attributes of the same names. A parsed
+    option that cls has no field for is a bug (it would be dropped unseen): TypeError."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in vars(namespace).items() if k in names})
+    given = {k: v for k, v in vars(namespace).items() if k not in PARSER_KEYS}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field for {', '.join(unknown)}")
+    return cls(**given)
 
 
 def scenarios_for(ids: list[str], directory: str | None) -> list[scenario.Scenario]:
