@@ -237,8 +237,8 @@ def markdown(docs: list[dict[str, Any]], when: str) -> str:
     """bench/results.md: the figures of each kernel."""
     out = ["# klptrace benchmark results", "",
            f"Written by `make bench` (bench/run.py) on {when}; host: {os.cpu_count()} CPUs, "
-           f"Linux {os.uname().release}. One VM boot per kernel. See README.md, \"The "
-           "benchmark\", for what each figure is.", ""]
+           f"Linux {os.uname().release}. One VM boot per kernel. See docs/benchmark.md "
+           "for what each figure is.", ""]
     for d in docs:
         share = d.get("others_share", 0.0)
         quiet = ("no other guest ran meanwhile" if not share else

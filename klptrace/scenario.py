@@ -55,7 +55,7 @@ ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
-HINT = ("a scenario file is described under \"Scenario files\" in README.md; "
+HINT = ("a scenario file is described in docs/scenarios.md; "
         "klptrace/scenarios/ holds examples")
 #: what is_module_name() takes, as a hint says it
 MODULE_NAME_RULE = (f"letters, digits, _ and -, at most {MAX_MODULE_NAME} characters, not "

@@ -5,7 +5,7 @@ chooses the kernels; `make test` fetches and builds for each of them first.
 The guests run at the same time, one per host core as memory allows
 (KLPTRACE_TEST_JOBS=N sets how many): under emulation a guest keeps about one
 core busy, so two suites on two cores take little longer than the longer one
-(measured for `run --vm --jobs`, see the README). Each `klptrace vm` child
+(measured for `run --vm --jobs`, see docs/usage.md). Each `klptrace vm` child
 writes its guest's output to a log, printed when that suite ends, with its time.
 """
 
