@@ -24,9 +24,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from klptrace import assets, btf  # noqa: E402
+from klptrace import assets  # noqa: E402
 from klptrace.errors import KlptraceError  # noqa: E402
 from klptrace.lab import defaults, kernels, vm  # noqa: E402
+from klptrace.record import btf  # noqa: E402
 
 # The issues' targets
 TARGET_RATIO = 0.8  # a/b

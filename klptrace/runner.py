@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from klptrace import checker, stall
 from klptrace.errors import KlptraceError, check_interrupted, signals_deferred
 from klptrace.events import EventKind
-from klptrace.kmsg import KernelLog, OopsWatch
+from klptrace.kernel.kmsg import KernelLog, OopsWatch
 from klptrace.oops import Oops
 from klptrace.results import Recording, ScenarioResult
 from klptrace.scenario import Scenario, Step, is_module_name, is_param_name, kernel_name

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from klptrace import kmod, kmsg
 from klptrace.events import KLP_PATCHED, Event, EventKind
+from klptrace.kernel import kmod, kmsg
 
 #: where the tasks are read (a directory of the same shape in tests)
 PROC = "/proc"

@@ -51,7 +51,7 @@ def _compressed(path: str) -> str:
     return f"{path} is compressed: klptrace reads the callbacks from an uncompressed .ko"
 
 
-# the loader takes compressed modules; klptrace's ELF reader does not (klptrace/elf.py)
+# the loader takes compressed modules; klptrace's ELF reader does not (klptrace/record/elf.py)
 _UNCOMPRESS = "decompress a copy (unxz -k, zstd -dk or gunzip -k) and name the .ko"
 
 

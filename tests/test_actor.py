@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from klptrace import errors, kernelfs, kmod
+from klptrace import errors
+from klptrace.kernel import kernelfs, kmod
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from klptrace import btf
+from klptrace.record import btf
 
 
 def _blob() -> bytes:

@@ -132,7 +132,7 @@ def test_dmesg_witness_filter_and_disagreement() -> None:
 
 
 def test_kmsg_record_parsing() -> None:
-    from klptrace import kmsg
+    from klptrace.kernel import kmsg
 
     assert kmsg.parse_record(b"6,1234,5678,-;livepatch: enabling patch 'p'\n") == \
         (0, 0.005678, "livepatch: enabling patch 'p'")

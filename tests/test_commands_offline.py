@@ -17,11 +17,13 @@ from typing import Any, ClassVar
 import pytest
 from test_runner import FakeKernel
 
-from klptrace import cli, kmod, kmsg, probes
+from klptrace import cli
 from klptrace.commands import run as run_cmd
 from klptrace.events import Event, EventKind
+from klptrace.kernel import kmod, kmsg
 from klptrace.lab import build, kernels, vm
 from klptrace.oops import Oops
+from klptrace.record import probes
 
 STEPS = '{ load = "tgt" }, { load = "lp" }, { disable = "lp" }, { unload = "lp" }, ' \
         '{ unload = "tgt" }'

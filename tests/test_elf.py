@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from util import DATA
 
-from klptrace import elf
+from klptrace.record import elf
 
 MODULES = DATA / "modules"
 GCC12 = MODULES / "acme_lp-6.1-gcc12.ko"

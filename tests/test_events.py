@@ -61,7 +61,7 @@ def _header_layout() -> list[tuple[str, str]]:
 
 
 def test_decode_follows_the_header_s_struct() -> None:
-    from klptrace import probes
+    from klptrace.record import probes
 
     layout = _header_layout()
     assert "<" + "".join(fmt for _n, fmt in layout) == probes._EVENT.format

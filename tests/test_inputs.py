@@ -369,7 +369,9 @@ def test_a_hostile_scenario_is_refused_before_any_work(
 def no_fetch(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Fail loudly on a kernel fetch, a module build, a boot or a kernel check, leaving the
     commands' own code (run_vm, run_matrix, run_local) as it is."""
-    from klptrace import assets, kmod, kmsg, probes
+    from klptrace import assets
+    from klptrace.kernel import kmod, kmsg
+    from klptrace.record import probes
 
     started: list[str] = []
 

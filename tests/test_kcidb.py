@@ -11,7 +11,8 @@ import kcidb_io
 import pytest
 from util import DATA, saved_run
 
-from klptrace import cli, report, results, sysinfo
+from klptrace import cli, report, results
+from klptrace.kernel import sysinfo
 from klptrace.report import kcidb
 
 RUN = str(DATA / "run-6.1.json")

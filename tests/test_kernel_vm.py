@@ -30,10 +30,11 @@ from typing import Any
 import pytest
 from util import REPO, skip_or_fail
 
-from klptrace import assets, btf
+from klptrace import assets
 from klptrace.commands.run import default_jobs
 from klptrace.errors import KlptraceError
 from klptrace.lab import defaults, kernels, vm
+from klptrace.record import btf
 
 pytestmark = pytest.mark.vm  # boots the lab guest: `make test`, not `make check`
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import klptrace
-from klptrace import kernelfs, kmod, kmsg, settings
+from klptrace.kernel import kernelfs, kmod, kmsg, settings
 
 
 @pytest.fixture
@@ -155,16 +155,17 @@ def test_dynamic_debug_writes_through_it(kroot: Path, monkeypatch: pytest.Monkey
 #: where klptrace opens a file for writing other than through kernelfs, and why none
 #: of them is a kernel file ("dir/" is a whole directory, "file:Qual.name" one function)
 OTHER_WRITERS = {
-    "kernelfs.py": "the one writer of kernel files",
+    "kernel/kernelfs.py": "the one writer of kernel files",
     "files.py": "the output files named with -o, and a spare copy of one in the temp dir",
     "lab/": "the cache and the guest's own files (script, console log): lab/ knows nothing "
             "of the running kernel, whose files it never names",
-    "btf.py:_save_layout": "the BTF layouts kept in the cache",
+    "record/btf.py:_save_layout": "the BTF layouts kept in the cache",
     "commands/run.py:_Stream.__init__": "the results stream that `run --vm` reads back",
-    "kmsg.py:KernelLog.__init__": "/dev/kmsg, the log's character device: records are read "
+    "kernel/kmsg.py:KernelLog.__init__": "/dev/kmsg, the log's character device: records are read "
                                   "from it and klptrace's step lines written to it",
-    "kmod.py:_serve": "/dev/null as the kernel actor's stdin, stdout and stderr",
-    "probes.py:Probes.hand_off": "/dev/null as the detaching child's stdin, stdout and stderr",
+    "kernel/kmod.py:_serve": "/dev/null as the kernel actor's stdin, stdout and stderr",
+    "record/probes.py:Probes.hand_off": "/dev/null as the detaching child's stdin, stdout "
+                                        "and stderr",
 }
 
 _WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_APPEND", "O_CREAT", "O_TRUNC"}

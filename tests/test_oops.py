@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from util import DATA
 
-from klptrace import kmsg
+from klptrace.kernel import kmsg
 
 # klptrace_lp oops=post_patch: the kworker that completed the transition faulted
 KWORKER = (DATA / "oops-6.1-post-patch-kworker.txt").read_text().splitlines()

@@ -16,7 +16,7 @@ from util import REPO
 
 from klptrace.lab import build
 
-SHOW = ("from klptrace import assets, probes; "
+SHOW = ("from klptrace import assets; from klptrace.record import probes; "
         "print(probes.BPF_DIR); print(assets.modules_dir())")
 
 

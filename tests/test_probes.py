@@ -1,4 +1,4 @@
-"""The parts of klptrace.probes that need no kernel: the grace-period setting, kallsyms,
+"""The parts of klptrace.record.probes that need no kernel: the grace-period setting, kallsyms,
 and reading what the kernel says about the kprobes on a module."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from util import DATA
 
-from klptrace import kernelfs, probes
+from klptrace.kernel import kernelfs
+from klptrace.record import probes
 
 
 @pytest.fixture(autouse=True)

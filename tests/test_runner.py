@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from klptrace import kmod, runner, scenario
+from klptrace import runner, scenario
 from klptrace.events import Event, EventKind
-from klptrace.kmod import Abandoned
-from klptrace.kmsg import Oops
+from klptrace.kernel import kmod
+from klptrace.kernel.kmod import Abandoned
+from klptrace.kernel.kmsg import Oops
 from klptrace.results import Recording
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from klptrace import cli, kmod, stall
+from klptrace import cli, stall
 from klptrace.commands import stall as stall_cmd
 from klptrace.events import Event, EventKind
+from klptrace.kernel import kmod
 
 WORKER_STACK = ("[<0>] msleep+0x2d/0x40\n"
                 "[<0>] klptrace_busy_work_func+0x3f/0x70 [klptrace_busy]\n"

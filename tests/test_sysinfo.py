@@ -1,6 +1,6 @@
 """/proc/version as reports name the kernel."""
 
-from klptrace import sysinfo
+from klptrace.kernel import sysinfo
 
 DEBIAN = ("Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian "
           "12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP "

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from klptrace import btf, checker, jsontext, kmod, kmsg, scenario, sysinfo
+from klptrace import checker, jsontext, scenario
 from klptrace.commands import RUN_TIMEOUT_S, Output, emit, line, say, scenarios_for, signals_unwind
 from klptrace.errors import (
     KlptraceError,
@@ -34,8 +34,10 @@ from klptrace.errors import (
     interrupt,
     signals_checked,
 )
+from klptrace.kernel import kmod, kmsg, sysinfo
 from klptrace.lab import defaults
 from klptrace.oops import Oops
+from klptrace.record import btf
 from klptrace.results import Matrix, RecordingError, RunDocument, ScenarioResult, Status, Verdict
 
 VM_CPUS, VM_MEMORY = defaults.CPUS, defaults.MEMORY
@@ -165,7 +167,7 @@ def errored(s: scenario.Scenario, why: str) -> ScenarioResult:
 
 def run_local(opts: RunOptions) -> int:
     """`klptrace run` on the running kernel, cleaning up after SIGINT and SIGTERM too."""
-    from klptrace import probes
+    from klptrace.record import probes
 
     with signals_unwind():
         scs = scenarios_for(opts.ids, opts.scenarios)
@@ -205,8 +207,9 @@ class _Stream:
 
 def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
               watch: kmsg.OopsWatch) -> int:
-    from klptrace import probes, runner
-    from klptrace.recorder import Recorder
+    from klptrace import runner
+    from klptrace.record import probes
+    from klptrace.record.recorder import Recorder
 
     line("Compiling klptrace's BPF probes...")
     before_build = sysinfo.process_age_s()  # Python and klptrace's imports, the checks

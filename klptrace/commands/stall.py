@@ -14,9 +14,10 @@ import sys
 import time
 from typing import Any
 
-from klptrace import files, kmod
+from klptrace import files
 from klptrace.commands import STALL_TIMEOUT_S, line, signals_unwind
 from klptrace.errors import KlptraceError, UsageError, signals_checked
+from klptrace.kernel import kmod
 from klptrace.report.markup import terminal
 
 
@@ -148,7 +149,7 @@ def html_document(s: dict[str, Any], watched: Watched, events: list[Any],
 
 def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
     from klptrace import stall as st
-    from klptrace.recorder import Recorder
+    from klptrace.record.recorder import Recorder
 
     if patch is None:
         _write(opts, st.render_text(None))

@@ -11,11 +11,12 @@ import json
 import os
 import subprocess
 
-from klptrace import checker, files, kmsg
+from klptrace import checker, files
 from klptrace.commands import Output, emit, line, say, signals_unwind
 from klptrace.errors import UsageError, signals_checked
+from klptrace.kernel import kmsg
 from klptrace.oops import Oops
-from klptrace.recorder import Recorder
+from klptrace.record.recorder import Recorder
 from klptrace.report.markup import terminal
 from klptrace.results import RunDocument, ScenarioResult
 
@@ -30,8 +31,8 @@ class TraceOptions:
 
 
 def run(opts: TraceOptions) -> int:
-    from klptrace import probes
     from klptrace import trace as tr
+    from klptrace.record import probes
     from klptrace.transcript import parse_expectation, render
 
     command = opts.command[1:] if opts.command[:1] == ["--"] else list(opts.command)

@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from util import skip_or_fail
 
-from klptrace import kmod
 from klptrace.commands import run as run_cmd
 from klptrace.errors import NotSupported
+from klptrace.kernel import kmod
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

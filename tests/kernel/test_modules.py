@@ -7,7 +7,7 @@ from pathlib import Path
 
 from util import until
 
-from klptrace import kmod
+from klptrace.kernel import kmod
 
 
 def _answer() -> str:

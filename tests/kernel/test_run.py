@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from klptrace import kmod, probes, transcript
+from klptrace import transcript
+from klptrace.kernel import kmod
+from klptrace.record import probes
 
 REPEAT = int(os.environ.get("KLPTRACE_RUN_REPEAT", "3"))
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import kmod, kmsg, probes
+from klptrace.kernel import kmod, kmsg
+from klptrace.record import probes
 
 
 def _settings() -> dict[str, str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import kmod, stall
+from klptrace import stall
+from klptrace.kernel import kmod
 
 
 @pytest.fixture

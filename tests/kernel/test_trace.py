@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import checker, elf, kmod, kmsg, probes, trace
+from klptrace import checker, trace
 from klptrace.events import Event
-from klptrace.recorder import Recorder
+from klptrace.kernel import kmod, kmsg
+from klptrace.record import elf, probes
+from klptrace.record.recorder import Recorder
 from klptrace.results import RunDocument, Status
 
 EXPECTED = """\

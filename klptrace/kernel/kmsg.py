@@ -15,8 +15,8 @@ import re
 import time
 from collections.abc import Iterator
 
-from klptrace import kernelfs, settings
 from klptrace.errors import signals_deferred
+from klptrace.kernel import kernelfs, settings
 from klptrace.oops import Oops, find_oops
 
 DYNDBG = "/sys/kernel/debug/dynamic_debug/control"

@@ -18,7 +18,7 @@ class Recorder:
 
     def __init__(self, livepatch_modules: Iterable[str] = (), build: Any = None) -> None:
         """build: a probes.Build started earlier, to overlap the compile with other work."""
-        from klptrace.probes import Probes
+        from klptrace.record.probes import Probes
 
         self.probes = Probes(livepatch_modules, build)
         self.events: list[Event] = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from klptrace import kernelfs
 from klptrace.errors import signals_deferred
+from klptrace.kernel import kernelfs
 
 
 @contextlib.contextmanager

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from klptrace import kernelfs
 from klptrace.errors import KlptraceError, NotSupported, signals_deferred
+from klptrace.kernel import kernelfs
 from klptrace.scenario import kernel_name
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -19,10 +19,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from klptrace import assets, btf, elf, kernelfs, kmod, kmsg, settings
+from klptrace import assets
 from klptrace.errors import KlptraceError, NotSupported, check_interrupted
 from klptrace.events import Callback, Event, EventKind, carries_ret, carries_state
+from klptrace.kernel import kernelfs, kmod, kmsg, settings
 from klptrace.lab import defaults
+from klptrace.record import btf, elf
 
 #: the BPF C (klptrace.bpf.c), its header and the stand-in kernel headers for bcc
 BPF_DIR = assets.bpf_dir()
