@@ -58,13 +58,11 @@ def scenario_steps() -> dict[str, list[str]]:
 
 def _cpu_s(pid: int) -> tuple[float, float] | None:
     """(utime, stime) of a process so far, from /proc/<pid>/stat."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    sys.path.insert(0, str(REPO))
+    from klptrace.kernel import proc
+
+    st = proc.stat(pid)
+    return None if st is None else (proc.seconds(st.utime), proc.seconds(st.stime))
 
 
 def klptrace_run(modules: str, out: Path, ids: Sequence[str] = ()) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import re
 import time
 from typing import Any
 
+from klptrace.kernel import proc
+
 
 def _groups(text: str) -> tuple[list[str], str]:
     """The top-level parenthesised groups at the start of text, and what follows them."""
@@ -70,8 +72,7 @@ def running_kernel() -> dict[str, Any]:
 def process_age_s(stat: str | None = None) -> float:
     """Seconds since this process started (the interpreter's start included), from
     /proc/self/stat's starttime (clock ticks since boot) and CLOCK_BOOTTIME."""
-    if stat is None:
-        with open("/proc/self/stat") as f:
-            stat = f.read()
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the fields after comm
-    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    st = proc.stat() if stat is None else proc.Stat.parse(stat)
+    if st is None:
+        raise OSError("cannot read /proc/self/stat")
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - proc.seconds(st.starttime)

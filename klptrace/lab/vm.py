@@ -29,6 +29,7 @@ from types import FrameType
 from typing import BinaryIO
 
 from klptrace.errors import Interrupted, KlptraceError, NotSupported
+from klptrace.kernel import proc
 from klptrace.lab import defaults, kconfig
 from klptrace.lab.defaults import cache_dir
 from klptrace.lab.kernels import Kernel
@@ -563,22 +564,17 @@ class _Signals:
 
 def _proc_state(pid: int) -> tuple[str, int] | None:
     """(state, process group) of a process, from /proc; None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the comm may hold spaces or ")"
-    return fields[0], int(fields[2])
+    st = proc.stat(pid)
+    return None if st is None else (st.state, st.pgrp)
 
 
 def _group_left(pgid: int) -> list[int]:
     """Processes of group pgid that still run (zombies are done)."""
     left = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            st = _proc_state(int(entry.name))
-            if st is not None and st[1] == pgid and st[0] != "Z":
-                left.append(int(entry.name))
+    for pid in proc.pids():
+        st = proc.stat(pid)
+        if st is not None and st.pgrp == pgid and st.state != "Z":
+            left.append(pid)
     return left
 
 
