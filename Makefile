@@ -32,7 +32,7 @@ DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod file \
 TEST_DEB_PACKAGES := chromium chromium-driver
 
 .PHONY: setup deb-packages test-deb-packages venv kernel modules test-kernels run test test-all \
-	bench screenshot lint check
+	bench screenshot lint check coverage
 
 setup: deb-packages venv kernel modules
 
@@ -118,3 +118,9 @@ check: deb-packages venv test-deb-packages
 lint: venv
 	$(VENV)/bin/python -m ruff check klptrace tests
 	$(VENV)/bin/python -m mypy --strict klptrace
+
+# The offline tests' coverage of each module (what `make check` runs, measured);
+# the data stays out of the tree (.coverage is ignored).
+coverage: deb-packages venv test-deb-packages
+	$(VENV)/bin/python -m coverage run --source=klptrace -m pytest -q -m "not vm"
+	$(VENV)/bin/python -m coverage report --skip-covered --sort=cover
