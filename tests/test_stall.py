@@ -2,6 +2,7 @@
 
 from klptrace import stall
 from klptrace.events import Event, EventKind
+from klptrace.kernel import stall as live
 
 STACK = [
     "[<0>] msleep+0x2d/0x40",
@@ -102,8 +103,8 @@ def test_read_stack_retries_while_the_task_runs() -> None:
     # try 1: woke and ran while read (empty stack, the switch count moved);
     # try 2: still running; try 3: asleep throughout: that one counts
     fake = _FakeProc([("D", 5, [], "D", 6), ("R", 6, [], "R", 6), ("D", 7, STACK, "D", 7)])
-    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append)
-    assert got == stall.StackRead("D", STACK, True)
+    got = live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append)
+    assert got == live.StackRead("D", STACK, True)
     assert len(fake.sleeps) == 2 and not fake.script
 
 
@@ -111,7 +112,7 @@ def test_read_stack_never_guesses() -> None:
     # a stack read while the task switched is not trusted, however often
     reads = [("D", n, STACK[1:], "D", n + 1) for n in range(3)]
     fake = _FakeProc(reads)
-    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=3)
+    got = live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=3)
     assert not got.stable
     task_reason = stall.classify(got.stack, got.state, set()) if got.stable else stall.UNSTABLE
     assert task_reason == "could not read a stable stack"
@@ -119,11 +120,11 @@ def test_read_stack_never_guesses() -> None:
 
 def test_read_stack_of_a_task_that_always_runs() -> None:
     fake = _FakeProc([("R", 3, [], "R", 3)] * 4)
-    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=4)
-    assert got == stall.StackRead("R", [], True)
+    got = live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=4)
+    assert got == live.StackRead("R", [], True)
     assert stall.classify(got.stack, got.state, {"f"}) == ("running", "")
 
 
 def test_read_stack_of_a_task_that_exited() -> None:
-    got = stall.read_stack("/proc/1/task/2", lambda _p: "", lambda _s: None)
-    assert got == stall.StackRead("?", [], False)
+    got = live.read_stack("/proc/1/task/2", lambda _p: "", lambda _s: None)
+    assert got == live.StackRead("?", [], False)

@@ -20,8 +20,8 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from klptrace.events import KLP_PATCHED, Callback, Event, EventKind
-from klptrace.stall import REASONS
+from klptrace import story
+from klptrace.events import REASONS, Callback, Event, EventKind
 from klptrace.transcript import callback_line
 
 WIDTH = 1120  # px, the whole SVG (drawn at up to this width, scaled down to fit)
@@ -224,77 +224,11 @@ class _LaneSpec:
         return bool(self.spans or self.ticks)
 
 
-@dataclasses.dataclass
-class Segment:
-    """A stretch of one patch's transition in one direction."""
-
-    patch: str
-    t0: int
-    t1: int
-    direction: str  # patching or unpatching
-    after: str  # "", "reversed" or "cancelled": how this stretch began
-    end: str  # complete, reversed, cancelled, or "" (still in transition at the end)
-    tries: list[int] = dataclasses.field(default_factory=list)
-
-
-def _direction(state: int | None) -> str:
-    return "patching" if state == KLP_PATCHED else "unpatching"
-
-
-def segments(events: Sequence[Event], patch: str) -> list[Segment]:
-    """The patch's transitions, split where each was reversed or cancelled."""
-    out: list[Segment] = []
-    cur: Segment | None = None
-    last = events[-1].ts_ns if events else 0
-
-    def close(ts: int, end: str) -> None:
-        nonlocal cur
-        if cur is not None:
-            cur.t1, cur.end = ts, end
-            out.append(cur)
-        cur = None
-
-    for e in events:
-        if e.patch != patch or e.kind == EventKind.TASK_BLOCKED:
-            continue
-        k = e.kind
-        if k in (EventKind.TRANSITION_INIT, EventKind.TRANSITION_START) and cur is None:
-            cur = Segment(patch, e.ts_ns, e.ts_ns, _direction(e.state), "", "")
-        elif k == EventKind.TRANSITION_TRY:
-            if cur is None:  # recorded from the middle of a transition
-                cur = Segment(patch, e.ts_ns, e.ts_ns, _direction(e.state), "", "")
-            cur.tries.append(e.ts_ns)
-        elif k == EventKind.TRANSITION_REVERSE:
-            old = cur.direction if cur is not None else _direction(e.state)
-            close(e.ts_ns, "reversed")
-            new = "unpatching" if old == "patching" else "patching"
-            cur = Segment(patch, e.ts_ns, e.ts_ns, new, "reversed", "")
-        elif k == EventKind.TRANSITION_CANCEL:
-            close(e.ts_ns, "cancelled")
-            cur = Segment(patch, e.ts_ns, e.ts_ns, "unpatching", "cancelled", "")
-        elif k == EventKind.TRANSITION_DONE:
-            if cur is None:
-                cur = Segment(patch, e.ts_ns, e.ts_ns, _direction(e.state), "", "")
-            close(e.ts_ns, "complete")
-    if cur is not None:
-        close(last, "")
-    return out
-
-
-def _segment_text(s: Segment) -> str:
+def _segment_text(s: story.Leg) -> str:
     n = len(s.tries)
     head = s.direction + (f", {s.after}" if s.after else "")
     end = f" → {s.end}" if s.end else " → still in transition when the recording ended"
     return f"{head} · {n} {'try' if n == 1 else 'tries'} · {duration(s.t1 - s.t0)}{end}"
-
-
-def _patches(events: Sequence[Event]) -> list[str]:
-    """The livepatches named by the events, in the order they first appear."""
-    seen: dict[str, None] = {}
-    for e in events:
-        if e.patch and e.kind != EventKind.STEP:
-            seen.setdefault(e.patch, None)
-    return list(seen)
 
 
 def _steps_lane(events: Sequence[Event]) -> _LaneSpec:
@@ -308,59 +242,28 @@ def _steps_lane(events: Sequence[Event]) -> _LaneSpec:
     return lane
 
 
-_MODULE_KINDS = (EventKind.MODULE_COMING, EventKind.MODULE_COMING_RET, EventKind.MODULE_INIT,
-                 EventKind.MODULE_INIT_RET, EventKind.MODULE_GOING, EventKind.MODULE_FREE)
-
-
-def _module_lanes(events: Sequence[Event], first: int, last: int) -> list[_LaneSpec]:
-    lanes: dict[str, _LaneSpec] = {}
-    state: dict[str, tuple[str, int]] = {}  # module -> (its state, since when)
-    seen: set[str] = set()
-
-    def phase(lane: _LaneSpec, m: str, ts: int, new: str | None) -> None:
-        if m in state:
-            old, since = state.pop(m)
-            lane.spans.append(_Span(since, ts, f"mod-{old.lower()}", f"{m}: {old}"))
-        if new:
-            state[m] = (new, ts)
-
-    for e in events:
-        if e.kind not in _MODULE_KINDS or not e.object:
-            continue
-        m, k = e.object, e.kind
-        name = m + (" (livepatch)" if e.livepatch else "")
-        lane = lanes.setdefault(m, _LaneSpec("modules", name, "module"))
-        if m not in seen and k not in (EventKind.MODULE_COMING, EventKind.MODULE_FREE):
-            state[m] = ("LIVE", first)  # loaded before the recording began
-        seen.add(m)
+def _module_lane(life: story.ModuleLife) -> _LaneSpec:
+    m = life.name
+    lane = _LaneSpec("modules", m + (" (livepatch)" if life.livepatch else ""), "module")
+    lane.spans = [_Span(p.t0, p.t1, f"mod-{p.state.name.lower()}", f"{m}: {p.state.name}",
+                        open_end=p.open_end) for p in life.phases]
+    for e in life.events:
+        k = e.kind
         if k == EventKind.MODULE_COMING:
-            phase(lane, m, e.ts_ns, "COMING")
             lane.items.append(_Item(e.ts_ns, "coming", "coming", "module",
                                     f"klp_module_coming({m})"))
         elif k == EventKind.MODULE_COMING_RET and e.ret:
-            # a refused module is freed on load_module()'s error path (bug_cleanup in
-            # kernel/module/main.c), never by free_module(): its load ends here
-            phase(lane, m, e.ts_ns, None)
             lane.items.append(_Item(e.ts_ns, f"refused: {errname(e.ret)}", "fail", "fail",
                                     f"klp_module_coming({m}) returned {e.ret}"))
         elif k == EventKind.MODULE_INIT:
             lane.ticks.append((e.ts_ns, "init", f"{m}: do_init_module"))
-        elif k == EventKind.MODULE_INIT_RET:
-            if e.ret:
-                lane.items.append(_Item(e.ts_ns, f"init failed: {errname(e.ret)}", "fail",
-                                        "fail", f"{m}: do_init_module returned {e.ret}"))
-            elif state.get(m, ("", 0))[0] == "COMING":
-                phase(lane, m, e.ts_ns, "LIVE")
+        elif k == EventKind.MODULE_INIT_RET and e.ret:
+            lane.items.append(_Item(e.ts_ns, f"init failed: {errname(e.ret)}", "fail",
+                                    "fail", f"{m}: do_init_module returned {e.ret}"))
         elif k == EventKind.MODULE_GOING:
-            phase(lane, m, e.ts_ns, "GOING")
             lane.items.append(_Item(e.ts_ns, "going", "going", "module",
                                     f"klp_module_going({m})"))
-        elif k == EventKind.MODULE_FREE:
-            phase(lane, m, e.ts_ns, None)
-    for m, (st, since) in list(state.items()):
-        lanes[m].spans.append(_Span(since, last, f"mod-{st.lower()}", f"{m}: {st}",
-                                    open_end=True))
-    return list(lanes.values())
+    return lane
 
 
 def _callback_text(e: Event) -> tuple[str, str, str]:
@@ -373,28 +276,27 @@ def _callback_text(e: Event) -> tuple[str, str, str]:
     return text, role, role
 
 
-def _patch_lanes(events: Sequence[Event], patch: str, last: int) -> list[_LaneSpec]:
+def _patch_lanes(sto: story.Story, patch: str) -> list[_LaneSpec]:
     group = f"livepatch {patch}"
     trans = _LaneSpec(group, "transition", "transition")
-    for s in segments(events, patch):
-        cls = f"{s.direction}{' cancelled' if s.after == 'cancelled' else ''}"
+    for s in sto.legs[patch]:
+        cls = f"{s.direction}{' cancelled' if s.after == story.After.CANCELLED else ''}"
         trans.spans.append(_Span(s.t0, s.t1, cls, _segment_text(s), open_end=not s.end))
         trans.items.append(_Item(s.t0, _segment_text(s), "swatch", cls, _segment_text(s)))
-        for i, ts in enumerate(s.tries, 1):
-            trans.ticks.append((ts, "try", f"{s.direction}: try {i}"))
-    objects: dict[str, _LaneSpec] = {}
-    for e in events:
-        if e.patch != patch:
-            continue
-        if e.kind == EventKind.TRANSITION_FORCE:
-            trans.items.append(_Item(e.ts_ns, "forced", "forced", "fail",
+        for i, t in enumerate(s.tries, 1):
+            trans.ticks.append((t.ts, "try", f"{s.direction}: try {i}"))
+    for m in sto.moments[patch]:
+        if m.event.kind == EventKind.TRANSITION_FORCE:
+            trans.items.append(_Item(m.event.ts_ns, "forced", "forced", "fail",
                                      "klp_force_transition: every task marked switched"))
-        elif e.kind == EventKind.TRANSITION_TRY and e.ret and e.ret % 15 == 0:
-            # SIGNALS_TIMEOUT: klp_send_signals() every 15 tries (kernel/livepatch/transition.c)
-            trans.items.append(_Item(e.ts_ns, "fake signals", "signal", "signal",
+        elif m.tried is not None and m.tried.signals:
+            trans.items.append(_Item(m.event.ts_ns, "fake signals", "signal", "signal",
                                      "klp_send_signals: fake signals to the remaining tasks"))
-        elif e.kind in (EventKind.CALLBACK, EventKind.PATCH_OBJECT, EventKind.UNPATCH_OBJECT):
-            lane = objects.setdefault(e.object, _LaneSpec(group, e.object or "?", "object"))
+    objects: list[_LaneSpec] = []
+    for obj, evs in sto.objects[patch].items():
+        lane = _LaneSpec(group, obj or "?", "object")
+        objects.append(lane)
+        for e in evs:
             if e.kind == EventKind.CALLBACK:
                 text, shape, cls = _callback_text(e)
                 lane.items.append(_Item(e.ts_ns, text, shape, cls, callback_line(e)))
@@ -407,57 +309,47 @@ def _patch_lanes(events: Sequence[Event], patch: str, last: int) -> list[_LaneSp
                 lane.items.append(_Item(e.ts_ns, word, "object", "object",
                                         f"{fn}({e.object})"))
     lanes = [trans] if trans.spans else []
-    return lanes + list(objects.values())
+    return lanes + objects
 
 
-def _held_until(segs: Sequence[Segment], ts: int) -> tuple[int, str, bool]:
-    """Until when a task seen not switched at ts held its transition: the next try
-    (which found it switched: it is not recorded again) or the end of that stretch.
-    Returns (when, how the stretch ended, whether still open)."""
-    for s in segs:
-        if s.t0 <= ts <= s.t1:
-            later = [t for t in s.tries if t > ts]
-            if later:
-                return later[0], "switched by the next try", False
-            return s.t1, s.end or "still in transition", not s.end
-    return ts, "", False
+def _reason(ret: int | None, unknown: object) -> object:
+    """klp_check_and_switch_task()'s ret in words (unknown for a code not known here)."""
+    return REASONS.get(ret or 0, unknown)
 
 
-def _task_lanes(events: Sequence[Event], stall: Mapping[str, Any] | None,
-                last: int) -> list[_LaneSpec]:
+def _task_lanes(sto: story.Story, stall: Mapping[str, Any] | None) -> list[_LaneSpec]:
     reported: dict[int, Mapping[str, Any]] = {}
     if stall:
         for t in stall.get("tasks") or []:
             if isinstance(t, Mapping) and isinstance(t.get("tid"), int):
                 reported[t["tid"]] = t
-    blocked: dict[int, list[Event]] = {}
-    for e in events:
-        if e.kind == EventKind.TASK_BLOCKED:
-            blocked.setdefault(e.tid, []).append(e)
-    segs = {p: segments(events, p) for p in _patches(events)}
     lanes = []
-    for tid, evs in blocked.items():
-        e0 = evs[-1]
+    for task in sto.stalled:
+        e0, evs = task.last, task.events
         group = f"tasks not switched ({e0.patch})" if e0.patch else "tasks not switched"
-        lane = _LaneSpec(group, f"{e0.comm}:{tid}", "task")
-        reason = REASONS.get(e0.ret or 0, f"other ({e0.ret})")
-        until, how, still = _held_until(segs.get(e0.patch, []), e0.ts_ns)
+        lane = _LaneSpec(group, f"{e0.comm}:{task.tid}", "task")
+        reason = _reason(e0.ret, f"other ({e0.ret})")
+        # until the next try (which found it switched: it is not recorded again) or the
+        # end of its leg of the transition
+        how = ("switched by the next try" if task.switched else
+               (task.leg.end or "still in transition") if task.leg is not None else "")
+        still = task.leg is not None and not task.switched and not task.leg.end
         n = len(evs)
         text = (f"{reason}{' ' + e0.object + '()' if e0.object else ''} · not switched at "
-                f"{n} {'try' if n == 1 else 'tries'} · held it {duration(until - evs[0].ts_ns)}"
-                + (f" → {how}" if how else ""))
-        lane.spans.append(_Span(evs[0].ts_ns, until, "blocked", text, open_end=still))
-        lane.ticks += [(e.ts_ns, "task", f"not switched: {REASONS.get(e.ret or 0, e.ret)}")
+                f"{n} {'try' if n == 1 else 'tries'} · held it "
+                f"{duration(task.until - evs[0].ts_ns)}" + (f" → {how}" if how else ""))
+        lane.spans.append(_Span(evs[0].ts_ns, task.until, "blocked", text, open_end=still))
+        lane.ticks += [(e.ts_ns, "task", f"not switched: {_reason(e.ret, e.ret)}")
                        for e in evs]
         lane.items.append(_Item(evs[0].ts_ns, text, "task", "blocked", text))
         lanes.append(lane)
     # tasks the stall report names (from /proc) that BPF did not see at a try:
     # not switched since the transition started, for blocking_s at the report
     patch = str(stall.get("patch", "")) if stall else ""
-    start = next((e.ts_ns for e in events if e.patch == patch and e.kind in (
-        EventKind.TRANSITION_START, EventKind.TRANSITION_REVERSED)), None)
+    start = sto.started(patch)
+    seen = {task.tid for task in sto.stalled}
     for tid, t in reported.items():
-        if tid in blocked:
+        if tid in seen:
             continue
         lane = _LaneSpec(f"tasks not switched ({patch})", f"{t.get('comm', '?')}:{tid}", "task")
         fn = f" {t['function']}()" if t.get("function") else ""
@@ -466,10 +358,10 @@ def _task_lanes(events: Sequence[Event], stall: Mapping[str, Any] | None,
         if isinstance(held, (int, float)) and start is not None:
             text += f" · not switched for {held:.1f} s"
             end_ns = start + int(held * 1e9)
-            lane.spans.append(_Span(start, min(last, end_ns), "blocked", text,
-                                    open_end=end_ns > last))
-        lane.items.append(_Item(start if start is not None else last, text, "task", "blocked",
-                                text))
+            lane.spans.append(_Span(start, min(sto.last, end_ns), "blocked", text,
+                                    open_end=end_ns > sto.last))
+        lane.items.append(_Item(start if start is not None else sto.last, text, "task",
+                                "blocked", text))
         lanes.append(lane)
     return lanes
 
@@ -480,16 +372,16 @@ def lanes_of(events: Sequence[Event], stall: Mapping[str, Any] | None = None,
     divergence), modules, each patch, the tasks."""
     if not events:
         return []
-    first, last = events[0].ts_ns, events[-1].ts_ns
+    sto = story.of(events)
     steps = _steps_lane(events)
     for ts, text in flags:
         steps.items.append(_Item(ts, text, "fail", "fail", text))
     steps.items.sort(key=lambda it: it.ts)
     out = [steps]
-    out += _module_lanes(events, first, last)
-    for p in _patches(events):
-        out += _patch_lanes(events, p, last)
-    out += _task_lanes(events, stall, last)
+    out += [_module_lane(life) for life in sto.modules]
+    for p in sto.patches:
+        out += _patch_lanes(sto, p)
+    out += _task_lanes(sto, stall)
     return [lane for lane in out if lane.items or lane.has_band]
 
 
