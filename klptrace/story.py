@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from klptrace.events import (
     REASONS,
@@ -256,30 +255,50 @@ def _target(e: Event) -> int | None:
     return e.state if e.kind.name.startswith("TRANSITION") else None
 
 
+@dataclasses.dataclass
+class _Reading:
+    """A transition being read (Transition's fields, mutable)."""
+
+    patch: str
+    begun_by: EventKind
+    t0: int
+    target: int | None
+    done: int | None = None
+    t1: int | None = None
+    final_target: int | None = None
+    tries: int = 0
+    reversed: bool = False
+    cancelled: bool = False
+    forced: bool = False
+
+    def read(self) -> Transition:
+        return Transition(self.patch, self.begun_by, self.t0, self.done, self.t1, self.target,
+                          self.final_target, self.tries, self.reversed, self.cancelled,
+                          self.forced)
+
+
 def _transitions(events: Sequence[Event]) -> tuple[Transition, ...]:
     """Each patch's transitions, first event to klp_complete_transition()'s return."""
-    out: list[dict[str, Any]] = []
-    open_: dict[str, dict[str, Any]] = {}
+    out: list[_Reading] = []
+    open_: dict[str, _Reading] = {}
     for i, e in enumerate(events):
-        if not (e.kind.name.startswith("TRANSITION") or e.kind == EventKind.UNPATCH_OBJECTS):
+        k = e.kind
+        if not (k.name.startswith("TRANSITION") or k == EventKind.UNPATCH_OBJECTS):
             continue
         tr = open_.get(e.patch)
         if tr is None:
-            tr = open_[e.patch] = dict(patch=e.patch, begun_by=e.kind, t0=e.ts_ns, done=None,
-                                       t1=None, target=_target(e), final_target=None, tries=0,
-                                       reversed=False, cancelled=False, forced=False)
+            tr = open_[e.patch] = _Reading(e.patch, k, e.ts_ns, _target(e))
             out.append(tr)
         if _target(e) is not None:
-            tr["final_target"] = _target(e)
-        tr["tries"] += e.kind == EventKind.TRANSITION_TRY
-        for flag, by in (("reversed", EventKind.TRANSITION_REVERSED),
-                         ("cancelled", EventKind.TRANSITION_CANCEL),
-                         ("forced", EventKind.TRANSITION_FORCE)):
-            tr[flag] = tr[flag] or e.kind == by
-        if e.kind == EventKind.TRANSITION_DONE:
-            tr.update(done=i, t1=e.ts_ns)
+            tr.final_target = _target(e)
+        tr.tries += k == EventKind.TRANSITION_TRY
+        tr.reversed = tr.reversed or k == EventKind.TRANSITION_REVERSED
+        tr.cancelled = tr.cancelled or k == EventKind.TRANSITION_CANCEL
+        tr.forced = tr.forced or k == EventKind.TRANSITION_FORCE
+        if k == EventKind.TRANSITION_DONE:
+            tr.done, tr.t1 = i, e.ts_ns
             del open_[e.patch]
-    return tuple(Transition(**tr) for tr in out)
+    return tuple(tr.read() for tr in out)
 
 
 _MODULE_KINDS = (EventKind.MODULE_COMING, EventKind.MODULE_COMING_RET, EventKind.MODULE_INIT,

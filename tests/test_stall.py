@@ -1,5 +1,7 @@
 """The pure parts of `klptrace stall`: reading stacks, the kernel log, the timeline."""
 
+import json
+
 from klptrace import stall
 from klptrace.events import Event, EventKind
 from klptrace.kernel import stall as live
@@ -65,6 +67,29 @@ def test_timeline_when_attached_late() -> None:
     tl = stall.timeline(evs, "p", attached_ns=2_000_000_000)
     assert tl[0]["what"].startswith("klptrace attached")
     assert [i["t_s"] for i in tl] == [0.0, 1.0, 2.0]
+
+
+def test_merge_bpf_takes_the_kernel_s_verdict() -> None:
+    s = 1_000_000_000
+    evs = [_ev(EventKind.TRANSITION_START, 0, state=1),
+           _ev(EventKind.TRANSITION_TRY, s, state=1, ret=2),
+           _ev(EventKind.TASK_BLOCKED, s + 1, tid=7, comm="kworker/0:1", ret=-98, object="g"),
+           _ev(EventKind.TASK_BLOCKED, 2 * s, tid=8, comm="sh", ret=-5),
+           _ev(EventKind.TRANSITION_FORCE, 3 * s, state=1)]
+    rep = stall.Report("p", stall.Direction.PATCHING, [
+        stall.Task(1, 7, "kworker/0:1", stall.Reason.OTHER, "f", True, "D", STACK),
+        stall.Task(2, 8, "sh", stall.Reason.RUNNING, "", False, "R", [], blocking_s=9.0),
+        stall.Task(3, 9, "cat", stall.Reason.RUNNING, "", False, "R", [])])
+    stall.merge_bpf(rep, evs, now_ns=4 * s)
+    worker, sh, cat = rep.tasks
+    assert (worker.reason, worker.function, worker.source) == ("sleeping on function", "g",
+                                                               "bpf")
+    assert worker.blocking_s == 3.0  # since BPF first saw it
+    assert (sh.reason, sh.source, sh.blocking_s) == ("other (-5)", "bpf", 9.0)
+    assert (cat.reason, cat.source, cat.blocking_s) == ("running", "proc", None)
+    assert rep.tries == 3 and rep.forced
+    assert [i["what"] for i in rep.timeline] == ["start (patching)", "try 3", "forced"]
+    assert json.loads(json.dumps(rep.to_json()))["tasks"][1]["source"] == "bpf"
 
 
 def test_next_steps_for_a_kthread_never_suggest_signals_help() -> None:
