@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -102,6 +104,46 @@ _MODULE_STATE_TEXT = {
 #: klp_target_state values (kernel/livepatch/transition.h)
 KLP_UNPATCHED = 0
 KLP_PATCHED = 1
+
+#: klp_try_complete_transition() sends fake signals every this many tries (transition.c)
+SIGNALS_TIMEOUT = 15
+
+
+class Direction(enum.StrEnum):
+    """Which way a transition goes: to KLP_PATCHED or to KLP_UNPATCHED."""
+
+    PATCHING = "patching"
+    UNPATCHING = "unpatching"
+
+    @classmethod
+    def of(cls, state: int | None) -> Direction:
+        """The direction of a transition whose target state is state."""
+        return cls.PATCHING if state == KLP_PATCHED else cls.UNPATCHING
+
+    @property
+    def reverse(self) -> Direction:
+        """The direction klp_reverse_transition() turns this one into."""
+        return Direction.UNPATCHING if self == Direction.PATCHING else Direction.PATCHING
+
+
+class Reason(enum.StrEnum):
+    """Why a task has not switched to the transition's target state: the kernel's
+    verdict (klp_check_and_switch_task(), recorded by BPF) or what /proc shows."""
+
+    RUNNING = "running"
+    UNRELIABLE_STACK = "unreliable stack"
+    SLEEPING_ON_FUNCTION = "sleeping on function"
+    OTHER = "other"  # asleep, but in no function the patch changes
+    UNSTABLE = "could not read a stable stack"  # /proc never showed one stack for sure
+
+
+#: klp_check_and_switch_task()'s results (kernel/livepatch/transition.c): a TASK_BLOCKED
+#: event's ret
+REASONS: Mapping[int, Reason] = {
+    -errno.EBUSY: Reason.RUNNING,  # running on another CPU
+    -errno.EINVAL: Reason.UNRELIABLE_STACK,
+    -errno.EADDRINUSE: Reason.SLEEPING_ON_FUNCTION,  # in a function the patch changes
+}
 
 
 @dataclasses.dataclass(frozen=True)

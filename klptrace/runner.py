@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from klptrace import checker, stall
 from klptrace.errors import KlptraceError, check_interrupted, signals_deferred
 from klptrace.events import EventKind
+from klptrace.kernel import stall as kernel_stall
 from klptrace.kernel.kmsg import KernelLog, OopsWatch
 from klptrace.oops import Oops
 from klptrace.results import Recording, ScenarioResult
@@ -92,7 +93,7 @@ class Runner:
                  timeout_s: float,
                  log: Callable[[str], None] | None = None,
                  klog: KernelLog | None = None,
-                 snapshot: Callable[[str, list[Any]], stall.Report | None] = stall.snapshot,
+                 snapshot: Callable[[str, list[Any]], stall.Report | None] = kernel_stall.snapshot,
                  ) -> None:
         """kernel: what does the syscalls that run livepatch code (kmod.Actor);
         watch: the kernel log, watched for an oops while the steps run;

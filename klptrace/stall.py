@@ -1,32 +1,34 @@
-"""Why a livepatch transition is stalled: which tasks, where, since when.
+"""Why a livepatch transition is stalled: which tasks, where, since when (the analysis).
 
-The first answer comes from /proc and sysfs alone, in well under a second and
-with no BPF: /proc/<tid>/patch_state says which tasks have not switched,
-/proc/<tid>/stack where they are, /sys/kernel/livepatch/<patch>/<obj>/<func>
-which functions the patch changes, and the kernel log when the transition
-started, when remaining tasks were signalled and whether force was used.
-With BPF (--watch, and `klptrace run`), the kernel's own verdict on each task
-at each try is recorded too (klp_check_and_switch_task), and the timeline.
+klptrace/kernel/stall.py reads the running kernel (/proc/<tid>/patch_state,
+/proc/<tid>/stack, /sys/kernel/livepatch, the kernel log); this module, pure,
+says what that means: the reason each task has not switched (the way
+klp_check_and_switch_task() would see it, or its own verdict when BPF
+recorded it), the transition's story try by try (story.py), what a person
+can do next, and the report as text.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import enum
 import re
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from klptrace.events import KLP_PATCHED, Event, EventKind
-from klptrace.kernel import kmod, kmsg
+from klptrace import story
+from klptrace.events import REASONS, SIGNALS_TIMEOUT, Direction, Event, EventKind, Reason
 
-#: where the tasks are read (a directory of the same shape in tests)
-PROC = "/proc"
-# klp_check_and_switch_task() results (kernel/livepatch/transition.c)
-REASONS = {-16: "running", -22: "unreliable stack", -98: "sleeping on function"}
-SIGNALS_TIMEOUT = 15  # tries between fake signals (transition.c)
+#: a task whose stack was never read for sure is said to be so, never given a guessed reason
+UNSTABLE = Reason.UNSTABLE
 _FRAME = re.compile(r"^\[<[0-9a-f]+>\] ([\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
+
+
+class Source(enum.StrEnum):
+    """Where a task's reason comes from."""
+
+    PROC = "proc"  # its stack in /proc, classified by klptrace
+    BPF = "bpf"  # the kernel's own verdict, klp_check_and_switch_task()'s
 
 
 @dataclasses.dataclass
@@ -36,13 +38,13 @@ class Task:
     pid: int
     tid: int
     comm: str
-    reason: str
+    reason: Reason | str  # str: "other (N)" for a code of the kernel's this one does not know
     function: str
     kthread: bool
     state: str
     stack: list[str]
     blocking_s: float | None = None
-    source: str = "proc"
+    source: Source = Source.PROC
 
 
 @dataclasses.dataclass
@@ -50,7 +52,7 @@ class Report:
     """The state of one livepatch transition."""
 
     patch: str
-    direction: str  # patching or unpatching
+    direction: Direction
     tasks: list[Task] = dataclasses.field(default_factory=list)
     in_transition_s: float | None = None
     tries: int | None = None
@@ -66,136 +68,19 @@ class Report:
                 **d}
 
 
-def transition_patch() -> str | None:
-    """The livepatch in transition, if any (the kernel allows one at a time)."""
-    for p in kmod.patches():
-        if kmod.patch_attr(p, "transition") == "1":
-            return p
-    return None
-
-
-def patched_functions(patch: str) -> set[str]:
-    """Functions the patch changes: /sys/kernel/livepatch/<patch>/<object>/<func,sympos>."""
-    funcs: set[str] = set()
-    root = kmod.LIVEPATCH_SYSFS / patch
-    try:
-        for obj in root.iterdir():
-            if obj.is_dir():
-                funcs.update(f.name.split(",")[0] for f in obj.iterdir() if f.is_dir())
-    except OSError:
-        pass
-    return funcs
-
-
 def stack_functions(stack: Sequence[str]) -> list[str]:
     """Function names of /proc/<tid>/stack lines."""
     return [m[1] for m in map(_FRAME.match, stack) if m]
 
 
-def classify(stack: Sequence[str], state: str, funcs: set[str]) -> tuple[str, str]:
+def classify(stack: Sequence[str], state: str, funcs: set[str]) -> tuple[Reason, str]:
     """(reason, function) the way klp_check_and_switch_task() would see the task."""
     for fn in stack_functions(stack):
         if fn in funcs:
-            return "sleeping on function", fn
+            return Reason.SLEEPING_ON_FUNCTION, fn
     if state == "R":
-        return "running", ""
-    return "other", ""
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def pending_tasks(target: int) -> list[tuple[int, int]]:
-    """(pid, tid) of every task whose patch_state is not the target state yet."""
-    out = []
-    for pid_s in os.listdir(PROC):
-        if not pid_s.isdigit():
-            continue
-        try:
-            tids = os.listdir(f"{PROC}/{pid_s}/task")
-        except OSError:
-            continue
-        for tid_s in tids:
-            st = _read(f"{PROC}/{pid_s}/task/{tid_s}/patch_state").strip()
-            if st and st != "-1" and int(st) != target:
-                out.append((int(pid_s), int(tid_s)))
-    return out
-
-
-#: how many times a task's stack is read before klptrace gives up on a stable one
-STABLE_TRIES = 12
-UNSTABLE = "could not read a stable stack"
-
-
-def _sched_point(status: str) -> tuple[str, int] | None:
-    """(state letter, context switches so far) from /proc/<tid>/status text; None if gone."""
-    state, switches = "", 0
-    for line in status.splitlines():
-        if line.startswith("State:"):
-            state = line.split()[1] if len(line.split()) > 1 else "?"
-        elif line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-            switches += int(line.split()[1])
-    return (state, switches) if state else None
-
-
-@dataclasses.dataclass
-class StackRead:
-    """A task's state and kernel stack, and whether they belong together."""
-
-    state: str
-    stack: list[str]
-    stable: bool
-
-
-def read_stack(base: str, read: Callable[[str], str] = _read,
-               sleep: Callable[[float], None] = time.sleep,
-               tries: int = STABLE_TRIES) -> StackRead:
-    """The task's state and stack, read so that the stack is one the task really had.
-
-    /proc/<tid>/stack of a task running on another CPU reads empty (the
-    unwinder refuses it: task_on_another_cpu() in arch/x86/kernel/unwind_orc.c),
-    and a task that runs while its stack is read may have moved on. So the
-    state and the context-switch counts are read before and after the stack,
-    and the read is kept only when the task slept throughout (same counts, not
-    R) with a non-empty stack. Otherwise it is read again, a little later each
-    time (a worker that wakes every 20 ms is caught asleep within a few tries).
-    A task seen running at every try is running; one never read consistently
-    is reported as such, never with a guessed reason.
-    """
-    running_every_time = True
-    last = StackRead("?", [], False)
-    for i in range(tries):
-        before = _sched_point(read(f"{base}/status"))
-        stack = [line for line in read(f"{base}/stack").splitlines() if line.strip()]
-        after = _sched_point(read(f"{base}/status"))
-        if before is None or after is None:
-            return StackRead("?", [], False)  # the task exited
-        quiet = before == after
-        running_every_time = running_every_time and after[0] == "R" and not stack
-        if quiet and stack and after[0] != "R":
-            return StackRead(after[0], stack, True)
-        last = StackRead(after[0], stack, False)
-        sleep(0.002 * (i + 1))
-    if running_every_time:
-        return StackRead("R", [], True)
-    return last
-
-
-def task_info(pid: int, tid: int, funcs: set[str]) -> Task:
-    """What /proc says of one pending task."""
-    base = f"{PROC}/{pid}/task/{tid}"
-    stat = _read(f"{base}/stat")
-    comm = _read(f"{base}/comm").strip()
-    flags = int(stat.rsplit(")", 1)[1].split()[6]) if ")" in stat else 0
-    got = read_stack(base)
-    reason, fn = classify(got.stack, got.state, funcs) if got.stable else (UNSTABLE, "")
-    return Task(pid, tid, comm, reason, fn, bool(flags & 0x00200000), got.state,  # PF_KTHREAD
-                got.stack)
+        return Reason.RUNNING, ""
+    return Reason.OTHER, ""
 
 
 @dataclasses.dataclass
@@ -219,69 +104,26 @@ def log_facts(patch: str, records: Iterable[tuple[float, str]]) -> LogFacts:
     return facts
 
 
-def kernel_log() -> list[tuple[float, str]]:
-    """(timestamp s, message) of every record the kernel log buffer still holds."""
-    try:
-        log = kmsg.KernelLog(from_start=True)
-    except OSError:
-        return []
-    try:
-        return [(ts, msg) for _fac, ts, msg in log.entries()]
-    finally:
-        log.close()
-
-
-def snapshot(patch: str | None = None, events: Sequence[Event] = ()) -> Report | None:
-    """The transition's state now, or None when no transition is in progress."""
-    patch = patch or transition_patch()
-    if not patch or kmod.patch_attr(patch, "transition") != "1":
-        return None
-    enabled = kmod.patch_attr(patch, "enabled") == "1"
-    target = KLP_PATCHED if enabled else 0
-    funcs = patched_functions(patch)
-    tasks = [task_info(pid, tid, funcs) for pid, tid in pending_tasks(target)]
-    facts = log_facts(patch, kernel_log())
-    now = time.clock_gettime(time.CLOCK_MONOTONIC)
-    rep = Report(patch, "patching" if enabled else "unpatching", tasks)
-    if facts.started_at is not None:
-        rep.in_transition_s = round(now - facts.started_at, 3)
-        for t in tasks:  # not switched since the start: blocking all along
-            t.blocking_s = rep.in_transition_s
-    if facts.signalled_at is not None:
-        rep.signals.append(f"fake signals sent to the remaining tasks "
-                           f"{now - facts.signalled_at:.0f} s ago (the kernel does so every "
-                           f"{SIGNALS_TIMEOUT} tries)")
-    rep.forced = facts.forced
-    merge_bpf(rep, events)
-    rep.next_steps = next_steps(rep)
-    return rep
-
-
-def merge_bpf(rep: Report, events: Sequence[Event]) -> None:
-    """Add what BPF saw: the kernel's own reason per task, tries, the timeline."""
+def merge_bpf(rep: Report, events: Sequence[Event], now_ns: int) -> None:
+    """Add what BPF saw until now_ns (CLOCK_MONOTONIC, the events' clock): the kernel's own
+    reason per task, tries, the timeline."""
     if not events:
         return
-    last: dict[int, Event] = {}
-    for e in events:
-        if e.kind == EventKind.TASK_BLOCKED:
-            last[e.tid] = e
-    first = {}
-    for e in events:
-        if e.kind == EventKind.TASK_BLOCKED and e.tid not in first:
-            first[e.tid] = e
-    now = time.monotonic_ns()
+    sto = story.of(events)
+    stalled = {t.tid: t for t in sto.stalled}
     for t in rep.tasks:
-        seen = last.get(t.tid)
-        if seen is not None:
-            t.reason = REASONS.get(seen.ret or 0, f"other ({seen.ret})")
-            t.function = seen.object or t.function
-            t.source = "bpf"
-        if t.tid in first and t.blocking_s is None:
-            t.blocking_s = round((now - first[t.tid].ts_ns) / 1e9, 3)
-    tries = [e for e in events if e.kind == EventKind.TRANSITION_TRY and e.patch == rep.patch]
+        seen = stalled.get(t.tid)
+        if seen is None:
+            continue
+        t.reason = seen.reason or f"other ({seen.last.ret})"
+        t.function = seen.last.object or t.function
+        t.source = Source.BPF
+        if t.blocking_s is None:
+            t.blocking_s = round((now_ns - seen.events[0].ts_ns) / 1e9, 3)
+    tries = [m.event for m in sto.moments.get(rep.patch, ()) if m.tried is not None]
     if tries and tries[-1].ret is not None:
         rep.tries = tries[-1].ret + 1
-    rep.forced = rep.forced or any(e.kind == EventKind.TRANSITION_FORCE for e in events)
+    rep.forced = rep.forced or any(t.forced for t in sto.transitions)
     rep.timeline = timeline(events, rep.patch)
 
 
@@ -292,17 +134,15 @@ def timeline(events: Sequence[Event], patch: str,
     Times are from the start; when klptrace attached after the start
     (attached_ns), from that moment instead, which the first entry says.
     """
+    moments = story.of(events).moments.get(patch, ())
     out: list[dict[str, Any]] = []
     t0: int | None = None
     if attached_ns is not None and not any(
-            e.kind == EventKind.TRANSITION_START and e.patch == patch for e in events):
+            m.event.kind == EventKind.TRANSITION_START for m in moments):
         t0 = attached_ns
         out.append({"t_s": 0.0, "what": "klptrace attached (the transition had started)"})
-    blocked_in_try: dict[int, set[int]] = {}
-    current: dict[str, Any] | None = None
-    for e in events:
-        if e.patch and e.patch != patch and e.kind != EventKind.TASK_BLOCKED:
-            continue
+    for m in moments:
+        e = m.event
         if e.kind in (EventKind.TRANSITION_START, EventKind.TRANSITION_REVERSED):
             t0 = e.ts_ns if t0 is None else t0
         if t0 is None:
@@ -310,21 +150,15 @@ def timeline(events: Sequence[Event], patch: str,
         t = round((e.ts_ns - t0) / 1e9, 3)
         if e.kind == EventKind.TRANSITION_START:
             out.append({"t_s": t, "what": f"start ({'patching' if e.state else 'unpatching'})"})
-        elif e.kind == EventKind.TRANSITION_TRY:
-            n = (e.ret or 0) + 1
-            current = {"t_s": t, "what": f"try {n}", "tasks_left": 0}
-            blocked_in_try[id(current)] = set()
-            out.append(current)
-            if e.ret and e.ret % SIGNALS_TIMEOUT == 0:
+        elif m.tried is not None:
+            item: dict[str, Any] = {"t_s": t, "what": f"try {m.tried.number}",
+                                    "tasks_left": len(m.tried.blocked)}
+            if m.tried.blocked:
+                item["tasks"] = [f"{b.comm}:{b.tid} {REASONS.get(b.ret or 0, 'other')}"
+                                 + (f" {b.object}" if b.object else "") for b in m.tried.blocked]
+            out.append(item)
+            if m.tried.signals:
                 out.append({"t_s": t, "what": "fake signals to the remaining tasks"})
-        elif e.kind == EventKind.TASK_BLOCKED and current is not None:
-            seen = blocked_in_try[id(current)]
-            if e.tid not in seen:
-                seen.add(e.tid)
-                current["tasks_left"] = len(seen)
-                current.setdefault("tasks", []).append(
-                    f"{e.comm}:{e.tid} {REASONS.get(e.ret or 0, 'other')}"
-                    + (f" {e.object}" if e.object else ""))
         elif e.kind == EventKind.TRANSITION_REVERSE:
             out.append({"t_s": t, "what": "reversed"})
         elif e.kind == EventKind.TRANSITION_FORCE:
@@ -334,13 +168,23 @@ def timeline(events: Sequence[Event], patch: str,
     return out
 
 
+def timeline_line(item: Mapping[str, Any], tasks: bool = False) -> str:
+    """One entry of a transition's timeline as text (tasks: with the tasks left, named)."""
+    left = f", {item['tasks_left']} task(s) left" if "tasks_left" in item else ""
+    who = f": {'; '.join(map(str, item['tasks']))}" if tasks and item.get("tasks") else ""
+    t_s = item.get("t_s", 0)
+    if not isinstance(t_s, (int, float)):  # a saved report `check` was not asked to read
+        return f"{item.get('what', '')}"
+    return f"{t_s:8.3f} s  {item.get('what', '')}{left}{who}"
+
+
 def next_steps(rep: Report) -> list[str]:
     """What a person can do about each kind of blocker."""
     steps = []
     p = rep.patch
-    kthreads = [t for t in rep.tasks if t.kthread and t.reason == "sleeping on function"]
-    users = [t for t in rep.tasks if not t.kthread and t.reason == "sleeping on function"]
-    running = [t for t in rep.tasks if t.reason == "running"]
+    kthreads = [t for t in rep.tasks if t.kthread and t.reason == Reason.SLEEPING_ON_FUNCTION]
+    users = [t for t in rep.tasks if not t.kthread and t.reason == Reason.SLEEPING_ON_FUNCTION]
+    running = [t for t in rep.tasks if t.reason == Reason.RUNNING]
     if kthreads:
         t = kthreads[0]
         steps.append(
@@ -356,7 +200,7 @@ def next_steps(rep: Report) -> list[str]:
     if running:
         steps.append(f"{len(running)} task(s) were running when checked: the kernel retries "
                      f"every second; this usually clears by itself.")
-    back = 0 if rep.direction == "patching" else 1
+    back = 0 if rep.direction == Direction.PATCHING else 1
     steps.append(f"To give up, reverse the transition: echo {back} > /sys/kernel/livepatch/{p}/"
                  f"enabled. Tasks that never switched are already in the state it reverses to.")
     steps.append(f"echo 1 > /sys/kernel/livepatch/{p}/force marks every task switched without "
@@ -384,10 +228,7 @@ def render_text(rep: Report | None) -> str:
         out += [f"      {line}" for line in t.stack[:8]]
     if rep.timeline:
         out.append("timeline:")
-        for item in rep.timeline:
-            left = f", {item['tasks_left']} task(s) left" if "tasks_left" in item else ""
-            out.append(f"  {item['t_s']:8.3f} s  {item['what']}{left}")
+        out += [f"  {timeline_line(item)}" for item in rep.timeline]
     out.append("next steps:")
     out += [f"  - {s}" for s in rep.next_steps]
     return "\n".join(out) + "\n"
-

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from util import REPO, saved_run, skip_or_fail
 
-from klptrace import cli, results, stall
+from klptrace import cli, results, stall, story
 from klptrace.events import Event, EventKind
 from klptrace.report import html, render
 from klptrace.report import timeline as tl
@@ -140,7 +140,7 @@ def _lane_at(lay: tl.Layout, y: float) -> tl.Lane:
 
 def test_busy_target_module_transition_is_reversed() -> None:
     evs = _events(_sd(RUN, "busy-target-module"))
-    segs = tl.segments(evs, "klptrace_lp")
+    segs = story.of(evs).legs["klptrace_lp"]
     at = {k: next(e.ts_ns for e in evs if e.kind == k) for k in (
         EventKind.TRANSITION_INIT, EventKind.TRANSITION_REVERSE, EventKind.TRANSITION_DONE)}
     assert [(s.direction, s.after, s.end, len(s.tries)) for s in segs] == [
@@ -161,7 +161,7 @@ def test_busy_target_module_transition_is_reversed() -> None:
 
 def test_cancelled_transition_and_failed_pre_patch() -> None:
     evs = _events(_sd(RUN, "pre-patch-callback-enodev"))
-    segs = tl.segments(evs, "klptrace_lp")
+    segs = story.of(evs).legs["klptrace_lp"]
     assert [(s.direction, s.after, s.end) for s in segs] == [
         ("patching", "", "cancelled"), ("unpatching", "cancelled", "complete")]
     lay = tl.layout(evs)

@@ -13,7 +13,7 @@ PACKAGE = REPO / "klptrace"
 
 #: the pure core: what `klptrace check` and every formatter run on, offline
 CORE = ("errors", "events", "files", "jsontext", "oops", "results", "scenario", "transcript",
-        "checker")
+        "checker", "story", "stall")
 
 
 #: what lab/ may import of klptrace: errors, and the /proc reader (processes, no livepatch)

@@ -1,7 +1,10 @@
 """The pure parts of `klptrace stall`: reading stacks, the kernel log, the timeline."""
 
+import json
+
 from klptrace import stall
 from klptrace.events import Event, EventKind
+from klptrace.kernel import stall as live
 
 STACK = [
     "[<0>] msleep+0x2d/0x40",
@@ -66,6 +69,29 @@ def test_timeline_when_attached_late() -> None:
     assert [i["t_s"] for i in tl] == [0.0, 1.0, 2.0]
 
 
+def test_merge_bpf_takes_the_kernel_s_verdict() -> None:
+    s = 1_000_000_000
+    evs = [_ev(EventKind.TRANSITION_START, 0, state=1),
+           _ev(EventKind.TRANSITION_TRY, s, state=1, ret=2),
+           _ev(EventKind.TASK_BLOCKED, s + 1, tid=7, comm="kworker/0:1", ret=-98, object="g"),
+           _ev(EventKind.TASK_BLOCKED, 2 * s, tid=8, comm="sh", ret=-5),
+           _ev(EventKind.TRANSITION_FORCE, 3 * s, state=1)]
+    rep = stall.Report("p", stall.Direction.PATCHING, [
+        stall.Task(1, 7, "kworker/0:1", stall.Reason.OTHER, "f", True, "D", STACK),
+        stall.Task(2, 8, "sh", stall.Reason.RUNNING, "", False, "R", [], blocking_s=9.0),
+        stall.Task(3, 9, "cat", stall.Reason.RUNNING, "", False, "R", [])])
+    stall.merge_bpf(rep, evs, now_ns=4 * s)
+    worker, sh, cat = rep.tasks
+    assert (worker.reason, worker.function, worker.source) == ("sleeping on function", "g",
+                                                               "bpf")
+    assert worker.blocking_s == 3.0  # since BPF first saw it
+    assert (sh.reason, sh.source, sh.blocking_s) == ("other (-5)", "bpf", 9.0)
+    assert (cat.reason, cat.source, cat.blocking_s) == ("running", "proc", None)
+    assert rep.tries == 3 and rep.forced
+    assert [i["what"] for i in rep.timeline] == ["start (patching)", "try 3", "forced"]
+    assert json.loads(json.dumps(rep.to_json()))["tasks"][1]["source"] == "bpf"
+
+
 def test_next_steps_for_a_kthread_never_suggest_signals_help() -> None:
     rep = stall.Report("p", "patching", [stall.Task(
         1, 7, "kworker/0:1", "sleeping on function", "f", True, "D", STACK)])
@@ -102,8 +128,8 @@ def test_read_stack_retries_while_the_task_runs() -> None:
     # try 1: woke and ran while read (empty stack, the switch count moved);
     # try 2: still running; try 3: asleep throughout: that one counts
     fake = _FakeProc([("D", 5, [], "D", 6), ("R", 6, [], "R", 6), ("D", 7, STACK, "D", 7)])
-    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append)
-    assert got == stall.StackRead("D", STACK, True)
+    got = live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append)
+    assert got == live.StackRead("D", STACK, True)
     assert len(fake.sleeps) == 2 and not fake.script
 
 
@@ -111,7 +137,7 @@ def test_read_stack_never_guesses() -> None:
     # a stack read while the task switched is not trusted, however often
     reads = [("D", n, STACK[1:], "D", n + 1) for n in range(3)]
     fake = _FakeProc(reads)
-    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=3)
+    got = live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=3)
     assert not got.stable
     task_reason = stall.classify(got.stack, got.state, set()) if got.stable else stall.UNSTABLE
     assert task_reason == "could not read a stable stack"
@@ -119,11 +145,11 @@ def test_read_stack_never_guesses() -> None:
 
 def test_read_stack_of_a_task_that_always_runs() -> None:
     fake = _FakeProc([("R", 3, [], "R", 3)] * 4)
-    got = stall.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=4)
-    assert got == stall.StackRead("R", [], True)
+    got = live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=4)
+    assert got == live.StackRead("R", [], True)
     assert stall.classify(got.stack, got.state, {"f"}) == ("running", "")
 
 
 def test_read_stack_of_a_task_that_exited() -> None:
-    got = stall.read_stack("/proc/1/task/2", lambda _p: "", lambda _s: None)
-    assert got == stall.StackRead("?", [], False)
+    got = live.read_stack("/proc/1/task/2", lambda _p: "", lambda _s: None)
+    assert got == live.StackRead("?", [], False)

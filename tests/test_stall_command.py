@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from klptrace import cli, stall
+from klptrace import cli
 from klptrace.commands import stall as stall_cmd
 from klptrace.events import Event, EventKind
-from klptrace.kernel import kmod
+from klptrace.kernel import kmod, stall
 
 WORKER_STACK = ("[<0>] msleep+0x2d/0x40\n"
                 "[<0>] klptrace_busy_work_func+0x3f/0x70 [klptrace_busy]\n"
@@ -22,7 +22,8 @@ def _task(proc: Path, pid: int, tid: int, comm: str, state: str, patch_state: in
     d = proc / str(pid) / "task" / str(tid)
     d.mkdir(parents=True)
     flags = 0x00200000 if kthread else 0  # PF_KTHREAD
-    (d / "stat").write_text(f"{tid} ({comm}) {state} 2 0 0 0 -1 {flags} 0 0 0 0 0 0\n")
+    (d / "stat").write_text(f"{tid} ({comm}) {state} 2 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 "
+                            "0 152 0 0\n")  # the first 24 of its 52 fields
     (d / "comm").write_text(comm + "\n")
     (d / "status").write_text(f"Name:\t{comm}\nState:\t{state} (x)\n"
                               "voluntary_ctxt_switches:\t5\nnonvoluntary_ctxt_switches:\t1\n")

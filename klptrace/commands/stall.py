@@ -41,6 +41,7 @@ def run(opts: StallOptions) -> int:
     """Explain the livepatch transition in progress (exit 0), or follow it with --watch
     (exit 0 once it completed, 1 if it was still in transition at the timeout)."""
     from klptrace import stall as st
+    from klptrace.kernel import stall as live
 
     problem = kmod.unsupported(kprobes=opts.watch)
     if problem is not None:
@@ -49,16 +50,16 @@ def run(opts: StallOptions) -> int:
         raise UsageError(f"no livepatch named {opts.patch}",
                          "livepatches here: " + (", ".join(kmod.patches()) or "none"))
     deadline = time.monotonic() + opts.timeout
-    patch = opts.patch or st.transition_patch()
+    patch = opts.patch or live.transition_patch()
     while opts.wait and (patch is None or kmod.patch_attr(patch, "transition") != "1"):
         if time.monotonic() > deadline:
             raise KlptraceError(f"no livepatch transition started within {opts.timeout:.0f} s")
         time.sleep(0.1)
-        patch = opts.patch or st.transition_patch()
+        patch = opts.patch or live.transition_patch()
     if opts.watch:
         with signals_unwind():
             return _watch(opts, patch, deadline)
-    rep = st.snapshot(patch)
+    rep = live.snapshot(patch)
     if opts.format == "json":
         doc = rep.to_json() if rep else {"patch": patch, "in_transition": False}
         _write(opts, json.dumps(doc, indent=1, allow_nan=False) + "\n")
@@ -118,11 +119,11 @@ def summary(patch: str, watched: Watched, events: list[Any], attached_ns: int,
 
 def render_summary(s: dict[str, Any]) -> str:
     """The watch's summary for a person."""
+    from klptrace.stall import timeline_line
+
     lines = [f"{s['patch']}: transition {'complete' if s['completed'] else 'still in progress'}",
              "timeline:"]
-    lines += [f"  {i['t_s']:8.3f} s  {i['what']}"
-              + (f", {i['tasks_left']} task(s) left" if "tasks_left" in i else "")
-              for i in s["timeline"]]
+    lines += [f"  {timeline_line(i)}" for i in s["timeline"]]
     lines.append("tasks:")
     lines += [f"  {t['comm']}:{t['tid']} {t['reason']} {t['function']} -> switched after "
               + (f"{t['switch_latency_s']:.1f} s" if t["switch_latency_s"] is not None
@@ -149,6 +150,7 @@ def html_document(s: dict[str, Any], watched: Watched, events: list[Any],
 
 def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
     from klptrace import stall as st
+    from klptrace.kernel import stall as live
     from klptrace.record.recorder import Recorder
 
     if patch is None:
@@ -163,7 +165,7 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
         line(f"Watching {patch} (Ctrl-C to stop).")
         try:
             while True:
-                rep = st.snapshot(patch, rec.events)
+                rep = live.snapshot(patch, rec.events)
                 now = time.monotonic()
                 watched.update(rep, now)
                 if rep is None:

@@ -25,6 +25,7 @@ class Stat:
     utime: int
     stime: int
     starttime: int
+    flags: int = 0  # PF_* (include/linux/sched.h): PF_KTHREAD for a kernel thread
 
     @staticmethod
     def parse(text: str) -> Stat:
@@ -34,7 +35,7 @@ class Stat:
         f = text[text.rindex(")") + 2:].split()  # f[0] is field 3, state
         if len(f) < 20:
             raise ValueError(f"{len(f) + 2} fields, fewer than 22")
-        return Stat(f[0], int(f[1]), int(f[2]), int(f[11]), int(f[12]), int(f[19]))
+        return Stat(f[0], int(f[1]), int(f[2]), int(f[11]), int(f[12]), int(f[19]), int(f[6]))
 
 
 def stat(pid: int | str = "self") -> Stat | None:

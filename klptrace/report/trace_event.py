@@ -8,10 +8,13 @@ so every scenario of a run shares one axis.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
+from klptrace import story
+from klptrace.events import KLP_PATCHED, Event
 from klptrace.results import is_matrix
 
 # a function's entry and its return, drawn as one complete (X) event:
@@ -41,7 +44,7 @@ def render(run: dict[str, Any]) -> str:
     runs = run["runs"] if is_matrix(run) else [run]
     events: list[dict[str, Any]] = []
     for pid, r in enumerate(runs, 1):
-        events += _process(pid, r)
+        events += _process(pid, r["kernel"], [_Scenario.of(sc) for sc in r["scenarios"]])
     doc = {"traceEvents": events, "displayTimeUnit": "ms",
            "otherData": {"generator": "klptrace",
                          "kernels": ", ".join(r["kernel"] for r in runs),
@@ -49,37 +52,53 @@ def render(run: dict[str, Any]) -> str:
     return json.dumps(doc, indent=0, allow_nan=False) + "\n"
 
 
-def _track(e: dict[str, Any]) -> Track:
+@dataclasses.dataclass(frozen=True)
+class _Scenario:
+    """What the trace shows of one scenario: its span's name and args, its events."""
+
+    id: str
+    args: dict[str, Any]
+    events: list[Event]
+
+    @classmethod
+    def of(cls, sc: dict[str, Any]) -> _Scenario:
+        """A scenario of a run document (a skipped one shows nothing: it needs no args)."""
+        events = [Event.from_json(e) for e in sc.get("events", [])]
+        args = {"status": sc["status"], "duration_s": sc["duration_s"],
+                "explanation": sc.get("explanation", "")} if events else {}
+        return cls(sc["id"], args, events)
+
+
+def _kind(e: Event) -> str:
+    return e.kind.name.lower()
+
+
+def _track(e: Event) -> Track:
     """The track an event belongs on: its livepatch's transitions, its klp_object or task."""
-    kind = e["kind"]
+    kind = _kind(e)
     if kind == "transition_try":  # a task's work: which one tries matters in a stall
-        return ("task", str(e.get("tid", 0)))
+        return ("task", str(e.tid))
     if kind.startswith("transition_") or kind == "unpatch_objects":
-        return ("transition", e.get("patch", ""))
+        return ("transition", e.patch)
     if kind in ("callback", "patch_object", "unpatch_object") or kind.startswith("module_"):
-        return ("object", e.get("object", ""))
-    return ("task", str(e.get("tid", 0)))
+        return ("object", e.object)
+    return ("task", str(e.tid))
 
 
-def _all_events(run: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for sc in run["scenarios"]:
-        yield from sc.get("events", [])
-
-
-def _thread_names(run: dict[str, Any]) -> dict[Track, str]:
+def _thread_names(scenarios: Sequence[_Scenario]) -> dict[Track, str]:
     """Every track of a run in display order, with its name."""
     comms: dict[str, list[str]] = {}
     livepatch: set[str] = set()
     found: dict[Track, None] = {}
-    for e in _all_events(run):
+    for e in (e for sc in scenarios for e in sc.events):
         t = _track(e)
-        if e["kind"].startswith("transition_"):  # its span, wherever the event itself goes
-            found[("transition", e.get("patch", ""))] = None
+        if _kind(e).startswith("transition_"):  # its span, wherever the event itself goes
+            found[("transition", e.patch)] = None
         found[t] = None
-        if t[0] == "task" and e.get("comm") and e["comm"] not in comms.setdefault(t[1], []):
-            comms[t[1]].append(e["comm"])
-        if e.get("livepatch"):
-            livepatch.add(e.get("object", ""))
+        if t[0] == "task" and e.comm and e.comm not in comms.setdefault(t[1], []):
+            comms[t[1]].append(e.comm)
+        if e.livepatch:
+            livepatch.add(e.object)
     names: dict[Track, str] = {("scenarios", ""): "scenarios"}
     for t in sorted(found, key=lambda t: _TRACK_ORDER.index(t[0])):  # stable: first seen
         if t[0] == "transition":
@@ -91,18 +110,18 @@ def _thread_names(run: dict[str, Any]) -> dict[Track, str]:
     return names
 
 
-def _process(pid: int, run: dict[str, Any]) -> list[dict[str, Any]]:
+def _process(pid: int, kernel: str, scenarios: Sequence[_Scenario]) -> list[dict[str, Any]]:
     """One kernel's run: its metadata, then every scenario's events."""
-    names = _thread_names(run)
+    names = _thread_names(scenarios)
     tids = {t: i for i, t in enumerate(names, 1)}
     out: list[dict[str, Any]] = [
-        _meta(pid, 0, "process_name", name=f"kernel {run['kernel']}"),
+        _meta(pid, 0, "process_name", name=f"kernel {kernel}"),
         _meta(pid, 0, "process_sort_index", sort_index=pid)]
     for t, tid in tids.items():
         out += [_meta(pid, tid, "thread_name", name=names[t]),
                 _meta(pid, tid, "thread_sort_index", sort_index=tid)]
-    t0 = min((e["ts_ns"] for e in _all_events(run)), default=0)
-    for sc in run["scenarios"]:
+    t0 = min((e.ts_ns for sc in scenarios for e in sc.events), default=0)
+    for sc in scenarios:
         out += _scenario(sc, pid, tids, t0)
     return out
 
@@ -116,53 +135,56 @@ def _us(ns: int, t0: int) -> float:
     return round((ns - t0) / 1000, 3)
 
 
-def _fields(e: dict[str, Any]) -> dict[str, Any]:
+def _fields(e: Event) -> dict[str, Any]:
     """An event's fields as args: the task, the patch, object, callback, state and ret."""
-    return {k: v for k, v in e.items() if k not in ("kind", "ts_ns")}
+    return {k: v for k, v in e.to_json().items() if k not in ("kind", "ts_ns")}
 
 
-def _scenario(sc: dict[str, Any], pid: int, tids: dict[Track, int],
-              t0: int) -> list[dict[str, Any]]:
+def _scenario(sc: _Scenario, pid: int, tids: dict[Track, int], t0: int) -> list[dict[str, Any]]:
     """One scenario: a span on the scenarios track, and its events on theirs."""
-    evs = sc.get("events", [])
+    evs = sc.events
     if not evs:  # skipped: nothing happened in the kernel to draw
         return []
-    end = max(e["ts_ns"] for e in evs)
-    begin = min(e["ts_ns"] for e in evs)
-    out = [_complete(pid, tids[("scenarios", "")], sc["id"], "scenario", begin, end,
-                     t0, {"status": sc["status"], "duration_s": sc["duration_s"],
-                          "explanation": sc.get("explanation", "")})]
-    calls: dict[tuple[Track, str], dict[str, Any]] = {}
-    transitions: dict[str, dict[str, Any]] = {}
-    for e in evs:
-        track, kind = _track(e), e["kind"]
+    end = max(e.ts_ns for e in evs)
+    begin = min(e.ts_ns for e in evs)
+    out = [_complete(pid, tids[("scenarios", "")], sc.id, "scenario", begin, end, t0, sc.args)]
+    transitions = story.of(evs).transitions
+    done = {tr.done: tr for tr in transitions if tr.done is not None}
+    calls: dict[tuple[Track, str], Event] = {}
+    for i, e in enumerate(evs):
+        track, kind = _track(e), _kind(e)
         tid = tids[track]
         if kind in _CALLS:
             calls[(track, kind)] = e
         elif kind in _RETURNS and (track, _RETURNS[kind]) in calls:
             entry = calls.pop((track, _RETURNS[kind]))
-            out.append(_complete(pid, tid, _call_name(entry), "call", entry["ts_ns"],
-                                 e["ts_ns"], t0, {**_fields(entry), "ret": e.get("ret")}))
+            out.append(_complete(pid, tid, _call_name(entry), "call", entry.ts_ns,
+                                 e.ts_ns, t0, {**_fields(entry), "ret": e.ret}))
+        elif i in done:  # klp_complete_transition() returned: the whole transition
+            out.append(_transition(pid, tids[("transition", e.patch)], done[i], e.ts_ns, t0))
+        elif kind == "transition_init":
+            continue  # the beginning of its transition's span
         elif kind.startswith("transition_") or kind == "unpatch_objects":
-            out += _transition(transitions, e, pid, tid, tids[("transition", e.get("patch", ""))],
-                               t0)
-        else:
-            name = (f"% {e.get('detail', '')}" if kind == "step" else
-                    e.get("callback", kind) if kind == "callback" else _NAMES.get(kind, kind))
-            out.append(_instant(pid, tid, str(name), _category(kind), e["ts_ns"], t0,
+            out.append(_instant(pid, tid, _NAMES.get(kind, kind), "transition", e.ts_ns, t0,
                                 _fields(e)))
+        else:
+            name = (f"% {e.detail}" if kind == "step" else
+                    e.callback.word if kind == "callback" and e.callback else
+                    kind if kind == "callback" else _NAMES.get(kind, kind))
+            out.append(_instant(pid, tid, name, _category(kind), e.ts_ns, t0, _fields(e)))
     # what had not returned or completed when the scenario ended: drawn to its end
     for (track, _), entry in calls.items():
-        out.append(_complete(pid, tids[track], _call_name(entry), "call", entry["ts_ns"], end,
+        out.append(_complete(pid, tids[track], _call_name(entry), "call", entry.ts_ns, end,
                              t0, {**_fields(entry), "returned": False}))
-    for patch, tr in transitions.items():
-        out.append(_transition_event(pid, tids[("transition", patch)], tr, end, t0, False))
+    for tr in transitions:
+        if tr.done is None:
+            out.append(_transition(pid, tids[("transition", tr.patch)], tr, end, t0))
     return out
 
 
-def _call_name(entry: dict[str, Any]) -> str:
-    fn = _CALLS[entry["kind"]][1]
-    what = entry.get("patch") or entry.get("object")
+def _call_name(entry: Event) -> str:
+    fn = _CALLS[_kind(entry)][1]
+    what = entry.patch or entry.object
     return f"{fn} {what}" if what else fn
 
 
@@ -178,39 +200,25 @@ def _category(kind: str) -> str:
     return "task"
 
 
-def _transition(open_: dict[str, dict[str, Any]], e: dict[str, Any], pid: int, tid: int,
-                span_tid: int, t0: int) -> list[dict[str, Any]]:
-    """A transition event: it opens, marks or closes its livepatch's transition span
-    (on span_tid); tid is the event's own track."""
-    patch, kind = e.get("patch", ""), e["kind"]
-    tr = open_.setdefault(patch, {"begin": e, "target": e.get("target", ""), "tries": 0,
-                                  "reversed": False, "cancelled": False, "forced": False})
-    if e.get("target"):
-        tr["final_target"] = e["target"]
-    if kind == "transition_try":
-        tr["tries"] += 1
-    for flag, by in (("reversed", "transition_reversed"), ("cancelled", "transition_cancel"),
-                     ("forced", "transition_force")):
-        tr[flag] = tr[flag] or kind == by
-    if kind == "transition_done":
-        del open_[patch]
-        return [_transition_event(pid, span_tid, tr, e["ts_ns"], t0, True)]
-    if kind == "transition_init":
-        return []  # the span's beginning
-    return [_instant(pid, tid, _NAMES.get(kind, kind), "transition", e["ts_ns"], t0,
-                     _fields(e))]
+def _target(state: int | None) -> str:
+    """A transition's target state, as the event JSON writes it ("" when none is known)."""
+    return "" if state is None else "patched" if state == KLP_PATCHED else "unpatched"
 
 
-def _transition_event(pid: int, tid: int, tr: dict[str, Any], end: int, t0: int,
-                      complete: bool) -> dict[str, Any]:
-    """A transition from klp_init_transition() to klp_complete_transition()'s end."""
-    name = {"patched": "patching", "unpatched": "unpatching"}.get(tr["target"], "transition")
-    name += "".join(f", {w}" for w in ("reversed", "cancelled", "forced") if tr[w])
-    args = {"patch": tr["begin"].get("patch", ""), "target": tr["target"],
-            "final_target": tr.get("final_target", tr["target"]), "tries": tr["tries"],
-            "reversed": tr["reversed"], "cancelled": tr["cancelled"], "forced": tr["forced"],
-            "complete": complete, "begun_by": tr["begin"]["kind"]}
-    return _complete(pid, tid, name, "transition", tr["begin"]["ts_ns"], end, t0, args)
+def _transition(pid: int, tid: int, tr: story.Transition, end: int,
+                t0: int) -> dict[str, Any]:
+    """A transition from klp_init_transition() to klp_complete_transition()'s end (or end,
+    when it never completed)."""
+    target = _target(tr.target)
+    name = {"patched": "patching", "unpatched": "unpatching"}.get(target, "transition")
+    name += "".join(f", {w}" for w, on in (("reversed", tr.reversed),
+                                           ("cancelled", tr.cancelled),
+                                           ("forced", tr.forced)) if on)
+    args = {"patch": tr.patch, "target": target,
+            "final_target": _target(tr.final_target) or target, "tries": tr.tries,
+            "reversed": tr.reversed, "cancelled": tr.cancelled, "forced": tr.forced,
+            "complete": tr.done is not None, "begun_by": tr.begun_by.name.lower()}
+    return _complete(pid, tid, name, "transition", tr.t0, end, t0, args)
 
 
 def _complete(pid: int, tid: int, name: str, cat: str, begin: int, end: int, t0: int,

@@ -14,6 +14,7 @@ from util import until
 
 from klptrace import stall
 from klptrace.kernel import kmod
+from klptrace.kernel import stall as live
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_every_snapshot_names_the_function_or_says_it_could_not(stalled: Path) -
     worker = None
     named = 0
     for _ in range(80):
-        rep = stall.snapshot("klptrace_lp")
+        rep = live.snapshot("klptrace_lp")
         assert rep is not None and rep.direction == "patching"
         if worker is None:
             found = [t for t in rep.tasks if t.function == "klptrace_busy_work_func"]
