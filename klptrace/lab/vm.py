@@ -161,57 +161,6 @@ def choose_accel(kernel: Kernel, qemu: str, cache: Path | None = None) -> Accel:
     return Accel("tcg", f"a trial boot of {kernel.release} with KVM failed")
 
 
-# What the headers declare when a transition rewrites scheduler code: the
-# cond_resched static call that sched_dynamic_klp_enable() retargets (v6.4 to
-# v6.15), or the klp_sched_try_switch_key static key that a transition's start
-# and end flip (v6.4 on; since v6.16 tested in __schedule()).
-_SCHED_TEXT_PATCHING = (
-    ("livepatch_sched.h", re.compile(r"\bklp_sched_try_switch_key\b")),
-    ("sched.h", re.compile(r"\bsched_dynamic_klp_enable\s*\(")),
-)
-
-
-def transitions_patch_scheduler(kernel: Kernel) -> bool:
-    """Does each livepatch transition of this kernel rewrite scheduler code all CPUs run?
-
-    Since Linux kernel commit e3ff7c609f39 ("livepatch,sched: Add livepatch
-    task switching to cond_resched()") (in v6.4), a transition's start and end
-    retarget the cond_resched static call (include/linux/sched.h declares
-    sched_dynamic_klp_enable()), patching every cond_resched() call site, or,
-    without PREEMPT_DYNAMIC's static calls, flip klp_sched_try_switch_key
-    (include/linux/livepatch_sched.h), a jump label in each of them. Commit
-    676e8cf70cb0 ("sched,livepatch: Untangle cond_resched() and
-    live-patching") (in v6.16) dropped the cond_resched() part but kept the
-    key, now tested in __schedule() (kernel/sched/core.c), so every transition
-    still rewrites code that every CPU runs: a 7.3.4 guest with 2 vCPUs under
-    TCG panicked with "Oops: int3" at __schedule+0xa4 in an atomic-replace
-    transition. The kernel's headers tell, by what they declare.
-    """
-    src = kernel.root / "usr" / "src"
-    return any(rx.search(h.read_text(errors="replace"))
-               for name, rx in _SCHED_TEXT_PATCHING
-               for h in src.glob(f"*/include/linux/{name}"))
-
-
-def guest_cpus(kernel: Kernel, accel: Accel, cpus: int) -> tuple[int, str]:
-    """The vCPUs to boot with, and why they are fewer than asked ('' when they are not).
-
-    Under QEMU's multi-threaded TCG (Debian 12's QEMU 7.2), a kernel whose
-    transitions rewrite scheduler code soon panics with "Oops: int3" in code
-    another vCPU was running (a stale breakpoint of the text patching).
-    Measured: 6.12 with 2 vCPUs panicked within 200 livepatch enable/disable
-    cycles in both of 2 tries; 6.1 with 2 vCPUs and 6.12 with 1 completed
-    them; 7.3.4 with 2 vCPUs panicked in the kernel test suite's third test.
-    KLPTRACE_TCG_SMP=1 keeps the vCPUs asked for (for a QEMU without that race).
-    """
-    if (accel.name != "tcg" or cpus == 1 or os.environ.get("KLPTRACE_TCG_SMP") == "1"
-            or not transitions_patch_scheduler(kernel)):
-        return cpus, ""
-    return 1, (f"cpus: 1, not {cpus}: under emulation, {kernel.release}'s livepatch "
-               "transitions rewrite scheduler code that other vCPUs run, which QEMU's "
-               "multi-threaded TCG gets wrong (guest panics); KLPTRACE_TCG_SMP=1 overrides")
-
-
 # --- the vng command line -------------------------------------------------------
 
 
@@ -776,6 +725,7 @@ def run(
     say: Say | None = None,
     retry_qemu_abort: bool = True,
     done: Callable[[], bool] | None = None,
+    cpus_for: Callable[[Kernel, Accel, int], tuple[int, str]] | None = None,
 ) -> int:
     """Boot kernel, run argv as root in the guest, stream its output; return its status.
 
@@ -788,6 +738,9 @@ def run(
     when given, tells that the command's work is over (its results are in):
     a guest that does not power off within DONE_GRACE_S after it is stopped
     (GuestStopped), since a wedged guest kernel may never get there.
+    cpus_for(kernel, accel, cpus), when given, says how many vCPUs to boot with
+    and why they are fewer than asked ('' when they are not): what the work in
+    the guest allows, which the lab does not know (None: the vCPUs asked for).
     """
     note = say or (lambda _m: None)
     if not argv:
@@ -806,9 +759,10 @@ def run(
             f"accel: {accel.name} ({'hardware' if accel.name == 'kvm' else 'software emulation'}): "
             f"{accel.reason}"
         )
-        cpus, why = guest_cpus(kernel, accel, cpus)
-        if why:
-            note(why)
+        if cpus_for is not None:
+            cpus, why = cpus_for(kernel, accel, cpus)
+            if why:
+                note(why)
         dirs = [Path(d).resolve() for d in rwdirs]
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
