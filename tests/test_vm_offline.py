@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 import select
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from util import skip_or_fail, until
 
 from klptrace import cli
-from klptrace.errors import Interrupted, KlptraceError, UsageError
+from klptrace.errors import KlptraceError, UsageError
 from klptrace.guest import vcpus
-from klptrace.lab import archive, build, defaults, kernels, vm
+from klptrace.lab import archive, build, defaults, kernels, pump, stop, vm, vng
 
 # --- --kernel specs -----------------------------------------------------------
 
@@ -269,7 +264,7 @@ def test_rewrite_headers_makefile(tmp_path: Path) -> None:
     assert (kdir / "Makefile").read_text().count("/usr/src/") == 1
 
 
-# --- memory sizes, accel, the vng command line -------------------------------------
+# --- memory sizes -------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -285,198 +280,6 @@ def test_parse_memory(text: str, mib: int) -> None:
 def test_parse_memory_rejects(text: str) -> None:
     with pytest.raises(KlptraceError):
         vm.parse_memory(text)
-
-
-def _facts(**kw: object) -> vm.AccelFacts:
-    base: dict[str, object] = dict(forced=None, kvm_device=True, kvm_usable=True, kvm_pvm=False)
-    base.update(kw)
-    return vm.AccelFacts(**base)  # type: ignore[arg-type]
-
-
-def test_decide_accel() -> None:
-    pvm = vm.decide_accel(_facts(kvm_pvm=True))
-    assert pvm is not None and pvm.name == "tcg" and "kvm_pvm" in pvm.reason
-    none = vm.decide_accel(_facts(kvm_device=False, kvm_usable=False))
-    assert none == vm.Accel("tcg", "no /dev/kvm")
-    locked = vm.decide_accel(_facts(kvm_usable=False))
-    assert locked is not None and locked.name == "tcg" and "read-write" in locked.reason
-    # A plain /dev/kvm decides nothing: only a trial boot shows it runs stock kernels.
-    assert vm.decide_accel(_facts()) is None
-    assert vm.decide_accel(_facts(forced="kvm", kvm_pvm=True)) == vm.Accel(
-        "kvm", "KLPTRACE_ACCEL says so"
-    )
-    assert vm.decide_accel(_facts(forced="tcg")) == vm.Accel("tcg", "KLPTRACE_ACCEL says so")
-    with pytest.raises(KlptraceError):
-        vm.decide_accel(_facts(forced="hvf"))
-
-
-def test_choose_accel_caches_the_trial_boot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls: list[Path] = []
-
-    def probe(image: Path, qemu: str) -> bool:
-        calls.append(image)
-        return False
-
-    monkeypatch.setattr(vm, "host_accel_facts", lambda: _facts())
-    monkeypatch.setattr(vm, "probe_kvm", probe)
-    k = kernels.Kernel("6.1.0-9-amd64", tmp_path / "vmlinuz", tmp_path, None, tmp_path)
-    first = vm.choose_accel(k, "/usr/bin/qemu-system-x86_64", cache=tmp_path)
-    second = vm.choose_accel(k, "/usr/bin/qemu-system-x86_64", cache=tmp_path)
-    assert first == second and first.name == "tcg" and "trial boot" in first.reason
-    assert len(calls) == 1
-
-
-def _kernel() -> kernels.Kernel:
-    root = Path("/c/kernels/6.1.0-9-amd64")
-    return kernels.Kernel(
-        "6.1.0-9-amd64", root / "boot/vmlinuz-6.1.0-9-amd64",
-        root / "lib/modules/6.1.0-9-amd64", None, root,
-    )  # fmt: skip
-
-
-def test_vng_argv_tcg() -> None:
-    cmd = vm.vng_argv(
-        _kernel(), Path("/tmp/kv/command.sh"), accel="tcg",
-        cpus=2, memory_mib=4096, cwd=Path("/work/repo"), rwdirs=[Path("/work/repo/results")],
-        qemu="/tmp/kv/qemu", vng="/venv/bin/vng",
-    )  # fmt: skip
-    assert cmd[:3] == [
-        "/venv/bin/vng",
-        "--run",
-        "/c/kernels/6.1.0-9-amd64/boot/vmlinuz-6.1.0-9-amd64",
-    ]
-    for flag in ("--force-9p", "--disable-kvm", "--overlay-rwdir=/work/repo",
-                 "--rwdir=/tmp/kv", "--rwdir=/work/repo/results"):  # fmt: skip
-        assert flag in cmd
-    assert cmd[cmd.index("--cpus") + 1] == "2"
-    assert cmd[cmd.index("--memory") + 1] == "4096M"
-    assert cmd[cmd.index("--cwd") + 1] == "/work/repo"
-    assert cmd[cmd.index("--qemu") + 1] == "/tmp/kv/qemu"
-    # the command is a script in a shared directory, not text on the kernel's command line
-    assert cmd[cmd.index("--exec") + 1] == "sh /tmp/kv/command.sh"
-
-
-def test_vng_argv_keeps_udev_from_loading_unneeded_drivers() -> None:
-    cmd = vm.vng_argv(
-        _kernel(), Path("/tmp/kv/command.sh"), accel="tcg",
-        cpus=1, memory_mib=512, cwd=Path("/home/u/src"),
-    )  # fmt: skip
-    [append] = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--append"]
-    [blacklist] = [w for w in append.split() if w.startswith("modprobe.blacklist=")]
-    names = blacklist.removeprefix("modprobe.blacklist=").split(",")
-    assert "kvm_amd" in names and "ahci" in names
-    # what vng's initramfs loads and the guest's command uses is never among them
-    needed = {"9p", "9pnet", "9pnet_virtio", "netfs", "fscache", "overlay", "virtio",
-              "virtio_ring", "virtio_pci", "virtio_mmio", "virtio_console", "virtiofs", "fuse"}
-    assert not needed & set(names)
-    assert all(re.fullmatch(r"[a-zA-Z0-9_]+", n) for n in names)  # module names as /proc/modules
-    assert len(append) < 400  # vng's own arguments share the kernel's 2048 bytes
-
-
-def test_vng_argv_kvm_and_overlaid_cwd() -> None:
-    cmd = vm.vng_argv(
-        _kernel(), Path("/tmp/kv/command.sh"), accel="kvm",
-        cpus=1, memory_mib=512, cwd=Path("/home/u/src"),
-    )  # fmt: skip
-    assert "--disable-kvm" not in cmd
-    assert not any(a.startswith("--overlay-rwdir") for a in cmd)  # vng overlays /home
-    assert "--qemu" not in cmd
-
-
-def test_guest_script_keeps_the_status(tmp_path: Path) -> None:
-    # Run the guest's shell line on the host: the status reaches the file and the exit.
-    status = tmp_path / "st atus"
-    script = vm.guest_script(["sh", "-c", "echo 'it''s'; exit 7"], status,
-                             bdi_dir=str(tmp_path / "bdi"))
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
-    assert proc.returncode == 7
-    assert proc.stdout == "its\n"
-    assert proc.stderr == ""
-    assert status.read_text() == "7\n"
-
-
-def test_guest_script_turns_on_9p_read_ahead(tmp_path: Path) -> None:
-    # A fake /sys/class/bdi: the 9p devices get read-ahead, others are left alone.
-    bdi = tmp_path / "bdi"
-    for dev in ("9p-3", "9p-7", "8:0"):
-        (bdi / dev).mkdir(parents=True)
-        (bdi / dev / "read_ahead_kb").write_text("0\n")
-    script = vm.guest_script(["true"], tmp_path / "status", bdi_dir=str(bdi))
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert (bdi / "9p-3" / "read_ahead_kb").read_text() == f"{vm.READ_AHEAD_KB}\n"
-    assert (bdi / "9p-7" / "read_ahead_kb").read_text() == f"{vm.READ_AHEAD_KB}\n"
-    assert (bdi / "8:0" / "read_ahead_kb").read_text() == "0\n"
-
-
-def test_needs_overlay() -> None:
-    assert vm.needs_overlay(Path("/work/main"))
-    assert vm.needs_overlay(Path("/root/src"))
-    assert vm.needs_overlay(Path("/"))
-    assert not vm.needs_overlay(Path("/tmp"))
-    assert not vm.needs_overlay(Path("/home/u/src"))
-    assert vm.needs_overlay(Path("/tmpfoo"))
-
-
-def test_qemu_wrapper_redirects_only_the_console(tmp_path: Path) -> None:
-    fake = tmp_path / "fake-qemu"
-    fake.write_text('#!/bin/sh\necho "pid $$"; for a do echo "$a"; done\n')
-    fake.chmod(0o755)
-    wrapper = tmp_path / "qemu"
-    pid_file = tmp_path / "q emu.pid"
-    wrapper.write_text(vm.qemu_wrapper(str(fake), tmp_path / "con sole.log", pid_file))
-    wrapper.chmod(0o755)
-    args = ["-chardev", "file,id=console,path=/dev/null", "-chardev",
-            "file,id=stdout,path=/dev/null", "-append", "a b  c"]  # fmt: skip
-    out = subprocess.run([str(wrapper), *args], capture_output=True, text=True, check=True)
-    lines = out.stdout.splitlines()
-    assert lines[1:] == [
-        "-chardev", f"file,id=console,path={tmp_path}/con sole.log", "-chardev",
-        "file,id=stdout,path=/dev/null", "-append", "a b  c",
-    ]  # fmt: skip
-    # exec keeps the wrapper's pid: the pid file names the process that became QEMU
-    assert lines[0] == f"pid {pid_file.read_text().strip()}"
-
-
-def test_a_boot_without_vngs_console_argument_fails_loudly(tmp_path: Path) -> None:
-    fake = tmp_path / "fake-qemu"
-    fake.write_text('#!/bin/sh\necho "QEMU $*"\n')
-    fake.chmod(0o755)
-    wrapper = tmp_path / "qemu"
-    console_log = tmp_path / "console.log"
-    wrapper.write_text(vm.qemu_wrapper(str(fake), console_log, tmp_path / "qemu.pid"))
-    wrapper.chmod(0o755)
-    # vng's probe of QEMU (qemu_helpers.Qemu.probe) is no boot: passed through
-    out = subprocess.run([str(wrapper), "--version"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout == "QEMU --version\n"
-    # a boot whose console went elsewhere: refused, and said so for vm.run
-    out = subprocess.run([str(wrapper), "-kernel", "k", "-chardev", "stdio,id=console"],
-                         capture_output=True, text=True)
-    assert out.returncode == 70 and "QEMU" not in out.stdout
-    assert vm.VNG_CONSOLE_ARG in out.stderr
-    err = vm._early_end(console_log, out.stderr, 1)
-    assert isinstance(err, vm.GuestStopped) and "virtme-ng started QEMU without" in err.message
-    assert "virtme-ng>=1.42,<1.43" in (err.hint or "")
-
-
-def test_the_pinned_vng_gives_qemu_the_console_argument_the_wrapper_rewrites() -> None:
-    # the internals klptrace relies on, read from the vng that pyproject.toml allows
-    run_py = importlib.util.find_spec("virtme.commands.run")
-    if run_py is None or run_py.origin is None:
-        skip_or_fail("virtme-ng is not installed (make setup installs it)")
-        return
-    source = Path(run_py.origin).read_text()
-    assert 'console_output = "/dev/null"' in source
-    assert '"-chardev", f"file,id=console,path={console_output}"' in source
-    assert vm.VNG_CONSOLE_ARG == "file,id=console,path=/dev/null"
-
-
-def test_panic_line() -> None:
-    log = "[ 1.0] x\n[ 10.1] Kernel panic - not syncing: sysrq triggered crash\n[ 10.2] CPU: 0\n"
-    assert vm.panic_line(log) == "Kernel panic - not syncing: sysrq triggered crash"
-    assert vm.panic_line("[ 1.0] all well\n") is None
 
 
 def test_run_rejects_before_booting(tmp_path: Path) -> None:
@@ -581,6 +384,14 @@ def test_build_failure_names_the_error(tmp_path: Path) -> None:
 # --- the command line ----------------------------------------------------------------
 
 
+def _kernel() -> kernels.Kernel:
+    root = Path("/c/kernels/6.1.0-9-amd64")
+    return kernels.Kernel(
+        "6.1.0-9-amd64", root / "boot/vmlinuz-6.1.0-9-amd64",
+        root / "lib/modules/6.1.0-9-amd64", None, root,
+    )  # fmt: skip
+
+
 def test_cli_kernel_of_no_form_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -659,7 +470,7 @@ def test_qemu_abort_line_ignores_other_messages(text: str) -> None:
 
 def _alive(pid: int) -> bool:
     """Does pid run (a zombie does not)?"""
-    st = vm._proc_state(pid)
+    st = stop.proc_state(pid)
     return st is not None and st[0] != "Z"
 
 
@@ -676,128 +487,6 @@ def _ours(mark: str) -> list[int]:
                     int(entry.name)):
                 found.append(int(entry.name))
     return found
-
-
-def test_stop_ends_the_group_then_qemu_outside_it(tmp_path: Path) -> None:
-    # vng's group: a shell and a child that ignores SIGTERM; QEMU has left the group
-    # (setsid) and ignores SIGTERM too: only its pid reaches it, then SIGKILL.
-    marker = str(tmp_path / "run")
-    ready = tmp_path / "ready"
-    stubborn = "trap '' TERM; sleep 300 & touch " + shlex.quote(str(ready)) + "; wait"
-    group = subprocess.Popen(["sh", "-c", stubborn], start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # the stand-in says it is ready once its trap is set: a SIGTERM before that would end it
-    qemu_ready = tmp_path / "qemu-ready"
-    qemu = subprocess.Popen(["sh", "-c", "trap '' TERM; touch " + shlex.quote(str(qemu_ready))
-                             + "; while :; do sleep 0.1; done", marker], start_new_session=True)
-    pid_file = tmp_path / "qemu.pid"
-    pid_file.write_text(f"{qemu.pid}\n")
-    assert until(ready.exists, 10) and until(qemu_ready.exists, 10)
-    members = vm._group_left(group.pid)
-    assert group.pid in members and len(members) == 2
-    t0 = time.monotonic()
-    try:
-        left = vm._stop(group, pid_file, marker, grace=0.5)
-    finally:
-        qemu.poll()
-    assert left == []
-    assert time.monotonic() - t0 < 3
-    assert group.returncode == -signal.SIGKILL
-    assert not any(_alive(p) for p in (*members, qemu.pid))
-    assert qemu.wait(5) == -signal.SIGKILL
-
-
-def test_stop_lets_qemus_parent_reap_it(tmp_path: Path) -> None:
-    # like virtme-run: QEMU's parent exits at once on SIGTERM; QEMU, signalled
-    # first and alone, is reaped by it rather than left a zombie for init
-    marker = str(tmp_path / "run")
-    pid_file, reaped = tmp_path / "qemu.pid", tmp_path / "reaped"
-    # SIGTERM is held and looked at between polls, so that what comes first decides:
-    # a SIGTERM before QEMU's end makes it exit without reaping, as virtme-run does
-    parent = f"""import os, signal, sys, time
-signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
-pid = os.fork()
-if pid == 0:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGTERM}})
-    os.execv("/bin/sh", ["sh", "-c", 'echo $$ > "$1"; while :; do sleep 0.1; done',
-                         {marker!r}, {str(pid_file)!r}])
-while True:
-    if signal.SIGTERM in signal.sigpending():
-        sys.exit(1)
-    done, status = os.waitpid(pid, os.WNOHANG)
-    if done:
-        open({str(reaped)!r}, "w").write(str(status))
-        sys.exit(0)
-    time.sleep(0.01)
-"""
-    group = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
-    assert until(lambda: vm._our_qemu(pid_file, marker), 10)
-    assert vm._stop(group, pid_file, marker, grace=2) == []
-    assert reaped.read_text() == str(signal.SIGTERM)  # killed by SIGTERM, reaped by its parent
-    assert group.returncode == 0
-
-
-def test_stop_never_signals_a_pid_that_is_not_ours(tmp_path: Path) -> None:
-    # the pid file names a process whose command line lacks the run's directory
-    # (a reused pid): the stop leaves it alone
-    stranger = subprocess.Popen(["sleep", "300"])
-    group = subprocess.Popen(["sleep", "300"], start_new_session=True)
-    pid_file = tmp_path / "qemu.pid"
-    pid_file.write_text(f"{stranger.pid}\n")
-    try:
-        assert vm._stop(group, pid_file, str(tmp_path / "run"), grace=0.5) == []
-        assert group.returncode == -signal.SIGTERM
-        assert stranger.poll() is None
-    finally:
-        stranger.kill()
-        stranger.wait()
-
-
-def test_signals_raise_at_once_before_the_guest_then_only_wake() -> None:
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(Interrupted) as err, vm._Signals():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # not reached: the handler raises in the next bytecode
-    assert (err.value.status, err.value.name, err.value.done) == (
-        143, "SIGTERM", "no guest was started")
-    assert signal.getsignal(signal.SIGTERM) == before
-    with vm._Signals() as sigs:
-        sigs.raising = False
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGTERM)  # during the stop: changes nothing
-        assert select.select([sigs.fileno()], [], [], 5)[0] == [sigs.fileno()]
-        assert sigs.signum == signal.SIGINT
-        exc = sigs.interrupted("the guest was stopped")
-    assert (exc.status, exc.name, exc.done) == (130, "SIGINT", "the guest was stopped")
-
-
-def test_signals_override_an_inherited_sigint_ignore_but_not_nohup() -> None:
-    # A shell without job control starts `klptrace vm ... &` with SIGINT ignored
-    # (the reason `kill -INT` did nothing); nohup's ignored SIGHUP is the user's wish.
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        with vm._Signals():
-            assert callable(signal.getsignal(signal.SIGINT))
-            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
-        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGHUP, old_hup)
-
-
-def test_signals_outside_the_main_thread_install_nothing() -> None:
-    seen: list[object] = []
-
-    def body() -> None:
-        with vm._Signals():
-            seen.append(signal.getsignal(signal.SIGTERM))
-
-    before = signal.getsignal(signal.SIGTERM)
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    assert seen == [before]
 
 
 # A stand-in for vng: runs --qemu the way virtme-run does (fork, exec, wait), in
@@ -865,7 +554,7 @@ def fake_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[s
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
     monkeypatch.setattr(vm, "check_host", lambda: env["FAKE_QEMU_BIN"])
-    monkeypatch.setattr(vm, "_find_vng", lambda: env["FAKE_VNG"])
+    monkeypatch.setattr(vng, "find_vng", lambda: env["FAKE_VNG"])
     yield env
     for pid in _ours(env["KLPTRACE_TEST_MARK"]):  # after a failure: leave nothing running
         os.kill(pid, signal.SIGKILL)
@@ -964,7 +653,7 @@ def test_timeout_stops_the_guest_and_leaves_nothing(
     fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKE_QEMU", "stubborn")  # ignores SIGTERM: needs the SIGKILL
-    monkeypatch.setattr(vm, "STOP_GRACE", 0.5)
+    monkeypatch.setattr(stop, "STOP_GRACE", 0.5)
     with pytest.raises(vm.GuestTimeout, match="did not finish within 1 s and was stopped"):
         vm.run(_fake_kernel(fake_lab), ["sleep", "300"], timeout=1)
     assert _ours(fake_lab["KLPTRACE_TEST_MARK"]) == []
@@ -974,8 +663,8 @@ def test_a_guest_that_never_powers_off_after_its_work_is_stopped(
     fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a wedged guest kernel may never power off once klptrace has written its results
-    monkeypatch.setattr(vm, "DONE_GRACE_S", 0.5)
-    monkeypatch.setattr(vm, "STOP_GRACE", 0.5)
+    monkeypatch.setattr(pump, "DONE_GRACE_S", 0.5)
+    monkeypatch.setattr(stop, "STOP_GRACE", 0.5)
     polls: list[int] = []
 
     def done() -> bool:
@@ -991,10 +680,10 @@ def test_a_guest_that_never_powers_off_after_its_work_is_stopped(
 _DRIVER = """\
 import os, sys
 from klptrace import cli
-from klptrace.lab import vm
+from klptrace.lab import stop, vm, vng
 vm.check_host = lambda: os.environ["FAKE_QEMU_BIN"]
-vm._find_vng = lambda: os.environ["FAKE_VNG"]
-vm.STOP_GRACE = 1.0
+vng.find_vng = lambda: os.environ["FAKE_VNG"]
+stop.STOP_GRACE = 1.0
 sys.exit(cli.main(["vm", "--kernel", os.environ["FAKE_IMAGE"], "--", *sys.argv[1:]]))
 """
 

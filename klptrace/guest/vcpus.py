@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 
+from klptrace.lab.accel import Accel, AccelName
 from klptrace.lab.kernels import Kernel
-from klptrace.lab.vm import Accel
 
 # What the headers declare when a transition rewrites scheduler code: the
 # cond_resched static call that sched_dynamic_klp_enable() retargets (v6.4 to
@@ -56,7 +56,7 @@ def guest_cpus(kernel: Kernel, accel: Accel, cpus: int) -> tuple[int, str]:
     them; 7.3.4 with 2 vCPUs panicked in the kernel test suite's third test.
     KLPTRACE_TCG_SMP=1 keeps the vCPUs asked for (for a QEMU without that race).
     """
-    if (accel.name != "tcg" or cpus == 1 or os.environ.get("KLPTRACE_TCG_SMP") == "1"
+    if (accel.name != AccelName.TCG or cpus == 1 or os.environ.get("KLPTRACE_TCG_SMP") == "1"
             or not transitions_patch_scheduler(kernel)):
         return cpus, ""
     return 1, (f"cpus: 1, not {cpus}: under emulation, {kernel.release}'s livepatch "
