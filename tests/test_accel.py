@@ -3,6 +3,9 @@ cache."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,60 @@ def test_choose_accel_caches_the_trial_boot(
     second = accel.choose_accel(k, "/usr/bin/qemu-system-x86_64", cache=tmp_path)
     assert first == second and first.name == "tcg" and "trial boot" in first.reason
     assert len(calls) == 1
+
+
+def test_host_facts_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLPTRACE_ACCEL", "tcg")
+    assert accel.host_accel_facts().forced == "tcg"
+    monkeypatch.setenv("KLPTRACE_ACCEL", "")  # empty: unset
+    facts = accel.host_accel_facts()
+    assert facts.forced is None
+    assert facts.kvm_device == Path("/dev/kvm").exists()
+    assert facts.kvm_usable <= facts.kvm_device
+
+
+def test_choose_accel_takes_what_the_facts_settle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accel, "host_accel_facts", lambda: _facts(kvm_device=False,
+                                                                  kvm_usable=False))
+    monkeypatch.setattr(accel, "probe_kvm", lambda image, qemu: pytest.fail("no trial boot"))
+    k = kernels.Kernel("6.1.0-9-amd64", tmp_path / "vmlinuz", tmp_path, None, tmp_path)
+    assert accel.choose_accel(k, "qemu", cache=tmp_path) == accel.Accel(TCG, "no /dev/kvm")
+    assert not (tmp_path / "accel.json").exists()
+
+
+def test_choose_accel_kvm_after_a_good_trial_boot_and_a_bad_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "accel.json").write_text("{not json")  # a torn write: probed again
+    monkeypatch.setattr(accel, "host_accel_facts", lambda: _facts())
+    monkeypatch.setattr(accel, "probe_kvm", lambda image, qemu: True)
+    k = kernels.Kernel("6.1.0-9-amd64", tmp_path / "vmlinuz", tmp_path, None, tmp_path)
+    got = accel.choose_accel(k, "/usr/bin/qemu-system-x86_64", cache=tmp_path / "c")
+    assert got.name is KVM and "reached its panic" in got.reason
+    assert json.loads((tmp_path / "c" / "accel.json").read_text()) == {
+        f"{os.uname().release} /usr/bin/qemu-system-x86_64 6.1.0-9-amd64": True}
+
+
+def _fake_qemu(tmp_path: Path, body: str) -> str:
+    qemu = tmp_path / "qemu"
+    qemu.write_text("#!/bin/sh\n" + body)
+    qemu.chmod(0o755)
+    return str(qemu)
+
+
+def test_probe_kvm_looks_for_the_kernels_panic(tmp_path: Path) -> None:
+    image = tmp_path / "vmlinuz"
+    panics = _fake_qemu(tmp_path, 'echo "[ 0.9] Kernel panic - not syncing: VFS: Unable to '
+                                  'mount root fs"\n')
+    assert accel.probe_kvm(image, panics)
+    assert not accel.probe_kvm(image, _fake_qemu(tmp_path, "echo 'KVM: entry failed'\nexit 1\n"))
+    t0 = time.monotonic()
+    assert not accel.probe_kvm(image, _fake_qemu(tmp_path, "exec sleep 30\n"), timeout=0.5)
+    assert time.monotonic() - t0 < 10
+
+
+def test_accel_names_keep_their_words() -> None:
+    assert [a.value for a in accel.AccelName] == ["kvm", "tcg"]
+    assert accel.decide_accel(_facts(forced="kvm")).name is KVM  # type: ignore[union-attr]

@@ -146,3 +146,84 @@ def test_signals_outside_the_main_thread_install_nothing() -> None:
     t.start()
     t.join()
     assert seen == [before]
+
+
+def test_stop_ends_a_group_of_sleeps(tmp_path: Path) -> None:
+    # vng's group with children and no QEMU pid yet (mid-boot): SIGTERM to the group does it
+    ready = tmp_path / "ready"
+    group = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & touch " +
+                              shlex.quote(str(ready)) + "; wait"], start_new_session=True)
+    assert until(ready.exists, 10)
+    assert until(lambda: len(stop.group_left(group.pid)) == 3, 10)
+    members = stop.group_left(group.pid)
+    t0 = time.monotonic()
+    assert stop.guest(group, tmp_path / "no-qemu.pid", str(tmp_path / "run"), grace=2) == []
+    assert time.monotonic() - t0 < 3
+    assert group.returncode == -signal.SIGTERM
+    assert not any(_alive(p) for p in members)
+    assert stop.group_left(group.pid) == []
+
+
+def test_a_stop_that_fails_names_what_is_left(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # a process that even SIGKILL does not end (in D state, say) is named, with what to do
+    group = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        monkeypatch.setattr(stop, "group_left", lambda pgid: [pgid, 4242])
+        assert stop.guest(group, tmp_path / "qemu.pid", "m", grace=0.2) == [group.pid, 4242]
+    finally:
+        group.kill()
+        group.wait()
+    note = stop.left_note([group.pid, 4242])
+    assert note == (f"but processes of the guest did not stop (pids {group.pid} 4242): "
+                    f"kill -9 {group.pid} 4242")
+
+
+def test_our_qemu_is_read_from_the_pid_file_and_checked(tmp_path: Path) -> None:
+    marker = str(tmp_path / "run")
+    pid_file = tmp_path / "qemu.pid"
+    assert stop.our_qemu(pid_file, marker) is None  # no file yet
+    pid_file.write_text("not a pid\n")
+    assert stop.our_qemu(pid_file, marker) is None
+    ours = subprocess.Popen(["sh", "-c", "sleep 300", marker])
+    try:
+        pid_file.write_text(f"{ours.pid}\n")
+        assert until(lambda: stop.our_qemu(pid_file, marker) == ours.pid, 5)
+        assert stop.our_qemu(pid_file, str(tmp_path / "other")) is None  # not our run's
+        ours.kill()
+        assert until(lambda: stop.proc_state(ours.pid) == ("Z", os.getpgrp()), 5)
+        assert stop.our_qemu(pid_file, marker) is None  # a zombie is done
+    finally:
+        ours.kill()
+        ours.wait()
+    assert stop.proc_state(ours.pid) is None  # reaped: gone
+
+
+def test_a_signal_as_the_guest_finishes_goes_to_the_handler_from_before() -> None:
+    # noted but never acted on (the pump had returned): re-raised on the way out
+    got: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda signum, _frame: got.append(signum))
+    try:
+        with stop.Signals() as sigs:
+            sigs.raising = False
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert select.select([sigs.fileno()], [], [], 5)[0] == [sigs.fileno()]
+            assert sigs.name() == "SIGTERM" and got == []
+        assert got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is not None
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_a_signal_that_was_raised_is_not_raised_again() -> None:
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, _frame: got.append(signum))
+    try:
+        with pytest.raises(Interrupted), stop.Signals() as sigs:
+            sigs.raising = False
+            os.kill(os.getpid(), signal.SIGINT)
+            select.select([sigs.fileno()], [], [], 5)
+            raise sigs.interrupted("the guest was stopped")
+        assert got == []
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -46,6 +46,43 @@ def test_run_rejects_before_booting(tmp_path: Path) -> None:
         vm.run(k, ["true"], memory="64M")
     with pytest.raises(KlptraceError, match="no kernel image"):
         vm.run(k, ["true"])
+    with pytest.raises(KlptraceError, match="need at least one CPU"):
+        vm.run(k, ["true"], cpus=0)
+    with pytest.raises(KlptraceError, match="too large"):
+        vm.parse_memory("999999G")
+
+
+def test_check_host_names_what_a_boot_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    have = {"qemu-system-x86_64", "busybox", "/usr/lib/systemd/systemd-udevd"}
+    monkeypatch.setattr(vm.shutil, "which", lambda name: f"/usr/bin/{name}" if name in have
+                        else None)
+    monkeypatch.setattr(vm.os.path, "exists", lambda path: path in have)
+    assert vm.check_host() == "/usr/bin/qemu-system-x86_64"
+    for missing, hint in (("/usr/lib/systemd/systemd-udevd", "apt-get install udev"),
+                          ("busybox", "apt-get install busybox-static"),
+                          ("qemu-system-x86_64", "make setup, or apt-get install qemu-system-x86")):
+        have.discard(missing)
+        with pytest.raises(KlptraceError) as err:
+            vm.check_host()
+        assert err.value.hint == hint
+
+
+def test_early_end_names_why_no_status_came(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    err = vm._early_end(log, "", 1)  # no console at all: vng never booted the guest
+    assert isinstance(err, vm.GuestStopped) and err.console_log is None
+    assert err.message == "vng failed before the guest booted (exit 1)"
+    log.write_text("[ 0.1] Linux version 6.1\n")
+    err = vm._early_end(log, "", 255)
+    assert isinstance(err, vm.GuestStopped) and not isinstance(err, vm.QemuAborted)
+    assert err.message == "the guest stopped before the command finished (vng exit 255)"
+    assert err.console_log == log and err.vng_status == 255
+    err = vm._early_end(log, f"{_GLIBC_ASSERT}\n", 255)
+    assert isinstance(err, vm.QemuAborted) and err.line == _GLIBC_ASSERT
+    log.write_text("[ 3.1] Kernel panic - not syncing: Attempted to kill init!\n")
+    err = vm._early_end(log, f"{_GLIBC_ASSERT}\n", 255)  # the kernel's panic comes first
+    assert isinstance(err, vm.GuestPanic)
+    assert err.panic == "Kernel panic - not syncing: Attempted to kill init!"
 
 
 # --- the command line ----------------------------------------------------------------
@@ -244,6 +281,39 @@ def test_fake_guest_brings_back_the_status(
     assert capfd.readouterr().out == "hi\n"
     assert _calls(fake_lab) == 1 and _ours(fake_lab["KLPTRACE_TEST_MARK"]) == []
     assert list(Path(fake_lab["TMPDIR"]).iterdir()) == []
+
+
+def test_the_callers_vcpu_policy_decides_the_cpus(
+    fake_lab: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lab/ knows nothing of livepatch: what the work allows comes from the caller
+    monkeypatch.setenv("FAKE_QEMU", "run")
+    asked: list[tuple[str, str, int]] = []
+
+    def cpus_for(kernel: kernels.Kernel, acc: vm.Accel, cpus: int) -> tuple[int, str]:
+        asked.append((kernel.release, acc.name, cpus))
+        return 1, "cpus: 1, because the test says so"
+
+    said: list[str] = []
+    argvs: list[list[str]] = []
+    popen = vm.subprocess.Popen
+
+    def spy(cmd: list[str], **kw: object) -> object:
+        argvs.append(cmd)
+        return popen(cmd, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(vm.subprocess, "Popen", spy)
+    k = _fake_kernel(fake_lab)
+    assert vm.run(k, ["true"], cpus=3, say=said.append, cpus_for=cpus_for) == 0
+    assert asked == [("6.1.0-9-amd64", "tcg", 3)]
+    assert said[:3] == ["accel: tcg (software emulation): KLPTRACE_ACCEL says so",
+                        "cpus: 1, because the test says so",
+                        "booting 6.1.0-9-amd64 (1 CPUs, 4096M)"]
+    [cmd] = argvs
+    assert cmd[cmd.index("--cpus") + 1] == "1"
+    argvs.clear()
+    assert vm.run(k, ["true"], cpus=3) == 0  # no policy: the vCPUs asked for
+    assert argvs[0][argvs[0].index("--cpus") + 1] == "3"
 
 
 def test_qemu_abort_boots_again_once(

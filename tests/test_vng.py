@@ -6,10 +6,13 @@ from __future__ import annotations
 import importlib.util
 import re
 import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from util import skip_or_fail
 
+from klptrace.errors import KlptraceError
 from klptrace.lab import kernels, vm, vng
 from klptrace.lab.accel import AccelName
 
@@ -159,3 +162,32 @@ def test_the_pinned_vng_gives_qemu_the_console_argument_the_wrapper_rewrites() -
     assert 'console_output = "/dev/null"' in source
     assert '"-chardev", f"file,id=console,path={console_output}"' in source
     assert vng.VNG_CONSOLE_ARG == "file,id=console,path=/dev/null"
+
+
+def test_find_vng_beside_python_then_on_path(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    venv, path = tmp_path / "venv" / "bin", tmp_path / "path"
+    venv.mkdir(parents=True)
+    path.mkdir()
+    monkeypatch.setattr(sys, "executable", str(venv / "python3"))
+    monkeypatch.setenv("PATH", str(path))
+    with pytest.raises(KlptraceError, match=r"vng \(virtme-ng\) not found") as err:
+        vng.find_vng()
+    assert err.value.hint == "make setup installs it into .venv"
+    on_path = path / "vng"
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    assert vng.find_vng() == str(on_path)
+    (venv / "vng").write_text("#!/bin/sh\n")  # the venv's, whatever PATH says
+    assert vng.find_vng() == str(venv / "vng")
+
+
+def test_vng_argv_over_virtiofs_lists_each_rwdir_once() -> None:
+    cmd = vng.vng_argv(
+        _kernel(), Path("/tmp/kv/command.sh"), accel=TCG, cpus=1, memory_mib=1024,
+        cwd=Path("/tmp/w"), rwdirs=[Path("/tmp/r1"), Path("/tmp/r2")], root="virtiofs",
+    )  # fmt: skip
+    assert "--force-9p" not in cmd
+    assert [a for a in cmd if a.startswith("--rwdir=")] == [
+        "--rwdir=/tmp/kv", "--rwdir=/tmp/r1", "--rwdir=/tmp/r2"]
+    assert cmd[-2:] == ["--exec", "sh /tmp/kv/command.sh"]
