@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from klptrace import assets  # noqa: E402
 from klptrace.errors import KlptraceError  # noqa: E402
+from klptrace.guest import vcpus  # noqa: E402
 from klptrace.lab import defaults, kernels, vm  # noqa: E402
 from klptrace.record import btf  # noqa: E402
 
@@ -92,7 +93,7 @@ def measure(spec: str, threads: int) -> dict[str, Any]:
                 "--out", str(out), "--threads", str(threads)]
         with _Others() as others:
             status = vm.run(kernel, argv, rwdirs=[Path(rw), layouts], cwd=REPO, accel=accel,
-                            say=_say)
+                            say=_say, cpus_for=vcpus.guest_cpus)
         if not out.is_file():
             raise KlptraceError(f"the benchmark in the guest wrote nothing (exit {status})")
         doc: dict[str, Any] = json.loads(out.read_text())

@@ -16,7 +16,7 @@ from util import DATA, REPO, one_error, saved_run
 
 from klptrace import cli, scenario
 from klptrace.commands import run as run_cmd
-from klptrace.lab import build, kernels, vm
+from klptrace.lab import build, kernels, vm, vng
 
 RUN = str(DATA / "run-6.1.json")
 GOOD_SCENARIO = (REPO / "klptrace" / "scenarios" / "05-target-module-not-present.toml")
@@ -267,11 +267,11 @@ def test_negative_lost_events_are_refused(tmp_path: Path,
 
 
 def _stdin_as(fd: int) -> int | None:
-    """vm._stdin() while fd is our standard input."""
+    """vng.stdin() while fd is our standard input."""
     saved = os.dup(0)
     try:
         os.dup2(fd, 0)
-        return vm._stdin()
+        return vng.stdin()
     finally:
         os.dup2(saved, 0)
         os.close(saved)

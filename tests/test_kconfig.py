@@ -15,7 +15,8 @@ import pytest
 
 from klptrace import cli
 from klptrace.errors import NotSupported
-from klptrace.lab import kconfig, kernels, vm
+from klptrace.lab import kconfig, kernels, vm, vng
+from klptrace.lab.accel import Accel, AccelName
 
 DATA = Path(__file__).parent / "data" / "kconfig"
 
@@ -125,18 +126,18 @@ def _never() -> str | None:
 @pytest.mark.parametrize("config", ["config-7.3.4+deb13-amd64", "config-7.3.4+deb13-rt-amd64",
                                     None])
 def test_a_kernel_with_9p_keeps_9p(tmp_path: Path, config: str | None) -> None:
-    assert vm.guest_root(_kernel(tmp_path, config), _never) == "9p"
+    assert vng.guest_root(_kernel(tmp_path, config), _never) == "9p"
 
 
 def test_cloud_boots_over_virtiofs_where_virtiofsd_is(tmp_path: Path) -> None:
     k = _kernel(tmp_path, "config-7.3.4+deb13-cloud-amd64")
-    assert vm.guest_root(k, lambda: "/usr/libexec/virtiofsd") == "virtiofs"
+    assert vng.guest_root(k, lambda: "/usr/libexec/virtiofsd") == "virtiofs"
 
 
 def test_cloud_without_virtiofsd_is_refused_with_what_would_work(tmp_path: Path) -> None:
     k = _kernel(tmp_path, "config-7.3.4+deb13-cloud-amd64")
     with pytest.raises(NotSupported) as e:
-        vm.guest_root(k, lambda: None)
+        vng.guest_root(k, lambda: None)
     assert e.value.status == 4
     assert e.value.message == (
         "kernel 7.3.4+deb13-x has no 9p (CONFIG_9P_FS, CONFIG_NET_9P_VIRTIO unset), so its "
@@ -150,36 +151,36 @@ def test_neither_9p_nor_virtiofs(tmp_path: Path) -> None:
     path.write_text("CONFIG_LIVEPATCH=y\n# CONFIG_NET_9P is not set\n")
     k = kernels.Kernel("x", tmp_path / "vmlinuz", tmp_path, None, tmp_path, None, path)
     with pytest.raises(NotSupported, match=r"neither 9p .* nor virtiofs"):
-        vm.guest_root(k, lambda: "/usr/libexec/virtiofsd")
+        vng.guest_root(k, lambda: "/usr/libexec/virtiofsd")
 
 
 def test_vm_run_refuses_before_anything_boots(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     k = _kernel(tmp_path, "config-7.3.4+deb13-cloud-amd64")
     k.image.write_bytes(b"")
-    monkeypatch.setattr(vm, "find_virtiofsd", lambda: None)
+    monkeypatch.setattr(vng, "find_virtiofsd", lambda: None)
     started: list[object] = []
     monkeypatch.setattr(vm, "check_host", lambda: started.append("host") or "/bin/qemu")
     monkeypatch.setattr(vm.subprocess, "Popen", lambda *a, **kw: started.append(a))
     with pytest.raises(NotSupported, match="no 9p"):
-        vm.run(k, ["true"], accel=vm.Accel("tcg", "test"))
+        vm.run(k, ["true"], accel=Accel(AccelName.TCG, "test"))
     assert started == []
 
 
 def test_vng_argv_virtiofs_drops_force_9p(tmp_path: Path) -> None:
     k = _kernel(tmp_path, None)
-    args = dict(accel="tcg", cpus=1, memory_mib=1024, cwd=Path("/work/repo"))
-    nine = vm.vng_argv(k, Path("/tmp/kv/command.sh"), **args)  # type: ignore[arg-type]
-    fs = vm.vng_argv(k, Path("/tmp/kv/command.sh"), root="virtiofs", **args)  # type: ignore[arg-type]
+    args = dict(accel=AccelName.TCG, cpus=1, memory_mib=1024, cwd=Path("/work/repo"))
+    nine = vng.vng_argv(k, Path("/tmp/kv/command.sh"), **args)  # type: ignore[arg-type]
+    fs = vng.vng_argv(k, Path("/tmp/kv/command.sh"), root="virtiofs", **args)  # type: ignore[arg-type]
     assert "--force-9p" in nine and "--force-9p" not in fs
     assert [a for a in nine if a != "--force-9p"] == fs  # nothing else changes
 
 
 def test_qemus_old_c_virtiofsd_is_not_the_one_vng_can_use() -> None:
     # Debian 12's qemu-system-common ships it as /usr/lib/qemu/virtiofsd (saved --help)
-    assert not vm.is_rust_virtiofsd((DATA / "qemu-7.2-virtiofsd-help.txt").read_text())
+    assert not vng.is_rust_virtiofsd((DATA / "qemu-7.2-virtiofsd-help.txt").read_text())
     # the option vng passes (virtme/commands/run.py, VirtioFS.start)
-    assert vm.is_rust_virtiofsd("Usage: virtiofsd [OPTIONS]\n      --shared-dir <SHARED_DIR>\n")
+    assert vng.is_rust_virtiofsd("Usage: virtiofsd [OPTIONS]\n      --shared-dir <SHARED_DIR>\n")
 
 
 def test_find_virtiofsd_skips_qemus_c_daemon(tmp_path: Path,
@@ -190,8 +191,8 @@ def test_find_virtiofsd_skips_qemus_c_daemon(tmp_path: Path,
     rust.write_text("#!/bin/sh\necho '      --shared-dir <SHARED_DIR>'\n")
     for f in (c_one, rust):
         f.chmod(0o755)
-    monkeypatch.setattr(vm.shutil, "which", lambda name: None)
-    monkeypatch.setattr(vm, "VIRTIOFSD_PATHS", (str(c_one),))
-    assert vm.find_virtiofsd() is None
-    monkeypatch.setattr(vm, "VIRTIOFSD_PATHS", (str(c_one), str(rust)))
-    assert vm.find_virtiofsd() == str(rust)
+    monkeypatch.setattr(vng.shutil, "which", lambda name: None)
+    monkeypatch.setattr(vng, "VIRTIOFSD_PATHS", (str(c_one),))
+    assert vng.find_virtiofsd() is None
+    monkeypatch.setattr(vng, "VIRTIOFSD_PATHS", (str(c_one), str(rust)))
+    assert vng.find_virtiofsd() == str(rust)

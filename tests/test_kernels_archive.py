@@ -23,7 +23,7 @@ import pytest
 
 from klptrace import cli
 from klptrace.errors import KlptraceError, UsageError
-from klptrace.lab import archive, kernels
+from klptrace.lab import archive, kernels, specs, unpacked
 
 DATA = Path(__file__).parent / "data" / "apt"
 
@@ -37,7 +37,7 @@ def _metas(suites: tuple[str, ...]) -> list[tuple[str, archive.Package]]:
 
 
 def _all_candidates(flavour: str = "amd64") -> list[kernels.Candidate]:
-    return [c for s in kernels.KNOWN_SUITES for f in ("images", "flavours")
+    return [c for s in specs.KNOWN_SUITES for f in ("images", "flavours")
             for c in kernels.image_candidates(s, _show(f"{s}.{f}"), flavour)]
 
 
@@ -62,7 +62,7 @@ def test_compare_versions(a: str, b: str, want: int) -> None:
 
 @pytest.mark.skipif(not shutil.which("dpkg"), reason="needs dpkg to compare with")
 def test_compare_versions_agrees_with_dpkg_on_the_saved_versions() -> None:
-    versions = sorted({p.version for s in kernels.KNOWN_SUITES
+    versions = sorted({p.version for s in specs.KNOWN_SUITES
                        for f in (f"{s}.images", f"{s}.linux-image-amd64") for p in _show(f)})
     assert len(versions) > 40
     for a, b in itertools.combinations(versions[::3], 2):
@@ -119,7 +119,7 @@ def test_generic_images_leave_flavours_and_metapackages_out() -> None:
     ("sid", "7.2.13+deb14-amd64", "sid"),
 ])  # fmt: skip
 def test_track_resolves_to_the_newest_metapackage(track: str, release: str, suite: str) -> None:
-    found = kernels.track_candidate(_metas(kernels.TRACKS[track].suites))
+    found = kernels.track_candidate(_metas(specs.TRACKS[track].suites))
     assert found is not None and (found.release, found.suite) == (release, suite)
 
 
@@ -134,14 +134,14 @@ def test_track_resolves_to_the_newest_metapackage(track: str, release: str, suit
     ("6.1.0-47-amd64", "6.1.0-47-amd64", "bookworm"),
 ])  # fmt: skip
 def test_pick_across_suites(text: str, release: str, suite: str) -> None:
-    found = kernels.pick(kernels.parse_spec(text), _all_candidates())
+    found = kernels.pick(specs.parse_spec(text), _all_candidates())
     assert found is not None and (found.release, found.suite) == (release, suite)
 
 
 def test_pick_an_upstream_version_no_suite_has() -> None:
     cands = _all_candidates()
-    assert kernels.pick(kernels.parse_spec("5.10"), cands) is None
-    assert kernels.pick(kernels.parse_spec("7.3.5+deb13-amd64"), cands) is None
+    assert kernels.pick(specs.parse_spec("5.10"), cands) is None
+    assert kernels.pick(specs.parse_spec("7.3.5+deb13-amd64"), cands) is None
     hint = [c.release for c in kernels.newest_per_upstream(cands, 3)]
     assert hint == ["7.3.4+deb13-amd64", "7.2.13+deb14-amd64", "7.1.13+deb13-amd64"]
 
@@ -150,7 +150,7 @@ def test_release_packages_new_layout() -> None:
     image = next(p for p in _show("trixie-backports.images")
                  if p.name == "linux-image-7.3.4+deb13-amd64")
     [headers] = _show("trixie-backports.headers-7.3.4")
-    assert kernels.release_packages("7.3.4+deb13-amd64", image, headers) == [
+    assert unpacked.release_packages("7.3.4+deb13-amd64", image, headers) == [
         "linux-image-7.3.4+deb13-amd64", "linux-base-7.3.4+deb13-amd64",
         "linux-binary-7.3.4+deb13-amd64", "linux-modules-7.3.4+deb13-amd64",
         "linux-headers-7.3.4+deb13-amd64", "linux-headers-7.3.4+deb13-common",
@@ -162,7 +162,7 @@ def test_release_packages_old_layout() -> None:
     image = next(p for p in _show("bookworm-security.images")
                  if p.name == "linux-image-6.1.0-57-amd64")
     [headers] = _show("bookworm-security.headers-6.1.0-57")
-    assert kernels.release_packages("6.1.0-57-amd64", image, headers) == [
+    assert unpacked.release_packages("6.1.0-57-amd64", image, headers) == [
         "linux-image-6.1.0-57-amd64", "linux-headers-6.1.0-57-amd64",
         "linux-headers-6.1.0-57-common", "linux-kbuild-6.1",
     ]  # fmt: skip
@@ -176,15 +176,15 @@ def test_release_packages_old_layout() -> None:
     ('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nVERSION_CODENAME=trixie\n', "trixie"),
 ])  # fmt: skip
 def test_default_is_the_hosts_stock_kernel(os_release: str, track: str) -> None:
-    name, why = kernels.default_track(os_release)
+    name, why = specs.default_track(os_release)
     assert name == track
     assert why.startswith(f"default kernel: {track} (") and "--kernel overrides" in why
 
 
 def test_default_elsewhere_is_stable() -> None:
-    name, why = kernels.default_track('NAME="Ubuntu"\nVERSION_CODENAME=noble\n')
-    assert name == kernels.DEFAULT_FALLBACK and "noble" in why
-    assert kernels.default_track("")[0] == kernels.DEFAULT_FALLBACK
+    name, why = specs.default_track('NAME="Ubuntu"\nVERSION_CODENAME=noble\n')
+    assert name == specs.DEFAULT_FALLBACK and "noble" in why
+    assert specs.default_track("")[0] == specs.DEFAULT_FALLBACK
 
 
 # --- the fetcher end to end, on the saved metadata ---------------------------------------
@@ -334,7 +334,7 @@ def test_no_form_fails_before_any_apt(tmp_path: Path, fake_apt: list[str]) -> No
 def test_default_kernel_is_said(tmp_path: Path, fake_apt: list[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "host_default_track",
-                        lambda: kernels.default_track("VERSION_CODENAME=trixie\n"))
+                        lambda: specs.default_track("VERSION_CODENAME=trixie\n"))
     said: list[str] = []
     k = kernels.ensure(None, cache=tmp_path, progress=said.append)
     assert k.release == "6.12.118+deb13-amd64" and k.suite == "trixie-security"
@@ -382,7 +382,7 @@ def test_download_failure_is_not_hidden(tmp_path: Path, fake_apt: list[str],
     ("6.1.0-57-amd64", "release", "6.1.0-57-amd64", "amd64"),
 ])  # fmt: skip
 def test_parse_flavoured_names(text: str, kind: str, value: str, flavour: str) -> None:
-    assert kernels.parse_spec(text) == kernels.KernelSpec(kind, value, flavour)
+    assert specs.parse_spec(text) == specs.KernelSpec(kind, value, flavour)
 
 
 @pytest.mark.parametrize(("text", "flavour"), [
@@ -411,7 +411,7 @@ def test_an_unknown_flavour_is_a_usage_error_naming_the_known_ones(
 def test_a_flavoured_track_follows_its_own_metapackage(
     track: str, flavour: str, release: str, suite: str
 ) -> None:
-    metas = [(s, p) for s in kernels.TRACKS[track].suites for p in _show(f"{s}.flavours")
+    metas = [(s, p) for s in specs.TRACKS[track].suites for p in _show(f"{s}.flavours")
              if p.name == kernels.metapackage(flavour)]
     found = kernels.track_candidate(metas)
     assert found is not None and (found.release, found.suite) == (release, suite)
@@ -423,7 +423,7 @@ def test_a_flavoured_track_follows_its_own_metapackage(
     ("6.12.117+deb13-rt-amd64", "6.12.117+deb13-rt-amd64", "trixie"),
 ])  # fmt: skip
 def test_pick_a_flavour_across_suites(text: str, release: str, suite: str) -> None:
-    spec = kernels.parse_spec(text)
+    spec = specs.parse_spec(text)
     found = kernels.pick(spec, _all_candidates(spec.flavour))
     assert found is not None and (found.release, found.suite) == (release, suite)
 
@@ -488,8 +488,8 @@ def test_experimental_older_than_latest_says_so(
 
 def test_experimental_newer_than_latest_is_its_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     apts = [FakeSuiteApt(s, Path("/nonexistent")) for s in
-            (*kernels.EXPERIMENTAL.suites, *kernels.KNOWN_SUITES)]
-    spec = kernels.parse_spec("experimental")
+            (*specs.EXPERIMENTAL.suites, *specs.KNOWN_SUITES)]
+    spec = specs.parse_spec("experimental")
     assert kernels._resolve(spec, apts) is None  # 7.3~rc7 < 7.3.4 (the archive today)
     # the next release candidate: 7.4~rc1 sorts above every released 7.3
     rc = archive.Package("linux-image-amd64", "7.4~rc1-1~exp1", ("linux-image-7.4-amd64",))
@@ -502,8 +502,8 @@ def test_experimental_newer_than_latest_is_its_kernel(monkeypatch: pytest.Monkey
 
 
 def test_latest_never_looks_in_experimental() -> None:
-    assert "experimental" not in kernels.KNOWN_SUITES
-    assert kernels._suites_of(kernels.parse_spec("latest-rt")) == kernels.KNOWN_SUITES
+    assert "experimental" not in specs.KNOWN_SUITES
+    assert kernels._suites_of(specs.parse_spec("latest-rt")) == specs.KNOWN_SUITES
 
 
 def test_kernel_list(tmp_path: Path, fake_apt: list[str], capsys: pytest.CaptureFixture[str],

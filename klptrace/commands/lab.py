@@ -124,6 +124,7 @@ class VmOptions:
 
 def vm(opts: VmOptions) -> int:
     """Boot the kernel and run the command in the guest: its exit status."""
+    from klptrace.guest import vcpus
     from klptrace.lab import kernels
     from klptrace.lab import vm as lab_vm
 
@@ -134,4 +135,5 @@ def vm(opts: VmOptions) -> int:
     with signals_unwind():  # during the kernel fetch too (vm.run handles its own)
         k = kernels.ensure(opts.kernel, progress=say)
         return lab_vm.run(k, command, cpus=opts.cpus, memory=opts.memory,
-                          timeout=opts.timeout, rwdirs=[Path(d) for d in opts.rwdir], say=say)
+                          timeout=opts.timeout, rwdirs=[Path(d) for d in opts.rwdir], say=say,
+                          cpus_for=vcpus.guest_cpus)

@@ -305,6 +305,7 @@ def run_vm(opts: RunOptions, spec: str | None) -> RunDocument:
     runs the remaining scenarios.
     """
     from klptrace import assets
+    from klptrace.guest import vcpus
     from klptrace.lab import kernels, vm
 
     scs = scenarios_for(opts.ids, opts.scenarios)
@@ -335,7 +336,7 @@ def run_vm(opts: RunOptions, spec: str | None) -> RunDocument:
                 status = vm.run(kernel, [*share, sys.executable, "-m", "klptrace",
                                          *guest.to_argv()],
                                 cpus=opts.cpus or VM_CPUS, memory=opts.memory or VM_MEMORY,
-                                rwdirs=[Path(rw), layouts], say=say,
+                                rwdirs=[Path(rw), layouts], say=say, cpus_for=vcpus.guest_cpus,
                                 done=lambda f=stream: _stream_ended(f))  # type: ignore[misc]
             except KlptraceError as e:  # a panic, a guest that stopped: not a signal
                 died, status = e.message, None
