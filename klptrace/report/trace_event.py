@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from klptrace.results import is_matrix
+from klptrace.results import Matrix
 
 # a function's entry and its return, drawn as one complete (X) event:
 # entry kind -> (return kind, the kernel's function)
@@ -36,15 +36,15 @@ _TRACK_ORDER = ("scenarios", "transition", "object", "task")
 Track = tuple[str, str]
 
 
-def render(run: dict[str, Any]) -> str:
-    """The trace of a run document or a matrix document, as JSON."""
-    runs = run["runs"] if is_matrix(run) else [run]
+def render(m: Matrix) -> str:
+    """The trace of a run or of a matrix of runs, as JSON."""
     events: list[dict[str, Any]] = []
-    for pid, r in enumerate(runs, 1):
-        events += _process(pid, r)
+    for pid, r in enumerate(m.runs, 1):
+        # the tracks below still read each run as its JSON document
+        events += _process(pid, r.to_json())
     doc = {"traceEvents": events, "displayTimeUnit": "ms",
            "otherData": {"generator": "klptrace",
-                         "kernels": ", ".join(r["kernel"] for r in runs),
+                         "kernels": ", ".join(r.kernel for r in m.runs),
                          "clock": "microseconds since each kernel's first recorded event"}}
     return json.dumps(doc, indent=0, allow_nan=False) + "\n"
 
