@@ -136,3 +136,18 @@ def test_a_watch_s_json_is_the_typed_answer_s(machine: Path) -> None:
     assert doc["tasks"] == [{"pid": 61, "tid": 61, "comm": "kworker/1:1",
                              "reason": "sleeping on function",
                              "function": "klptrace_busy_work_func", "switch_latency_s": 2.5}]
+
+
+def test_a_watch_that_never_saw_the_transition_in_progress(machine: Path) -> None:
+    """The page still draws the transition: its report names the patch, not a direction."""
+    from klptrace import report
+
+    watched = stall_cmd.Watched()
+    watched.update(None, 1.0)
+    events = [Event(EventKind.TRANSITION_DONE, 5, patch="klptrace_lp", state=1)]
+    s = stall_cmd.summary("klptrace_lp", watched, events, 1, completed=True)
+    assert s.direction is None and s.tasks == [] and s.result == "patched complete"
+    doc = stall_cmd.html_document(s, watched, events, 0.5)
+    [sc] = doc.scenarios
+    assert sc.stall is not None and (sc.stall.patch, sc.stall.direction) == ("klptrace_lp", "?")
+    assert "<b>klptrace_lp: ? transition</b>" in report.render("html", doc)
