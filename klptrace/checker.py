@@ -58,6 +58,13 @@ def meaning(line: str) -> str:
     return f"`{line}`"
 
 
+def first_divergence(expected: Sequence[str], recorded: Sequence[str]) -> int | None:
+    """The line of expected (1-based) where recorded first goes another way; None if none.
+    explain() names the same line."""
+    sm = difflib.SequenceMatcher(a=list(expected), b=list(recorded), autojunk=False)
+    return next((i1 + 1 for tag, i1, *_ in sm.get_opcodes() if tag != "equal"), None)
+
+
 def explain(expected: Sequence[str], recorded: Sequence[str]) -> str:
     """The first divergence between two transcripts, and what it means."""
     sm = difflib.SequenceMatcher(a=list(expected), b=list(recorded), autojunk=False)
@@ -94,9 +101,8 @@ def integrity(rec: Recording) -> list[str]:
     if rec.lost:
         problems.append(f"{rec.lost} events were lost (the BPF ring buffer was full)")
     for p in rec.failed_probes:
-        reason = p.get("reason") or "unknown"
-        what = "was not armed" if p.get("armed") is False else "did not attach"
-        problems.append(f"probe {p.get('name', '?')} {what}: {reason}")
+        what = "was not armed" if p.armed is False else "did not attach"
+        problems.append(f"probe {p.name} {what}: {p.reason or 'unknown'}")
     return problems
 
 
@@ -110,23 +116,26 @@ def judge(expected: Sequence[str], rec: Recording, *, dmesg: Sequence[str] | Non
     recorded = render(rec.events)
     diff = list(difflib.unified_diff(list(expected), recorded, "expected", "recorded", lineterm=""))
     found = integrity(rec) + list(problems)
+    divergence = None  # set while the explanation leads with it
     if found:
         status, why = Status.ERROR, "the recording cannot be trusted: " + "; ".join(found)
     elif list(expected) == recorded:
         status, why = Status.PASS, ""
     else:
         status, why = Status.FAIL, explain(expected, recorded)
+        divergence = first_divergence(expected, recorded)
     if dmesg is not None and (problem := witness(recorded, dmesg)):
         status, why = Status.ERROR, "; ".join(x for x in (why, problem) if x)
         found.append(problem)
     if step_error:
         status, why = Status.ERROR, "; ".join(x for x in (step_error, why) if x)
         found += [step_error, *Oops(list(oops), True).summary]
+        divergence = None  # the failed step explains the verdict first
     if leftovers:
         status = Status.ERROR
         found += leftovers
     return Verdict(status, list(expected), recorded, why,
-                   diff if status != Status.PASS else [], found)
+                   diff if status != Status.PASS else [], found, divergence)
 
 
 def witness(recorded: Sequence[str], dmesg: Sequence[str]) -> str:

@@ -1,9 +1,10 @@
-"""The one result model: statuses, recordings, verdicts, scenario results, run documents.
+"""The one result model: statuses, probes, recordings, verdicts, stall reports, scenario
+results, run documents and matrices, and the answers of `trace` and `stall --watch`.
 
 Everything klptrace reports is built here and written as JSON by to_json();
 `klptrace check` reads a saved document back with from_json(), which is where
-a saved file is validated (a malformed one raises RecordingError saying where).
-Formatters (report/) take the JSON document, so a saved run renders again.
+a saved file is validated (a malformed one raises RecordingError saying where,
+klptrace/fields.py). Formatters (report/) take a Matrix of this model, never the JSON.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import dataclasses
 import enum
 import re
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
-from klptrace.errors import KlptraceError
-from klptrace.events import Event
-from klptrace.jsontext import INT_MAX
+from klptrace import fields as f
+from klptrace.events import Event, EventKind
+from klptrace.fields import RecordingError as RecordingError  # what every from_json raises
 
 
 class Status(enum.StrEnum):
@@ -29,107 +29,7 @@ class Status(enum.StrEnum):
     ERROR = "error"
 
 
-class RecordingError(KlptraceError):
-    """A saved recording or run document that cannot be read."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message, hint or "klptrace does not write it so: was the file "
-                         "edited, or written by another program?")
-
-
-# --- reading JSON, saying where it is wrong ------------------------------------------
-
-
-def _obj(d: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(d, dict):
-        raise RecordingError(f"{where}: expected a JSON object")
-    return d
-
-
-#: the longest time a saved run may say anything took (about 31 years): sums stay finite
-MAX_SECONDS = 1e9
-# an event's integers: the kernel's u64 clock, a u32 pid, a long return value, an int state
-_EVENT_RANGES = {"ts_ns": (0, INT_MAX), "pid": (0, 2**32 - 1), "tid": (0, 2**32 - 1),
-                 "ret": (-2**63, 2**63 - 1), "state": (-2**31, 2**31 - 1)}
-# as the runner writes it: datetime.isoformat(timespec="milliseconds") in UTC
-_START_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _int(d: Mapping[str, Any], key: str, where: str, default: int = 0) -> int:
-    v = d.get(key, default)
-    if not _is_int(v) or not 0 <= v <= INT_MAX:
-        raise RecordingError(f"{where}: '{key}' must be a non-negative integer (64 bits)")
-    return int(v)
-
-
-def _seconds(d: Mapping[str, Any], key: str, where: str) -> float:
-    v = d.get(key, 0.0)
-    if not _is_num(v) or not 0 <= v <= MAX_SECONDS:
-        raise RecordingError(f"{where}: '{key}' must be a number of seconds from 0 to "
-                             f"{MAX_SECONDS:g}")
-    return float(v)
-
-
-def _start_time(d: Mapping[str, Any], key: str, where: str) -> str:
-    """A wall-clock time as the runner writes it (ISO 8601 with its offset), or ''."""
-    v = _str(d, key, where)
-    if v and not _START_TIME.fullmatch(v):
-        raise RecordingError(f"{where}: '{key}' must be a date and time such as "
-                             "2025-12-01T10:00:00.250+00:00")
-    if v:
-        try:
-            datetime.fromisoformat(v.replace("Z", "+00:00"))
-        except ValueError:
-            raise RecordingError(f"{where}: '{key}' is not a real date and time") from None
-    return v
-
-
-def _str(d: Mapping[str, Any], key: str, where: str) -> str:
-    v = d.get(key, "")
-    if not isinstance(v, str):
-        raise RecordingError(f"{where}: '{key}' must be a string")
-    return v
-
-
-def _lines(d: Mapping[str, Any], key: str, where: str) -> list[str]:
-    v = d.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise RecordingError(f"{where}: '{key}' must be a list of strings")
-    return list(v)
-
-
-def _objects(d: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]]:
-    v = d.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
-        raise RecordingError(f"{where}: '{key}' must be a list of objects")
-    return list(v)
-
-
-def _why(e: BaseException) -> str:
-    why = f"missing or unknown {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
-    return why if len(why) <= 200 else why[:200] + "..."  # it may quote a whole value
-
-
-def _event(ev: Any) -> Event:
-    """One saved event; its integers within what the kernel's types hold."""
-    e = Event.from_json(ev)
-    for field, (lo, hi) in _EVENT_RANGES.items():
-        v = getattr(e, field)
-        if v is not None and not lo <= v <= hi:
-            raise ValueError(f"{field} {v} is out of its range {lo}..{hi}")
-    return e
-
-
-# the fields of a probe's status (probes.ProbeStatus.to_json) and of a stall report
-# (stall.Report.to_json): what each must be when present
+# the fields of a probe's status and of a stall report: what each must be when present
 _PROBE = {"name": "str", "target": "str", "ok": "bool", "reason": "str", "armed": "bool"}
 _STALL = {"patch": "str", "direction": "str", "in_transition": "bool",
           "in_transition_s": "seconds?", "tries": "count?", "signals": "strs",
@@ -138,48 +38,38 @@ _STALL_TASK = {"pid": "count", "tid": "count", "comm": "str", "reason": "str",
                "function": "str", "kthread": "bool", "state": "str", "stack": "strs",
                "blocking_s": "seconds?", "source": "str"}
 _STALL_STEP = {"t_s": "seconds", "what": "str", "tasks_left": "count", "tasks": "strs"}
-_KINDS: dict[str, tuple[str, Any]] = {  # kind: (what it must be, the test)
-    "str": ("a string", lambda v: isinstance(v, str)),
-    "bool": ("true or false", lambda v: isinstance(v, bool)),
-    "count": ("a non-negative integer (64 bits)", lambda v: _is_int(v) and 0 <= v <= INT_MAX),
-    "seconds": (f"a number of seconds within {MAX_SECONDS:g}",
-                lambda v: _is_num(v) and abs(v) <= MAX_SECONDS),
-    "strs": ("a list of strings", lambda v: isinstance(v, list)
-             and all(isinstance(x, str) for x in v)),
-    "objects": ("a list of objects", lambda v: isinstance(v, list)
-                and all(isinstance(x, dict) for x in v)),
-}
 
 
-def _shaped(obj: Any, fields: Mapping[str, str], where: str) -> dict[str, Any]:
-    """obj, an object whose fields (where present) are of their kinds; a kind ending in
-    '?' may also be null. Other fields pass as they are (no formatter reads them)."""
-    if not isinstance(obj, dict):
-        raise RecordingError(f"{where}: expected a JSON object")
-    for key, kind in fields.items():
-        v = obj.get(key)
-        if key not in obj or (v is None and kind.endswith("?")):
-            continue
-        what, fits = _KINDS[kind.rstrip("?")]
-        if not fits(v):
-            raise RecordingError(f"{where}: {key!r} must be {what}")
-    return obj
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One probe: where it is, whether it is attached (else the kernel's reason). armed, for
+    a probe in a module: None until the module came, then whether the kernel armed it."""
+
+    name: str
+    target: str
+    ok: bool
+    reason: str = ""
+    armed: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "target": self.target, "ok": self.ok,
+                             "reason": self.reason}
+        if self.armed is not None:
+            d["armed"] = self.armed
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> Probe:
+        p = f.shaped(d, _PROBE, where)
+        # a probe saved without its name or its ok cannot be shown to have attached
+        return cls(p.get("name", "?"), p.get("target", ""), p.get("ok", False),
+                   p.get("reason", ""), p.get("armed"))
 
 
-def _stall(v: Any, where: str) -> dict[str, Any] | None:
-    """A scenario's stall report (`klptrace stall`'s), every field a formatter reads."""
-    if v is None:
-        return None
-    where += ": stall"
-    st = _shaped(v, _STALL, where)
-    for i, t in enumerate(st.get("tasks", [])):
-        _shaped(t, _STALL_TASK, f"{where}: tasks[{i}]")
-    for i, t in enumerate(st.get("timeline", [])):
-        _shaped(t, _STALL_STEP, f"{where}: timeline[{i}]")
-    return st
-
-
-# --- recordings and verdicts ---------------------------------------------------------
+def read_probes(v: Any, where: str) -> list[Probe]:
+    """A run's `probes` (a JSON list of objects), each a Probe."""
+    return [Probe.from_json(p, f"{where}: probes[{i}]")
+            for i, p in enumerate(f.objects({"probes": v}, "probes", where))]
 
 
 @dataclasses.dataclass
@@ -188,32 +78,39 @@ class Recording:
 
     events: list[Event] = dataclasses.field(default_factory=list)
     lost: int = 0
-    probes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    probes: list[Probe] = dataclasses.field(default_factory=list)
 
     @property
-    def failed_probes(self) -> list[dict[str, Any]]:
+    def failed_probes(self) -> list[Probe]:
         """Probes that did not attach, or that the kernel did not arm."""
-        return [p for p in self.probes if not p.get("ok")]
+        return [p for p in self.probes if not p.ok]
 
     @classmethod
     def from_json(cls, d: Any, where: str = "recording") -> Recording:
         """Parse `events`, `lost_events` and `probes` of a JSON object."""
-        obj = _obj(d, where)
-        raw = obj.get("events")
-        if not isinstance(raw, list):
-            raise RecordingError(f"{where}: 'events' must be a list")
-        events = []
-        for i, ev in enumerate(raw):
-            try:
-                events.append(_event(ev))
-            except (KeyError, ValueError, TypeError) as e:
-                raise RecordingError(f"{where}: events[{i}] is malformed: {_why(e)}") from None
-        return cls(events, _int(obj, "lost_events", where), _objects(obj, "probes", where))
+        o = f.obj(d, where)
+        return cls(f.events(o, "events", where), f.count(o, "lost_events", where),
+                   read_probes(o.get("probes", []), where))
+
+
+def callbacks_json(events: Sequence[Event]) -> list[dict[str, object]]:
+    """Every callback: its role, patch, klp_object, that module's state, its result."""
+    return [{"callback": e.callback.word if e.callback else None, "patch": e.patch,
+             "object": e.object,
+             "module_state": None if e.module_state is None else e.module_state.name,
+             "ret": e.ret, "ts_ns": e.ts_ns, "pid": e.pid, "comm": e.comm}
+            for e in events if e.kind == EventKind.CALLBACK]
+
+
+# --- verdicts ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """The final word on one scenario (checker.judge), and the evidence for it."""
+    """The final word on one scenario (checker.judge), and the evidence for it. divergence:
+    the line of the expected transcript (1-based) where the recording first went another
+    way, when the explanation leads with it (None: the transcripts matched, or an
+    untrusted recording or a failed step explains the verdict)."""
 
     status: Status
     expected: list[str]
@@ -221,6 +118,103 @@ class Verdict:
     explanation: str = ""
     diff: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
+    divergence: int | None = None
+
+
+# a saved verdict carries its first divergence only as its explanation's lead, as judge
+# writes it ("line 15: ..."): the JSON document has no field of its own for it
+_LEAD = re.compile(r"line (\d{1,18}):")
+
+
+# --- a stall report ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StallStep:
+    """One moment of a transition's story (stall.timeline): seconds from its start, what
+    happened, and for a try the tasks it left (with who they are, when BPF saw them)."""
+
+    t_s: float = 0.0
+    what: str = ""
+    tasks_left: int | None = None
+    tasks: list[str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"t_s": self.t_s, "what": self.what}
+        if self.tasks_left is not None:
+            d["tasks_left"] = self.tasks_left
+        if self.tasks is not None:
+            d["tasks"] = self.tasks
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> StallStep:
+        s = f.shaped(d, _STALL_STEP, where)
+        return cls(s.get("t_s", 0.0), s.get("what", ""), s.get("tasks_left"), s.get("tasks"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StallTask:
+    """A task that had not switched to the transition's target state, and why."""
+
+    pid: int = 0
+    tid: int = 0
+    comm: str = ""
+    reason: str = ""
+    function: str = ""
+    kthread: bool = False
+    state: str = ""
+    stack: list[str] = dataclasses.field(default_factory=list)
+    blocking_s: float | None = None
+    source: str = ""  # bpf (klp_check_and_switch_task's record) or proc
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # the fields in the order stall.Task writes them
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> StallTask:
+        t = f.shaped(d, _STALL_TASK, where)
+        return cls(t.get("pid", 0), t.get("tid", 0), t.get("comm", ""), t.get("reason", ""),
+                   t.get("function", ""), t.get("kthread", False), t.get("state", ""),
+                   t.get("stack", []), t.get("blocking_s"), t.get("source", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class StallReport:
+    """`klptrace stall`'s report of one livepatch transition (stall.Report), as a result
+    of a stalling scenario keeps it: the tasks holding it, its story, what to do."""
+
+    patch: str = ""
+    direction: str = ""  # patching or unpatching
+    in_transition: bool = True
+    tasks: list[StallTask] = dataclasses.field(default_factory=list)
+    in_transition_s: float | None = None
+    tries: int | None = None
+    signals: list[str] = dataclasses.field(default_factory=list)
+    forced: bool = False
+    timeline: list[StallStep] = dataclasses.field(default_factory=list)
+    next_steps: list[str] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"patch": self.patch, "direction": self.direction,
+                "in_transition": self.in_transition,
+                "tasks": [t.to_json() for t in self.tasks],
+                "in_transition_s": self.in_transition_s, "tries": self.tries,
+                "signals": self.signals, "forced": self.forced,
+                "timeline": [s.to_json() for s in self.timeline],
+                "next_steps": self.next_steps}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str) -> StallReport:
+        """A saved report, every field a formatter reads."""
+        s = f.shaped(d, _STALL, where)
+        tasks = [StallTask.from_json(t, f"{where}: tasks[{i}]")
+                 for i, t in enumerate(s.get("tasks", []))]
+        story = [StallStep.from_json(t, f"{where}: timeline[{i}]")
+                 for i, t in enumerate(s.get("timeline", []))]
+        return cls(s.get("patch", ""), s.get("direction", ""), s.get("in_transition", True),
+                   tasks, s.get("in_transition_s"), s.get("tries"), s.get("signals", []),
+                   s.get("forced", False), story, s.get("next_steps", []))
 
 
 # --- one scenario's result -------------------------------------------------------------
@@ -245,11 +239,16 @@ class ScenarioResult:
     step_error: str = ""  # why a step or a wait failed
     oops: list[str] = dataclasses.field(default_factory=list)  # the kernel's, if it oopsed
     leftovers: list[str] = dataclasses.field(default_factory=list)  # what cleanup left
-    stall: dict[str, Any] | None = None  # `klptrace stall`'s report, for stalling scenarios
+    stall: StallReport | None = None  # `klptrace stall`'s report, for stalling scenarios
 
     @property
     def status(self) -> Status:
         return self.verdict.status
+
+    @property
+    def seconds(self) -> float:
+        """How long it took, as reported (to the millisecond)."""
+        return round(self.duration_s, 3)
 
     def to_json(self) -> dict[str, Any]:
         v = self.verdict
@@ -257,56 +256,61 @@ class ScenarioResult:
         if self.start_time:
             d["start_time"] = self.start_time
         d.update({
-            "duration_s": round(self.duration_s, 3),
+            "duration_s": self.seconds,
             "lost_events": self.recording.lost,
             "events": [e.to_json() for e in self.recording.events],
             "expected": v.expected, "recorded": v.recorded, "explanation": v.explanation,
             "diff": v.diff, "problems": v.problems, "notes": self.notes,
         })
         optional = {"dmesg": self.dmesg, "step_error": self.step_error, "oops": self.oops,
-                    "leftovers": self.leftovers, "stall": self.stall}
+                    "leftovers": self.leftovers,
+                    "stall": self.stall.to_json() if self.stall else None}
         d.update({k: x for k, x in optional.items() if x})
         return d
 
     @classmethod
-    def from_json(cls, d: Any, where: str, probes: Sequence[dict[str, Any]] = (),
+    def from_json(cls, d: Any, where: str, probes: Sequence[Probe] = (),
                   known: Collection[str] | None = None) -> ScenarioResult:
         """A saved scenario result as it was judged then; probes are the run's. known: the
         scenario ids that may appear (check's scenario files). A result saved without its
         status is an error until it is judged again (`check` judges every result)."""
-        obj = _obj(d, where)
-        sid = obj.get("id")
+        o = f.obj(d, where)
+        sid = o.get("id")
         if not isinstance(sid, str) or not sid:
             raise RecordingError(f"{where}: needs an 'id'")
         if known is not None and sid not in known:
             raise RecordingError(f"{where}: unknown scenario id {sid!r}",
                                  "pass --scenarios DIR for a user's scenarios")
         try:
-            status = Status(obj.get("status", Status.ERROR))
+            status = Status(o.get("status", Status.ERROR))
         except ValueError:
             raise RecordingError(f"{where}: 'status' must be one of "
                                  + ", ".join(s.value for s in Status)) from None
         # a skip may be saved without its (empty) events
-        rec = Recording.from_json({"events": obj.get("events", [] if status == Status.SKIP
-                                                     else None),
-                                   "lost_events": obj.get("lost_events", 0),
-                                   "probes": list(probes)}, where)
-        stall = _stall(obj.get("stall"), where)
-        verdict = Verdict(status, _lines(obj, "expected", where), _lines(obj, "recorded", where),
-                          _str(obj, "explanation", where), _lines(obj, "diff", where),
-                          _lines(obj, "problems", where))
-        return cls(sid, verdict, rec, _seconds(obj, "duration_s", where),
-                   _start_time(obj, "start_time", where), _lines(obj, "notes", where),
-                   _lines(obj, "dmesg", where) if "dmesg" in obj else None,
-                   _str(obj, "step_error", where), _lines(obj, "oops", where),
-                   _lines(obj, "leftovers", where), stall)
+        rec = Recording.from_json({"events": o.get("events", [] if status == Status.SKIP
+                                                   else None),
+                                   "lost_events": o.get("lost_events", 0)}, where)
+        rec.probes = list(probes)
+        stall = o.get("stall")
+        explanation = f.text(o, "explanation", where)
+        verdict = Verdict(status, f.lines(o, "expected", where), f.lines(o, "recorded", where),
+                          explanation, f.lines(o, "diff", where), f.lines(o, "problems", where),
+                          int(m[1]) if (m := _LEAD.match(explanation)) else None)
+        return cls(sid, verdict, rec, f.seconds(o, "duration_s", where),
+                   f.start_time(o, "start_time", where), f.lines(o, "notes", where),
+                   f.lines(o, "dmesg", where) if "dmesg" in o else None,
+                   f.text(o, "step_error", where), f.lines(o, "oops", where),
+                   f.lines(o, "leftovers", where),
+                   # an empty report is no report: it was never written out
+                   None if stall is None or stall == {} else
+                   StallReport.from_json(stall, f"{where}: stall"))
 
 
 # --- a run, and a matrix of runs ---------------------------------------------------------
 
 
-def _totals(statuses: Sequence[Status]) -> dict[str, int]:
-    return {s.value: sum(1 for x in statuses if x == s) for s in Status}
+def _totals(statuses: Sequence[Status]) -> dict[Status, int]:
+    return {s: sum(1 for x in statuses if x == s) for s in Status}
 
 
 def _exit_status(statuses: Sequence[Status]) -> int:
@@ -318,6 +322,10 @@ def _exit_status(statuses: Sequence[Status]) -> int:
     return 1
 
 
+def _totals_json(totals: Mapping[Status, int]) -> dict[str, int]:
+    return {s.value: n for s, n in totals.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDocument:
     """One kernel's run: where, what was lost, how the probes fared, each scenario."""
@@ -325,15 +333,15 @@ class RunDocument:
     kernel: str
     scenarios: list[ScenarioResult]
     lost_events: int = 0
-    probes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    timing: dict[str, Any] | None = None
+    probes: list[Probe] = dataclasses.field(default_factory=list)
+    timing: dict[str, float] | None = None  # how long each phase took (seconds)
     leftovers: list[str] | None = None
-    kernel_info: dict[str, Any] | None = None
+    kernel_info: dict[str, str] | None = None  # what the kernel says about itself (sysinfo)
     boots: int | None = None  # guests booted for it (`run --vm`)
 
     @property
-    def totals(self) -> dict[str, int]:
-        return _totals([s.status for s in self.scenarios])
+    def totals(self) -> dict[Status, int]:
+            return _totals([s.status for s in self.scenarios])
 
     def exit_status(self) -> int:
         return _exit_status([s.status for s in self.scenarios])
@@ -345,9 +353,9 @@ class RunDocument:
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kernel": self.kernel, "lost_events": self.lost_events,
-                             "probes": self.probes,
+                             "probes": [p.to_json() for p in self.probes],
                              "scenarios": [s.to_json() for s in self.scenarios],
-                             "totals": self.totals}
+                             "totals": _totals_json(self.totals)}
         optional = {"timing": self.timing, "leftovers": self.leftovers,
                     "kernel_info": self.kernel_info, "boots": self.boots}
         d.update({k: v for k, v in optional.items() if v is not None})
@@ -360,41 +368,59 @@ class RunDocument:
         if not isinstance(d, dict) or not isinstance(d.get("scenarios"), list):
             raise RecordingError(f"{where}: not a klptrace recording (no 'scenarios' list)",
                                  "write one with `klptrace run --record FILE`")
-        obj: Mapping[str, Any] = d
-        kernel = obj.get("kernel", "?")
+        o: Mapping[str, Any] = d
+        kernel = o.get("kernel", "?")
         if not isinstance(kernel, str):
             raise RecordingError(f"{where}: 'kernel' must be a string")
-        probes = [_shaped(p, _PROBE, f"{where}: probes[{i}]")
-                  for i, p in enumerate(_objects(obj, "probes", where))]
+        probes = read_probes(o.get("probes", []), where)
         scs = [ScenarioResult.from_json(s, f"{where}: scenarios[{i}]", probes, known)
-               for i, s in enumerate(obj["scenarios"])]
-        timing, info = obj.get("timing"), obj.get("kernel_info")
-        # how long each phase took, and what the kernel says about itself (sysinfo)
+               for i, s in enumerate(o["scenarios"])]
+        timing, info = o.get("timing"), o.get("kernel_info")
         for key, v, kind in (("timing", timing, "seconds"), ("kernel_info", info, "str")):
             if v is not None:
-                _shaped(v, dict.fromkeys(v if isinstance(v, dict) else (), kind),
-                        f"{where}: {key}")
-        boots = _int(obj, "boots", where) if "boots" in obj else None
-        return cls(kernel, scs, _int(obj, "lost_events", where), probes, timing,
-                   _lines(obj, "leftovers", where) if "leftovers" in obj else None, info, boots)
+                f.shaped(v, dict.fromkeys(v if isinstance(v, dict) else (), kind),
+                         f"{where}: {key}")
+        boots = f.count(o, "boots", where) if "boots" in o else None
+        return cls(kernel, scs, f.count(o, "lost_events", where), probes, timing,
+                   f.lines(o, "leftovers", where) if "leftovers" in o else None, info, boots)
 
 
 @dataclasses.dataclass(frozen=True)
 class Matrix:
-    """Several kernels' runs in one document."""
+    """Kernels' runs, as every formatter takes them: several kernels' (a matrix document),
+    or one kernel's run as a matrix of one (single: its JSON is that run's document, and
+    formatters lay it out as one run)."""
 
     runs: list[RunDocument]
+    single: bool = False
+
+    @classmethod
+    def of(cls, doc: RunDocument | Matrix) -> Matrix:
+        """doc as a Matrix: a run document is a matrix of one."""
+        return doc if isinstance(doc, Matrix) else cls([doc], single=True)
+
+    @property
+    def run(self) -> RunDocument | None:
+        """The run, when this is one run rather than a matrix of kernels."""
+        return self.runs[0] if self.single else None
+
+    @property
+    def totals(self) -> dict[Status, int]:
+        """How many scenarios (of all the runs) ended in each Status."""
+        return {s: sum(r.totals[s] for r in self.runs) for s in Status}
 
     def exit_status(self) -> int:
         """The worst of the runs: their scenarios together."""
         return _exit_status([s.status for r in self.runs for s in r.scenarios])
 
     def to_json(self) -> dict[str, Any]:
-        return matrix_document([r.to_json() for r in self.runs])
+        if self.run is not None:
+            return self.run.to_json()
+        return {"runs": [r.to_json() for r in self.runs], "totals": _totals_json(self.totals)}
 
     @classmethod
     def from_json(cls, d: Any, where: str, known: Collection[str] | None = None) -> Matrix:
-        runs = _obj(d, where).get("runs")
+        runs = f.obj(d, where).get("runs")
         if not isinstance(runs, list) or not runs:
             raise RecordingError(f"{where}: 'runs' must be a non-empty list of run documents")
         return cls([RunDocument.from_json(r, f"{where}: runs[{i}]", known)
@@ -408,15 +434,63 @@ def load(d: Any, where: str, known: Collection[str] | None = None) -> RunDocumen
     return RunDocument.from_json(d, where, known)
 
 
-# --- the JSON documents, for formatters ------------------------------------------------
+# --- the answers of `trace` and `stall --watch` ------------------------------------------
 
 
-def matrix_document(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several kernels' run documents (JSON) in one: `runs`, `totals`."""
-    totals = {s.value: sum(r["totals"][s.value] for r in runs) for s in Status}
-    return {"runs": list(runs), "totals": totals}
+@dataclasses.dataclass(frozen=True)
+class TraceDocument:
+    """`klptrace trace --format json`: the command and its exit status, what was
+    recorded (events, and the callbacks among them), its transcript, and what went wrong."""
+
+    kernel: str
+    command: list[str]
+    status: int
+    recording: Recording
+    transcript: list[str]
+    notes: list[str] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+    oops: list[str] | None = None  # the kernel's oops, if it oopsed
+
+    def to_json(self) -> dict[str, Any]:
+        rec = self.recording
+        d = {"kernel": self.kernel, "command": self.command, "status": self.status,
+             "lost_events": rec.lost, "probes": [p.to_json() for p in rec.probes],
+             "events": [e.to_json() for e in rec.events], "callbacks": callbacks_json(rec.events),
+             "transcript": self.transcript, "notes": self.notes, "problems": self.problems}
+        if self.oops is not None:
+            d["oops"] = self.oops
+        return d
 
 
-def is_matrix(doc: Any) -> bool:
-    """Whether a JSON document holds several kernels' runs (else it is one run)."""
-    return isinstance(doc, dict) and isinstance(doc.get("runs"), list)
+@dataclasses.dataclass(frozen=True)
+class WatchedTask:
+    """A task a watch saw holding the transition, and how long it took to switch after
+    (None: it had not switched when the watch ended)."""
+
+    pid: int
+    tid: int
+    comm: str
+    reason: str
+    function: str
+    switch_latency_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class StallWatch:
+    """`klptrace stall --watch`: the transition's direction, whether it completed, its
+    story while klptrace watched, and each task that held it."""
+
+    patch: str
+    direction: str | None
+    completed: bool
+    result: str  # "patched complete", "in transition"...
+    timeline: list[StallStep]
+    tasks: list[WatchedTask]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"patch": self.patch, "direction": self.direction, "completed": self.completed,
+                "result": self.result, "timeline": [s.to_json() for s in self.timeline],
+                "tasks": [t.to_json() for t in self.tasks]}

@@ -19,7 +19,7 @@ from klptrace.events import EventKind
 from klptrace.kernel import stall as kernel_stall
 from klptrace.kernel.kmsg import KernelLog, OopsWatch
 from klptrace.oops import Oops
-from klptrace.results import Recording, ScenarioResult
+from klptrace.results import Recording, ScenarioResult, StallReport
 from klptrace.scenario import Scenario, Step, is_module_name, is_param_name, kernel_name
 from klptrace.transcript import insmod_error, rmmod_error, witnessed
 
@@ -291,8 +291,9 @@ class Runner:
                                 leftovers=left)
         report = None
         if self.stall_report is not None:
-            report = self.stall_report.to_json()
-            report["timeline"] = stall.timeline(rec.events, self.stall_report.patch)
+            story = stall.timeline(rec.events, self.stall_report.patch)
+            report = StallReport.from_json({**self.stall_report.to_json(), "timeline": story},
+                                           f"{sc.id}: stall")
         return ScenarioResult(sc.id, verdict, rec, time.monotonic() - t0,
                               started.isoformat(timespec="milliseconds"), notes, dmesg, error,
                               oops, left, report)

@@ -106,11 +106,3 @@ def merge_log(events: Sequence[Event], user_lines: Sequence[str]) -> Merged:
             out.append(dataclasses.replace(e, kind=EventKind.STEP_RESULT, detail=line))
     return Merged(out, notes)
 
-
-def callbacks_json(events: Sequence[Event]) -> list[dict[str, object]]:
-    """Every callback: its role, patch, klp_object, that module's state, its result."""
-    return [{"callback": e.callback.word if e.callback else None, "patch": e.patch,
-             "object": e.object,
-             "module_state": None if e.module_state is None else e.module_state.name,
-             "ret": e.ret, "ts_ns": e.ts_ns, "pid": e.pid, "comm": e.comm}
-            for e in events if e.kind == EventKind.CALLBACK]

@@ -78,6 +78,7 @@ def main(argv: list[str]) -> int:
     import json
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from klptrace import results
     from klptrace.report import html
 
     if len(argv) != 3:
@@ -94,11 +95,9 @@ def main(argv: list[str]) -> int:
     if not doc["scenarios"]:
         print(f"browser.py: no scenario {sid!r} in {run}", file=sys.stderr)
         return 1
-    doc["totals"] = {k: sum(1 for s in doc["scenarios"] if s["status"] == k)
-                     for k in ("pass", "fail", "skip", "error")}
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "report.html"
-        page.write_text(html.render(doc))
+        page.write_text(html.render(results.Matrix.of(results.load(doc, str(run)))))
         screenshot(page, "report", out, width=1180)
     print(f"{out}: {out.stat().st_size} bytes")
     return 0

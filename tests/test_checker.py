@@ -13,7 +13,7 @@ from util import saved_run
 
 from klptrace import checker, scenario
 from klptrace.events import Callback, Event, EventKind
-from klptrace.results import Recording, Status, Verdict
+from klptrace.results import Probe, Recording, Status, Verdict
 
 SCENARIOS = {s.id: s for s in scenario.load_dir()}
 
@@ -94,8 +94,8 @@ def test_lost_events_are_an_error_not_a_pass() -> None:
 
 def test_probe_that_did_not_attach_is_an_error() -> None:
     rec = _recording("target-module-not-present")
-    rec.probes = [*rec.probes, {"name": "kprobe:klp_force_transition", "ok": False,
-                                "reason": "not in this kernel's symbols"}]
+    rec.probes = [*rec.probes, Probe("kprobe:klp_force_transition", "", False,
+                                     "not in this kernel's symbols")]
     v = _check("target-module-not-present", rec)
     assert v.status == Status.ERROR and "klp_force_transition" in v.explanation
 
@@ -108,6 +108,27 @@ def test_post_patch_during_busy_transition_would_fail() -> None:
     rec.events.insert(i + 1, extra)
     v = _check("busy-target-module", rec)
     assert v.status == Status.FAIL and "must not do here" in v.explanation
+
+
+def test_the_first_divergence_is_a_field_of_the_verdict() -> None:
+    """judge names the line it explains (its explanation leads with it); a pass, an
+    untrusted recording or a failed step has none."""
+    rec = _recording("busy-target-module")
+    i = _index(rec, lambda e: e.kind == EventKind.CALLBACK and e.object == "klptrace_target")
+    rec.events.insert(i + 1, dataclasses.replace(rec.events[i], callback=Callback.POST_PATCH,
+                                                 ret=None))
+    expected = list(SCENARIOS["busy-target-module"].expect)
+    v = checker.judge(expected, rec)
+    assert v.divergence is not None and v.explanation.startswith(f"line {v.divergence}: ")
+    assert v.divergence == checker.first_divergence(expected, v.recorded)
+    assert expected[:v.divergence - 1] == v.recorded[:v.divergence - 1]
+    assert expected[v.divergence - 1] != v.recorded[v.divergence - 1]
+    dmesg = checker.witnessed(v.recorded)[1:]  # the kernel log disagrees too: still leads
+    assert checker.judge(expected, rec, dmesg=dmesg).divergence == v.divergence
+    assert checker.judge(expected, rec, step_error="insmod failed").divergence is None
+    rec.lost = 1
+    assert checker.judge(expected, rec).divergence is None
+    assert _check("busy-target-module", _recording("busy-target-module")).divergence is None
 
 
 def test_event_from_json_rejects_garbage() -> None:
@@ -143,10 +164,10 @@ def test_kmsg_record_parsing() -> None:
 
 def test_probe_the_kernel_did_not_arm_is_an_error() -> None:
     rec = _recording("target-module-not-present")
-    rec.probes = [*rec.probes, {
-        "name": "kprobe:klptrace_lp:klptrace_lp_pre_patch", "ok": False, "armed": False,
-        "reason": "the kernel did not arm it when klptrace_lp came: Failed to re-register "
-                  "probe p0_3_klptrace_lp_pre_patch on klptrace_lp: -22 (EINVAL)"}]
+    rec.probes = [*rec.probes, Probe(
+        "kprobe:klptrace_lp:klptrace_lp_pre_patch", "", False,
+        "the kernel did not arm it when klptrace_lp came: Failed to re-register "
+        "probe p0_3_klptrace_lp_pre_patch on klptrace_lp: -22 (EINVAL)", armed=False)]
     v = _check("target-module-not-present", rec)
     assert v.status == Status.ERROR
     assert "klptrace_lp_pre_patch was not armed" in v.explanation and "-22" in v.explanation

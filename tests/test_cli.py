@@ -137,7 +137,8 @@ def test_run_without_livepatch_skips_with_reason() -> None:
 def test_json_output_imports_no_other_formatter() -> None:
     # tabulate and xml.etree cost 0.8 s to import in the emulated guest: a
     # JSON run (CI's, the benchmark's) must not pay for the text and JUnit forms.
-    code = ("import sys; from klptrace import report; report.render('json', {'scenarios': []}); "
+    code = ("import sys; from klptrace import report, results; "
+            "report.render('json', results.RunDocument('k', [])); "
             "print(sorted(m for m in ('tabulate', 'xml.etree.ElementTree') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=REPO).stdout

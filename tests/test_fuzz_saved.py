@@ -108,7 +108,7 @@ def test_the_saved_runs_render_in_every_format(name: str) -> None:
     doc = check.rejudged(json.dumps(SAVED[name]), name, KNOWN)
     assert doc.exit_status() == 0
     for fmt in report.FORMATS:
-        output_parses(fmt, report.render(fmt, doc.to_json()))
+        output_parses(fmt, report.render(fmt, doc))
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
@@ -126,4 +126,4 @@ def test_a_mutated_run_is_refused_or_renders(text: str) -> None:
     assert doc.exit_status() in (0, 1, 4)
     event(f"rendered, exit {doc.exit_status()}")
     for fmt in report.FORMATS:
-        output_parses(fmt, report.render(fmt, data))
+        output_parses(fmt, report.render(fmt, doc))

@@ -80,7 +80,7 @@ def test_failing_run_validates_with_the_divergence_as_log_excerpt(tmp_path: Path
     excerpt = t["log_excerpt"]
     # the explanation first, then the diff's first lines, as the text format shows them
     assert excerpt.startswith("line ") and "pre_patch" in excerpt and t["comment"] in excerpt
-    text = json.loads(report.render("json", _recheck(tmp_path, doc)))
+    text = json.loads(report.render("json", results.load(_recheck(tmp_path, doc), "r2")))
     diff = text["scenarios"][0]["diff"]
     assert diff and "\n".join(diff[:kcidb.EXCERPT_LINES]) in excerpt
 
@@ -100,7 +100,7 @@ def test_statuses_and_the_excerpt_of_errors_and_oopses() -> None:
                   oops=[f"oops line {i}" for i in range(kcidb.EXCERPT_LINES + 5)])
     scs[2].update(status="skip", explanation="would replace the livepatches already here")
     scs[3].update(status="fail", explanation="x\0y", diff=["-a", "+b"])
-    data = json.loads(report.render("kcidb", doc))
+    data = json.loads(report.render("kcidb", results.load(doc, "doc")))
     _validate(data)
     tests = data["tests"]
     assert [t["status"] for t in tests[:4]] == ["PASS", "ERROR", "SKIP", "FAIL"]
@@ -115,13 +115,13 @@ def test_statuses_and_the_excerpt_of_errors_and_oopses() -> None:
 def test_excerpt_stays_within_the_schema_limit() -> None:
     doc = saved_run()
     doc["scenarios"][0].update(status="fail", explanation="x" * 20000)
-    data = json.loads(report.render("kcidb", doc))
+    data = json.loads(report.render("kcidb", results.load(doc, "doc")))
     _validate(data)
     assert len(data["tests"][0]["log_excerpt"]) == kcidb.EXCERPT_MAX
 
 
 def test_matrix_of_two_kernels_validates_with_unique_ids() -> None:
-    matrix = results.matrix_document([saved_run(), _newer_run()])
+    matrix = results.Matrix([results.load(r, "run") for r in (saved_run(), _newer_run())])
     data = json.loads(report.render("kcidb", matrix, kcidb_origin="acme_ci"))
     _validate(data)
     assert len(data["checkouts"]) == 2 and len(data["builds"]) == 2 and len(data["tests"]) == 22
@@ -143,17 +143,18 @@ def test_matrix_of_two_kernels_validates_with_unique_ids() -> None:
 
 
 def test_ids_are_stable_and_tell_runs_apart(tmp_path: Path) -> None:
-    direct = json.loads(report.render("kcidb", saved_run()))
+    direct = json.loads(report.render("kcidb", results.load(saved_run(), "run")))
     _, rechecked = _check(tmp_path, saved_run())
     assert [t["id"] for t in direct["tests"]] == [t["id"] for t in rechecked["tests"]]
     other = saved_run()  # the same kernel, another run: other events, other test ids
     other["scenarios"][0]["events"][0]["ts_ns"] += 1
-    again = json.loads(report.render("kcidb", other))
+    again = json.loads(report.render("kcidb", results.load(other, "other")))
     assert again["builds"] == direct["builds"]
     assert again["tests"][0]["id"] != direct["tests"][0]["id"]
     repeated = saved_run()  # `run --repeat 2`: each scenario twice in one run
     repeated["scenarios"] += saved_run()["scenarios"]
-    ids = [t["id"] for t in json.loads(report.render("kcidb", repeated))["tests"]]
+    data = json.loads(report.render("kcidb", results.load(repeated, "repeated")))
+    ids = [t["id"] for t in data["tests"]]
     assert len(set(ids)) == 22
 
 
@@ -165,4 +166,4 @@ def test_origin_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert exit_.value.code == 2
     assert "lower-case letters, digits and _" in capsys.readouterr().err
     with pytest.raises(ValueError):
-        kcidb.render(saved_run(), origin="no:colons")
+        kcidb.render(results.Matrix.of(results.load(saved_run(), "run")), origin="no:colons")

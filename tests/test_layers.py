@@ -12,8 +12,8 @@ from util import REPO
 PACKAGE = REPO / "klptrace"
 
 #: the pure core: what `klptrace check` and every formatter run on, offline
-CORE = ("errors", "events", "files", "jsontext", "oops", "results", "scenario", "transcript",
-        "checker", "story", "stall")
+CORE = ("errors", "events", "fields", "files", "jsontext", "oops", "results", "scenario",
+        "transcript", "checker", "story", "stall")
 
 
 #: what lab/ may import of klptrace: errors, and the /proc reader (processes, no livepatch)

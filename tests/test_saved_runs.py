@@ -19,7 +19,7 @@ import kcidb_io
 import pytest
 from util import DATA, REPO, one_error
 
-from klptrace import cli, files, report
+from klptrace import cli, files, report, results
 from klptrace.report import ktap
 
 RUN, BUSY = DATA / "run-6.1.json", DATA / "run-busy-6.1.json"
@@ -328,13 +328,13 @@ def test_a_ktap_description_is_one_line_without_a_directive(sid: str) -> None:
     run["scenarios"] = run["scenarios"][:1]
     run["scenarios"][0].update(id=sid, status="fail")
     run["totals"] = {"pass": 0, "fail": 1, "skip": 0, "error": 0}
-    out = ktap.render(run)
+    out = ktap.render(results.Matrix.of(results.load(run, "run")))
     ktap_lines(out)
     assert [line for line in out.splitlines() if "ok" in line] == [
         "not ok 1 " + sid.replace("\n", "\\x0a").replace("\u2028", "\\u2028")
         .replace("\x00", "\\x00").replace("#", "\\#")]
-    output_parses("junit", report.render("junit", run))
-    output_parses("ktap", report.render("ktap", {"runs": [run, run], "totals": run["totals"]}))
+    output_parses("junit", report.render("junit", results.load(run, "run")))
+    output_parses("ktap", report.render("ktap", results.load({"runs": [run, run]}, "matrix")))
 
 
 def test_an_unknown_id_with_a_line_break_is_one_error_line(

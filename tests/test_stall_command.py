@@ -103,19 +103,52 @@ def test_a_watch_s_summary_and_page(machine: Path) -> None:
                     patch="klptrace_lp", object="klptrace_busy_work_func"),
               Event(EventKind.TRANSITION_DONE, 12 * s, patch="klptrace_lp", state=1)]
     summary = stall_cmd.summary("klptrace_lp", watched, events, 8 * s, completed=True)
-    assert summary["result"] == "patched complete" and summary["completed"]
-    assert [i["what"] for i in summary["timeline"]] == [
+    assert summary.result == "patched complete" and summary.completed
+    assert [i.what for i in summary.timeline] == [
         "klptrace attached (the transition had started)", "try 4", "complete (patching)"]
-    [t] = summary["tasks"]
-    assert (t["tid"], t["switch_latency_s"]) == (61, 2.5)
+    [t] = summary.tasks
+    assert (t.tid, t.switch_latency_s) == (61, 2.5)
     text = stall_cmd.render_summary(summary)
     assert "kworker/1:1:61 sleeping on function klptrace_busy_work_func -> switched after " \
            "2.5 s" in text
     doc = stall_cmd.html_document(summary, watched, events, 4.5)
-    [sc] = doc["scenarios"]
-    assert sc["id"] == "stall klptrace_lp" and sc["status"] == "pass"
-    assert sc["stall"]["timeline"] == summary["timeline"]
+    [sc] = doc.scenarios
+    assert sc.id == "stall klptrace_lp" and sc.status == "pass"
+    assert sc.stall is not None and sc.stall.timeline == summary.timeline
     from klptrace import report
 
     page = report.render("html", doc)
     assert "stall klptrace_lp" in page and "<svg" in page and "klptrace_busy_work_func" in page
+
+
+def test_a_watch_s_json_is_the_typed_answer_s(machine: Path) -> None:
+    """`stall --watch --format json` writes StallWatch.to_json(): the fields as before."""
+    rep = stall.snapshot("klptrace_lp")
+    watched = stall_cmd.Watched()
+    watched.update(rep, 10.0)
+    watched.update(None, 12.5)
+    s = 1_000_000_000
+    events = [Event(EventKind.TRANSITION_TRY, 9 * s, patch="klptrace_lp", state=1, ret=0)]
+    doc = stall_cmd.summary("klptrace_lp", watched, events, 8 * s, completed=False).to_json()
+    assert list(doc) == ["patch", "direction", "completed", "result", "timeline", "tasks"]
+    assert (doc["direction"], doc["completed"], doc["result"]) == ("patching", False,
+                                                                   "in transition")
+    assert doc["timeline"][1] == {"t_s": 1.0, "what": "try 1", "tasks_left": 0}
+    assert doc["tasks"] == [{"pid": 61, "tid": 61, "comm": "kworker/1:1",
+                             "reason": "sleeping on function",
+                             "function": "klptrace_busy_work_func", "switch_latency_s": 2.5}]
+
+
+def test_a_watch_that_never_saw_the_transition_in_progress(machine: Path) -> None:
+    """The page still draws the transition: its report names the patch, not a direction."""
+    from klptrace import report
+
+    watched = stall_cmd.Watched()
+    watched.update(None, 1.0)
+    events = [Event(EventKind.TRANSITION_DONE, 5, patch="klptrace_lp", state=1)]
+    s = stall_cmd.summary("klptrace_lp", watched, events, 1, completed=True)
+    assert s.direction is None and s.tasks == [] and s.result == "patched complete"
+    doc = stall_cmd.html_document(s, watched, events, 0.5)
+    [sc] = doc.scenarios
+    assert sc.stall is not None and (sc.stall.patch, sc.stall.direction) == ("klptrace_lp", "?")
+    assert "<b>klptrace_lp: ? transition</b>" in report.render("html", doc)

@@ -18,7 +18,7 @@ METADATA = {"process_name": "name", "thread_name": "name", "process_sort_index":
 
 
 def _events(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    trace = json.loads(report.render("trace-event", doc))
+    trace = json.loads(report.render("trace-event", results.load(doc, "doc")))
     assert set(trace) >= {"traceEvents"} and trace.get("displayTimeUnit") in ("ms", "ns")
     events: list[dict[str, Any]] = trace["traceEvents"]
     _check_structure(events)
@@ -167,7 +167,7 @@ def test_unfinished_transition_and_skipped_scenario() -> None:
 def test_matrix_is_one_process_per_kernel() -> None:
     other = saved_run()
     other["kernel"] = "6.12.57+deb12-amd64"
-    events = _events(results.matrix_document([saved_run(), other]))
+    events = _events({"runs": [saved_run(), other]})
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert names == {1: "kernel 6.1.0-56-amd64", 2: "kernel 6.12.57+deb12-amd64"}
     for pid in (1, 2):

@@ -94,7 +94,7 @@ def emit(doc: RunDocument | Matrix, out: Output) -> int:
             files.write_text(out.record, json.dumps(data, indent=1, allow_nan=False) + "\n")
         except KlptraceError as e:
             failed = e  # the results still go where they were asked to
-    text = report.render(out.format, data, kcidb_origin=out.kcidb_origin)
+    text = report.render(out.format, doc, kcidb_origin=out.kcidb_origin)
     if out.output:
         files.write_text(out.output, text)
     else:

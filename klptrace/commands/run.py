@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from klptrace import checker, jsontext, scenario
+from klptrace import checker, jsontext, results, scenario
 from klptrace.commands import RUN_TIMEOUT_S, Output, emit, line, say, scenarios_for, signals_unwind
 from klptrace.errors import (
     KlptraceError,
@@ -284,7 +284,8 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
     stream.put({"end": {"lost_events": lost, "probes": probe_status, "leftovers": leftovers,
                         "timing": timing}})
     stream.close()
-    doc = checker.account_lost(RunDocument(os.uname().release, done, lost, probe_status, timing,
+    doc = checker.account_lost(RunDocument(os.uname().release, done, lost,
+                                           results.read_probes(probe_status, "the run"), timing,
                                            leftovers, info))
     code = doc.exit_status() if opts.stream else emit(doc, opts)
     if leftovers:
@@ -346,7 +347,8 @@ def run_vm(opts: RunOptions, spec: str | None) -> RunDocument:
                     f"the run in the guest wrote no results (exit status {status})"
                     + (f": {died}" if died else ""), "see the guest's output above")
             _merge_boot(top, got)
-            probes = (got["end"] or got["start"] or {}).get("probes", [])
+            said = (got["end"] or got["start"] or {}).get("probes", [])
+            probes = results.read_probes(said, str(stream))
             done += [ScenarioResult.from_json(d, f"{stream}: a scenario", probes)
                      for d in got["docs"]]
             if got["begun"] is not None and len(done) < len(sequence):
@@ -361,8 +363,8 @@ def run_vm(opts: RunOptions, spec: str | None) -> RunDocument:
                     "see the guest's output above")
     info = {**(top["kernel_info"] or {}), **({"suite": kernel.suite} if kernel.suite else {})}
     return checker.account_lost(RunDocument(
-        kernel.release, done, top["lost"], top["probes"] or [], top["timing"] or {},
-        top["leftovers"], info, boots))
+        kernel.release, done, top["lost"], results.read_probes(top["probes"] or [], "the run"),
+        top["timing"] or {}, top["leftovers"], info, boots))
 
 
 def _stage_modules(dest: Path, built: Path, user: str | None,

@@ -19,6 +19,7 @@ from klptrace.commands import STALL_TIMEOUT_S, line, signals_unwind
 from klptrace.errors import KlptraceError, UsageError, signals_checked
 from klptrace.kernel import kmod
 from klptrace.report.markup import terminal
+from klptrace.results import RunDocument, StallReport, StallStep, StallWatch, WatchedTask
 
 
 @dataclasses.dataclass
@@ -61,7 +62,7 @@ def run(opts: StallOptions) -> int:
             return _watch(opts, patch, deadline)
     rep = live.snapshot(patch)
     if opts.format == "json":
-        doc = rep.to_json() if rep else {"patch": patch, "in_transition": False}
+        doc = _typed(rep).to_json() if rep else {"patch": patch, "in_transition": False}
         _write(opts, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     else:
         _write(opts, terminal(st.render_text(rep)))  # a task's comm is its own to choose
@@ -95,57 +96,59 @@ class Watched:
             self.last = rep
 
 
+def _typed(rep: Any) -> StallReport:
+    """A stall.Report as the result model keeps it."""
+    return StallReport.from_json(rep.to_json(), f"{rep.patch}'s stall report")
+
+
 def summary(patch: str, watched: Watched, events: list[Any], attached_ns: int,
-            completed: bool) -> dict[str, Any]:
-    """The watch's JSON: the direction, whether it completed, the timeline, each task."""
+            completed: bool) -> StallWatch:
+    """The watch's answer: the direction, whether it completed, the timeline, each task."""
     from klptrace import stall as st
     from klptrace.events import EventKind
 
     done = [e for e in events if e.kind == EventKind.TRANSITION_DONE and e.patch == patch]
-    return {
-        "patch": patch,
-        "direction": watched.last.direction if watched.last else None,
-        "completed": completed,
-        "result": (f"{done[-1].to_json().get('target', '?')} complete" if done
-                   else "in transition" if not completed else "complete"),
-        "timeline": st.timeline(events, patch, attached_ns=attached_ns),
-        "tasks": [{"pid": t.pid, "tid": t.tid, "comm": t.comm, "reason": t.reason,
-                   "function": t.function,
-                   "switch_latency_s": (round(watched.latency[tid], 3)
-                                        if tid in watched.latency else None)}
-                  for tid, (t, _s) in watched.seen.items()],
-    }
+    story = [StallStep.from_json(x, f"{patch}'s timeline")
+             for x in st.timeline(events, patch, attached_ns=attached_ns)]
+    return StallWatch(
+        patch, watched.last.direction if watched.last else None, completed,
+        (f"{done[-1].to_json().get('target', '?')} complete" if done
+         else "in transition" if not completed else "complete"), story,
+        [WatchedTask(t.pid, t.tid, t.comm, t.reason, t.function,
+                     round(watched.latency[tid], 3) if tid in watched.latency else None)
+         for tid, (t, _s) in watched.seen.items()])
 
 
-def render_summary(s: dict[str, Any]) -> str:
+def render_summary(s: StallWatch) -> str:
     """The watch's summary for a person."""
     from klptrace.stall import timeline_line
 
-    lines = [f"{s['patch']}: transition {'complete' if s['completed'] else 'still in progress'}",
+    lines = [f"{s.patch}: transition {'complete' if s.completed else 'still in progress'}",
              "timeline:"]
-    lines += [f"  {timeline_line(i)}" for i in s["timeline"]]
+    lines += [f"  {timeline_line(i.to_json())}" for i in s.timeline]
     lines.append("tasks:")
-    lines += [f"  {t['comm']}:{t['tid']} {t['reason']} {t['function']} -> switched after "
-              + (f"{t['switch_latency_s']:.1f} s" if t["switch_latency_s"] is not None
-                 else "(not switched)") for t in s["tasks"]]
+    lines += [f"  {t.comm}:{t.tid} {t.reason} {t.function} -> switched after "
+              + (f"{t.switch_latency_s:.1f} s" if t.switch_latency_s is not None
+                 else "(not switched)") for t in s.tasks]
     return "\n".join(lines) + "\n"
 
 
-def html_document(s: dict[str, Any], watched: Watched, events: list[Any],
-                  duration_s: float) -> dict[str, Any]:
-    """The watch as a run document of one scenario, for the HTML report's timeline."""
-    from klptrace.results import Recording, RunDocument, ScenarioResult, Status, Verdict
+def html_document(s: StallWatch, watched: Watched, events: list[Any],
+                  duration_s: float) -> RunDocument:
+    """The watch as a run of one scenario, for the HTML report's timeline."""
+    from klptrace.results import Recording, ScenarioResult, Status, Verdict
     from klptrace.transcript import render
 
-    report = dict(watched.last.to_json()) if watched.last else {"patch": s["patch"]}
-    report["timeline"] = s["timeline"]
-    status = Status.PASS if s["completed"] else Status.FAIL
-    why = "" if s["completed"] else f"{s['patch']} was still in transition when the watch ended"
+    # a transition the watch never saw in progress: the page says "?" of its direction
+    report = _typed(watched.last) if watched.last else StallReport(s.patch, "?")
+    report = dataclasses.replace(report, timeline=s.timeline)
+    status = Status.PASS if s.completed else Status.FAIL
+    why = "" if s.completed else f"{s.patch} was still in transition when the watch ended"
     verdict = Verdict(status, [], render(events), why)
-    result = ScenarioResult(f"stall {s['patch']}", verdict, Recording(list(events)),
+    result = ScenarioResult(f"stall {s.patch}", verdict, Recording(list(events)),
                             duration_s, notes=["a watch of a transition: nothing was expected, "
                                                "this is what the kernel did"], stall=report)
-    return RunDocument(os.uname().release, [result]).to_json()
+    return RunDocument(os.uname().release, [result])
 
 
 def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
@@ -190,7 +193,7 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
     completed = kmod.patch_attr(patch, "transition") != "1"
     s = summary(patch, watched, events, int(t_attach * 1e9), completed)
     if opts.format == "json":
-        _write(opts, json.dumps(s, indent=1, allow_nan=False) + "\n")
+        _write(opts, json.dumps(s.to_json(), indent=1, allow_nan=False) + "\n")
     elif opts.format == "html":
         from klptrace import report
 

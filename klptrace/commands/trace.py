@@ -18,7 +18,7 @@ from klptrace.kernel import kmsg
 from klptrace.oops import Oops
 from klptrace.record.recorder import Recorder
 from klptrace.report.markup import terminal
-from klptrace.results import RunDocument, ScenarioResult
+from klptrace.results import RunDocument, ScenarioResult, TraceDocument
 
 
 @dataclasses.dataclass
@@ -91,13 +91,9 @@ def run(opts: TraceOptions) -> int:
     lines = render(recording.events)
     problems = checker.integrity(recording) + ([oopsed] if oopsed else [])
     if opts.format == "json":
-        text = json.dumps({
-            "kernel": os.uname().release, "command": command, "status": status,
-            "lost_events": recording.lost, "probes": recording.probes,
-            "events": [e.to_json() for e in recording.events],
-            "callbacks": tr.callbacks_json(recording.events), "transcript": lines,
-            "notes": merged.notes, "problems": problems,
-            **({"oops": oops.lines} if oops else {})}, indent=1, allow_nan=False) + "\n"
+        answer = TraceDocument(os.uname().release, command, status, recording, lines,
+                               merged.notes, problems, oops.lines if oops else None)
+        text = json.dumps(answer.to_json(), indent=1, allow_nan=False) + "\n"
     else:
         text = terminal("".join(f"{x}\n" for x in lines))  # comms are the tasks' own
     if opts.output:

@@ -10,7 +10,7 @@ from typing import Any
 
 from klptrace.errors import check_interrupted, signals_deferred
 from klptrace.events import Event, EventKind
-from klptrace.results import Recording
+from klptrace.results import Recording, read_probes
 
 
 class Recorder:
@@ -67,5 +67,6 @@ class Recorder:
         self.drain()
         end = end_ns if end_ns is not None else time.monotonic_ns()
         evs = [e for e in self.events if start_ns <= e.ts_ns <= end]
-        return Recording(evs, self.probes.lost(), [p.to_json() for p in self.probes.status])
+        status = [p.to_json() for p in self.probes.status]
+        return Recording(evs, self.probes.lost(), read_probes(status, "the probes"))
 

@@ -16,7 +16,7 @@ from typing import Any
 from klptrace.events import Event
 from klptrace.report import svg
 from klptrace.report import timeline as tl
-from klptrace.results import Status
+from klptrace.results import Matrix, RunDocument, Status
 from klptrace.stall import timeline_line
 from klptrace.transcript import render_pairs
 
@@ -113,16 +113,17 @@ def _badge(status: str) -> str:
 
 # ---- HTML ----
 
-def _divergence(explanation: str) -> int | None:
-    """The line the checker names as the first divergence ("line 15: ..."), 1-based."""
-    m = re.match(r"line (\d+):", explanation or "")
-    return int(m[1]) if m else None
+def _divergence(sd: Mapping[str, Any]) -> int | None:
+    """The verdict's first divergence (results.Verdict.divergence, which render() puts in
+    each scenario's section), 1-based."""
+    div = sd.get("divergence")
+    return div if isinstance(div, int) else None
 
 
 def _flags(sd: Mapping[str, Any], events: Sequence[Event]) -> list[tuple[int, str]]:
     """The first divergence on the timeline: at the event of that recorded line (or the
     last event, when the recording stopped short of it)."""
-    div = _divergence(str(sd.get("explanation", "")))
+    div = _divergence(sd)
     if not div or not events:
         return []
     pairs = render_pairs(events)
@@ -147,7 +148,7 @@ def _transcripts(sd: Mapping[str, Any], events: Sequence[Event]) -> str:
     t0 = events[0].ts_ns if events else 0
     times = ([f"+{(ev.ts_ns - t0) / 1e9:.3f} s" for _line, ev in pairs]
              if [line for line, _ev in pairs] == recorded else [""] * len(recorded))
-    div = _divergence(str(sd.get("explanation", "")))
+    div = _divergence(sd)
     rows = []
     for i in range(max(len(expected), len(recorded))):
         n = i + 1
@@ -354,16 +355,25 @@ def _matrix(doc: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render(doc: dict) -> str:  # type: ignore[type-arg]
-    """A run or a matrix document as one HTML page."""
-    if isinstance(doc.get("runs"), list):
-        kernels = ", ".join(str(r.get("kernel", "?")) for r in doc["runs"]
-                            if isinstance(r, Mapping))
-        title = f"klptrace: {len(doc['runs'])} kernels"
+def _run(run: RunDocument) -> dict[str, Any]:
+    """A run as the sections above read it: its JSON, each scenario with its verdict's
+    first divergence."""
+    d = run.to_json()
+    d["scenarios"] = [{**s.to_json(), "divergence": s.verdict.divergence}
+                      for s in run.scenarios]
+    return d
+
+
+def render(m: Matrix) -> str:
+    """A run, or a matrix of runs, as one HTML page."""
+    if m.run is None:
+        kernels = ", ".join(r.kernel for r in m.runs)
+        title = f"klptrace: {len(m.runs)} kernels"
+        doc = {"runs": [_run(r) for r in m.runs], "totals": m.totals}
         body = f"<h1>{_e(title)}</h1><p class=\"meta\">{_e(kernels)}</p>" + _matrix(doc)
     else:
-        title = f"klptrace on {doc.get('kernel', '?')}"
-        body = f"<h1>{_e(title)}</h1>" + _run_body(doc, "")
+        title = f"klptrace on {m.run.kernel}"
+        body = f"<h1>{_e(title)}</h1>" + _run_body(_run(m.run), "")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(title)}</title><style>{_CSS}{_SVG_CSS}</style></head><body>"

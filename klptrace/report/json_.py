@@ -1,7 +1,9 @@
-"""json: the run document as it is."""
+"""json: the document as klptrace writes it (results' to_json)."""
 
 import json
 
+from klptrace.results import Matrix
 
-def render(run: dict) -> str:  # type: ignore[type-arg]
-    return json.dumps(run, indent=1, allow_nan=False) + "\n"
+
+def render(m: Matrix) -> str:
+    return json.dumps(m.to_json(), indent=1, allow_nan=False) + "\n"

@@ -1,44 +1,43 @@
 """junit: one testsuite, one testcase per scenario; a matrix is a testsuite per kernel."""
 
-from typing import Any
-
 from klptrace.report.markup import attr, text
-from klptrace.results import Status, is_matrix
+from klptrace.results import Matrix, RunDocument, Status
 
 _TAG = {Status.FAIL: "failure", Status.ERROR: "error"}
 
 
-def _suite(run: dict[str, Any], name: str, indent: str) -> list[str]:
-    scs = run["scenarios"]
-    t = run["totals"]
-    total = sum(s["duration_s"] for s in scs)
+def _suite(run: RunDocument, name: str, indent: str) -> list[str]:
+    scs = run.scenarios
+    t = run.totals
+    total = sum(s.seconds for s in scs)
     out = [f'{indent}<testsuite name={attr(name)} tests="{len(scs)}" '
-           f'failures="{t["fail"]}" errors="{t["error"]}" skipped="{t["skip"]}" '
-           f'time="{total:.3f}">',
-           f'{indent}  <properties><property name="kernel" value={attr(run["kernel"])}/>'
-           f'<property name="lost_events" value="{run["lost_events"]}"/></properties>']
+           f'failures="{t[Status.FAIL]}" errors="{t[Status.ERROR]}" '
+           f'skipped="{t[Status.SKIP]}" time="{total:.3f}">',
+           f'{indent}  <properties><property name="kernel" value={attr(run.kernel)}/>'
+           f'<property name="lost_events" value="{run.lost_events}"/></properties>']
     for s in scs:
-        out.append(f'{indent}  <testcase classname="klptrace" name={attr(s["id"])} '
-                   f'time="{s["duration_s"]:.3f}">')
-        body = text("\n".join([*s.get("problems", []), *s.get("diff", [])]))
-        msg = attr(s.get("explanation", ""))
-        if s["status"] in _TAG:
-            tag = _TAG[Status(s["status"])]
+        v = s.verdict
+        out.append(f'{indent}  <testcase classname="klptrace" name={attr(s.id)} '
+                   f'time="{s.seconds:.3f}">')
+        body = text("\n".join([*v.problems, *v.diff]))
+        msg = attr(v.explanation)
+        if s.status in _TAG:
+            tag = _TAG[s.status]
             out.append(f"{indent}    <{tag} message={msg}>{body}</{tag}>")
-        elif s["status"] == Status.SKIP:
+        elif s.status == Status.SKIP:
             out.append(f"{indent}    <skipped message={msg}/>")
         out.append(f"{indent}  </testcase>")
     out.append(f"{indent}</testsuite>")
     return out
 
 
-def render(run: dict[str, Any]) -> str:
+def render(m: Matrix) -> str:
     out = ['<?xml version="1.0" encoding="UTF-8"?>']
-    if is_matrix(run):
-        out.append('<testsuites name="klptrace">')
-        for r in run["runs"]:
-            out += _suite(r, f"klptrace on {r['kernel']}", "  ")
-        out.append("</testsuites>")
+    if m.run is not None:
+        out += _suite(m.run, "klptrace", "")
     else:
-        out += _suite(run, "klptrace", "")
+        out.append('<testsuites name="klptrace">')
+        for r in m.runs:
+            out += _suite(r, f"klptrace on {r.kernel}", "  ")
+        out.append("</testsuites>")
     return "\n".join(out) + "\n"

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from klptrace.results import Status, is_matrix
+from klptrace.results import Matrix, RunDocument, ScenarioResult, Status
 
 DEFAULT_ORIGIN = "klptrace"
 #: KCIDB's pattern for an origin (and the part of every id before the colon)
@@ -32,70 +32,70 @@ _PATH_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 _BUILD_MISC = ("release", "build", "builder", "linker", "debian_version", "package", "suite")
 
 
-def render(run: dict[str, Any], *, origin: str = DEFAULT_ORIGIN) -> str:
-    """The KCIDB report of a run document or a matrix document, as JSON."""
+def render(m: Matrix, *, origin: str = DEFAULT_ORIGIN) -> str:
+    """The KCIDB report of a run or of a matrix of runs, as JSON."""
     if not ORIGIN_RE.fullmatch(origin):
         raise ValueError(f"a KCIDB origin is lower-case letters, digits and _, not {origin!r}")
-    runs = run["runs"] if is_matrix(run) else [run]
     data: dict[str, Any] = {"version": dict(VERSION), "checkouts": [], "builds": [],
                             "tests": []}
-    for r in runs:
+    for r in m.runs:
         checkout, build = _checkout(r, origin), _build(r, origin)
         data["checkouts"].append(checkout)
         data["builds"].append(build)
         digest = _run_digest(r)
-        data["tests"] += [_test(s, i, build["id"], digest, origin)
-                          for i, s in enumerate(r["scenarios"], 1)]
+        data["tests"] += [_test(s, i, f"{origin}:{_kernel_key(r)}", digest, origin)
+                          for i, s in enumerate(r.scenarios, 1)]
     return json.dumps(_no_nul(data), indent=1, allow_nan=False) + "\n"
 
 
-def _kernel_key(run: dict[str, Any]) -> str:
+def _kernel_key(run: RunDocument) -> str:
     """The kernel's part of checkout and build ids: its release and Debian version."""
-    info = run.get("kernel_info", {})
-    return ":".join(x for x in (run["kernel"], info.get("debian_version", "")) if x)
+    info = run.kernel_info or {}
+    return ":".join(x for x in (run.kernel, info.get("debian_version", "")) if x)
 
 
-def _run_digest(run: dict[str, Any]) -> str:
+def _run_digest(run: RunDocument) -> str:
     """Twelve hex digits that tell this run from another run of the same kernel.
 
     From what was recorded (each scenario's events carry the kernel's clock), so
     that `check` re-rendering a saved run gives the same test ids."""
-    recorded = [run["kernel"]] + [[s["id"], s.get("start_time", ""), s.get("events", [])]
-                                  for s in run["scenarios"]]
+    recorded = [run.kernel] + [[s.id, s.start_time, [e.to_json() for e in s.recording.events]]
+                               for s in run.scenarios]
     text = json.dumps(recorded, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _not_recorded(run: dict[str, Any]) -> list[str]:
-    return [] if run.get("kernel_info") else ["kernel_info"]
+def _not_recorded(run: RunDocument) -> list[str]:
+    return [] if run.kernel_info else ["kernel_info"]
 
 
-def _checkout(run: dict[str, Any], origin: str) -> dict[str, Any]:
+def _checkout(run: RunDocument, origin: str) -> dict[str, Any]:
     """The kernel's source: Debian's linux source package when the kernel says so."""
-    info = run.get("kernel_info", {})
+    info = run.kernel_info or {}
     deb = info.get("debian_version", "")
     out: dict[str, Any] = {
         "id": f"{origin}:{_kernel_key(run)}",
         "origin": origin,
-        "comment": f"Debian linux {deb}" if deb else f"the source of Linux {run['kernel']}",
+        "comment": f"Debian linux {deb}" if deb else f"the source of Linux {run.kernel}",
         # the kernel ran the scenarios, so its source was obtained and built
         "valid": True,
     }
     if deb:
         out["tree_name"] = "debian"
-    out["misc"] = {"release": run["kernel"]}
+    misc: dict[str, Any] = {"release": run.kernel}
     if _not_recorded(run):
-        out["misc"]["not_recorded"] = _not_recorded(run)
+        misc["not_recorded"] = _not_recorded(run)
+    out["misc"] = misc
     return out
 
 
-def _build(run: dict[str, Any], origin: str) -> dict[str, Any]:
+def _build(run: RunDocument, origin: str) -> dict[str, Any]:
     """The kernel's build: package, architecture and compiler from kernel_info."""
-    info = run.get("kernel_info", {})
+    info = run.kernel_info or {}
     key = _kernel_key(run)
     package = info.get("package", "")
     deb = info.get("debian_version", "")
-    name = " ".join(x for x in (package or f"Linux {run['kernel']}", deb) if x)
+    name = " ".join(x for x in (package or f"Linux {run.kernel}", deb) if x)
     out: dict[str, Any] = {
         "id": f"{origin}:{key}",
         "checkout_id": f"{origin}:{key}",
@@ -108,10 +108,10 @@ def _build(run: dict[str, Any], origin: str) -> dict[str, Any]:
     if arch and re.fullmatch(r"[a-z0-9_]+", arch):
         out["architecture"] = arch
     if info.get("compiler"):
-        out["compiler"] = str(info["compiler"])
-    misc: dict[str, Any] = {k: info[k] for k in _BUILD_MISC if info.get(k)}
-    misc.setdefault("release", run["kernel"])
-    misc["lost_events"] = run.get("lost_events", 0)
+        out["compiler"] = str(info.get("compiler"))
+    misc: dict[str, Any] = {k: v for k in _BUILD_MISC if (v := info.get(k))}
+    misc.setdefault("release", run.kernel)
+    misc["lost_events"] = run.lost_events
     missing = _not_recorded(run) or [k for k in ("arch", "compiler") if not info.get(k)]
     if missing:
         misc["not_recorded"] = missing
@@ -119,42 +119,42 @@ def _build(run: dict[str, Any], origin: str) -> dict[str, Any]:
     return out
 
 
-def _test(sc: dict[str, Any], index: int, build_id: str, digest: str,
+def _test(sc: ScenarioResult, index: int, build_id: str, digest: str,
           origin: str) -> dict[str, Any]:
     """One scenario as a KCIDB test: path, status, time, and what went wrong."""
     build_key = build_id.split(":", 1)[1]
     out: dict[str, Any] = {
         # the index: `run --repeat N` has each scenario N times
-        "id": f"{origin}:{build_key}:{digest}:{index}:{sc['id']}",
+        "id": f"{origin}:{build_key}:{digest}:{index}:{sc.id}",
         "build_id": build_id,
         "origin": origin,
-        "path": f"{PATH_PREFIX}.{_PATH_UNSAFE.sub('_', sc['id'])}",
-        "status": _STATUS[sc["status"]],
-        "duration": sc["duration_s"],
+        "path": f"{PATH_PREFIX}.{_PATH_UNSAFE.sub('_', sc.id)}",
+        "status": _STATUS[sc.status],
+        "duration": sc.seconds,
     }
-    if sc.get("start_time"):
-        out["start_time"] = sc["start_time"]
-    if sc.get("explanation"):
-        out["comment"] = _clean(sc["explanation"])
+    if sc.start_time:
+        out["start_time"] = sc.start_time
+    if sc.verdict.explanation:
+        out["comment"] = _clean(sc.verdict.explanation)
     excerpt = log_excerpt(sc)
     if excerpt:
         out["log_excerpt"] = excerpt
-    misc: dict[str, Any] = {"scenario": sc["id"], "events": len(sc.get("events", [])),
-                            "lost_events": sc.get("lost_events", 0)}
-    if sc.get("notes"):
-        misc["notes"] = sc["notes"]
-    if not sc.get("start_time"):
+    misc: dict[str, Any] = {"scenario": sc.id, "events": len(sc.recording.events),
+                            "lost_events": sc.recording.lost}
+    if sc.notes:
+        misc["notes"] = sc.notes
+    if not sc.start_time:
         misc["not_recorded"] = ["start_time"]
     out["misc"] = misc
     return out
 
 
-def log_excerpt(sc: dict[str, Any]) -> str:
+def log_excerpt(sc: ScenarioResult) -> str:
     """The explanation, the problems, the first lines of the diff and of the oops."""
-    lines = [sc["explanation"]] if sc.get("explanation") else []
-    lines += [f"problem: {p}" for p in sc.get("problems", [])]
-    for what in ("diff", "oops"):
-        part = sc.get(what, [])
+    v = sc.verdict
+    lines = [v.explanation] if v.explanation else []
+    lines += [f"problem: {p}" for p in v.problems]
+    for what, part in (("diff", v.diff), ("oops", sc.oops)):
         if part:
             lines.append(f"{what}:")
             lines += part[:EXCERPT_LINES]

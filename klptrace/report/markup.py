@@ -34,6 +34,17 @@ def terminal(text: str) -> str:
     return _TERMINAL.sub(_visible, text)
 
 
+#: what ends a line somewhere: C0 controls but tab (newline among them), DEL, the C1
+#: controls, and the separators str.splitlines() also breaks lines at
+_BREAKS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """text on one line: control characters and line separators as escapes (\\x0a), so
+    that a value from a recording cannot start a line of its own."""
+    return _BREAKS.sub(_visible, text)
+
+
 def text(s: str) -> str:
     """s as XML character data."""
     return escape(clean(s))

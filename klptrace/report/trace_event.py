@@ -15,7 +15,7 @@ from typing import Any
 
 from klptrace import story
 from klptrace.events import KLP_PATCHED, Event
-from klptrace.results import is_matrix
+from klptrace.results import Matrix, ScenarioResult
 
 # a function's entry and its return, drawn as one complete (X) event:
 # entry kind -> (return kind, the kernel's function)
@@ -39,15 +39,14 @@ _TRACK_ORDER = ("scenarios", "transition", "object", "task")
 Track = tuple[str, str]
 
 
-def render(run: dict[str, Any]) -> str:
-    """The trace of a run document or a matrix document, as JSON."""
-    runs = run["runs"] if is_matrix(run) else [run]
+def render(m: Matrix) -> str:
+    """The trace of a run or of a matrix of runs, as JSON."""
     events: list[dict[str, Any]] = []
-    for pid, r in enumerate(runs, 1):
-        events += _process(pid, r["kernel"], [_Scenario.of(sc) for sc in r["scenarios"]])
+    for pid, r in enumerate(m.runs, 1):
+        events += _process(pid, r.kernel, [_Scenario.of(sc) for sc in r.scenarios])
     doc = {"traceEvents": events, "displayTimeUnit": "ms",
            "otherData": {"generator": "klptrace",
-                         "kernels": ", ".join(r["kernel"] for r in runs),
+                         "kernels": ", ".join(r.kernel for r in m.runs),
                          "clock": "microseconds since each kernel's first recorded event"}}
     return json.dumps(doc, indent=0, allow_nan=False) + "\n"
 
@@ -61,12 +60,12 @@ class _Scenario:
     events: list[Event]
 
     @classmethod
-    def of(cls, sc: dict[str, Any]) -> _Scenario:
-        """A scenario of a run document (a skipped one shows nothing: it needs no args)."""
-        events = [Event.from_json(e) for e in sc.get("events", [])]
-        args = {"status": sc["status"], "duration_s": sc["duration_s"],
-                "explanation": sc.get("explanation", "")} if events else {}
-        return cls(sc["id"], args, events)
+    def of(cls, sc: ScenarioResult) -> _Scenario:
+        """A scenario of a run (a skipped one shows nothing: it needs no args)."""
+        events = list(sc.recording.events)
+        args = {"status": str(sc.status), "duration_s": sc.seconds,
+                "explanation": sc.verdict.explanation} if events else {}
+        return cls(sc.id, args, events)
 
 
 def _kind(e: Event) -> str:

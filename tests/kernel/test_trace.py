@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from util import until
 
-from klptrace import checker, trace
+from klptrace import checker, results
 from klptrace.events import Event
 from klptrace.kernel import kmod, kmsg
 from klptrace.record import elf, probes
@@ -98,7 +98,7 @@ def test_trace_meets_its_expectation_and_leaves_no_line_in_the_workloads_log(
     assert doc["lost_events"] == 0 and all(pr["ok"] for pr in doc["probes"])
     events = [Event.from_json(e) for e in sc["events"]]
     roles = [(c["callback"], c["object"], c["module_state"], c["ret"])
-             for c in trace.callbacks_json(events)]
+             for c in results.callbacks_json(events)]
     assert roles == [
         ("pre_patch", "vmlinux", None, 0), ("pre_patch", "klptrace_target", "LIVE", 0),
         ("post_patch", "vmlinux", None, None), ("post_patch", "klptrace_target", "LIVE", None),
@@ -184,13 +184,13 @@ def test_a_probe_the_kernel_does_not_arm_is_an_error(module_dir: Path,
         subprocess.run(["insmod", str(module_dir / "acme_lp.ko")], check=True)
         recording = rec.recording()
     assert until(lambda: kmod.patch_attr("acme_lp", "transition") == "0")
-    bad = [pr for pr in recording.probes if pr["target"] == "acme_lp:acme_no_such_function"]
-    assert len(bad) == 2 and not any(pr["ok"] or pr["armed"] for pr in bad), bad
-    assert all("Failed to re-register probe" in pr["reason"] and "ENOENT" in pr["reason"]
+    bad = [pr for pr in recording.probes if pr.target == "acme_lp:acme_no_such_function"]
+    assert len(bad) == 2 and not any(pr.ok or pr.armed for pr in bad), bad
+    assert all("Failed to re-register probe" in pr.reason and "ENOENT" in pr.reason
                for pr in bad), bad
     good = [pr for pr in recording.probes
-            if pr["target"].startswith("acme_lp:") and pr not in bad]
-    assert good and all(pr["ok"] and pr["armed"] for pr in good), good
+            if pr.target.startswith("acme_lp:") and pr not in bad]
+    assert good and all(pr.ok and pr.armed for pr in good), good
     problems = checker.integrity(recording)
     assert [p for p in problems if "was not armed" in p and "acme_no_such_function" in p]
     assert checker.judge([], recording).status == Status.ERROR
