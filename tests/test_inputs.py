@@ -15,6 +15,7 @@ import pytest
 from util import DATA, REPO, one_error, saved_run
 
 from klptrace import cli, scenario
+from klptrace.commands import matrix
 from klptrace.commands import run as run_cmd
 from klptrace.lab import build, kernels, vm
 
@@ -42,7 +43,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return f
 
     for mod, name in ((kernels, "ensure"), (vm, "check_host"), (vm, "run"), (build, "build"),
-                      (run_cmd, "run_local"), (run_cmd, "run_vm"), (run_cmd, "run_matrix")):
+                      (run_cmd, "run_local"), (run_cmd, "run_vm"), (matrix, "run_matrix")):
         monkeypatch.setattr(mod, name, refuse(f"{mod.__name__}.{name}"))
     return started
 
