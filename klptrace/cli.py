@@ -393,9 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_RAW,
     )
     _add_kernel_option(p)
-    p.add_argument("--cpus", type=_whole(MAX_CPUS), default=defaults.CPUS, metavar="N",
+    p.add_argument("--cpus", type=_whole(MAX_CPUS), metavar="N",
                    help=f"guest CPUs (default {defaults.CPUS}, at most {MAX_CPUS})")
-    p.add_argument("--memory", type=_memory, default=defaults.MEMORY, metavar="SIZE",
+    p.add_argument("--memory", type=_memory, metavar="SIZE",
                    help=f"guest memory (default {defaults.MEMORY}, at most 1T)")
     p.add_argument(
         "--timeout", type=_seconds, default=defaults.TIMEOUT_S, metavar="S",

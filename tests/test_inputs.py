@@ -197,12 +197,14 @@ def test_usage_errors_exit_2_before_any_work(capsys: pytest.CaptureFixture[str],
 
 def test_run_vm_gets_the_vm_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
-    monkeypatch.setattr(run_cmd, "run_vm", lambda opts, spec: seen.update(vars(opts)))
+    # the defaults are applied where the guest's size is read (RunOptions.guest_size)
+    monkeypatch.setattr(run_cmd, "run_vm", lambda opts, spec: seen.update(
+        vars(opts), size=opts.guest_size))
     monkeypatch.setattr(run_cmd, "emit", lambda doc, out: 0)
     assert cli.main(["run", "--vm"]) == 0
-    assert (seen["cpus"], seen["memory"], seen["timeout"]) == (2, "4G", 120.0)
+    assert (*seen["size"], seen["timeout"]) == (2, "4G", 120.0)  # type: ignore[misc]
     assert cli.main(["run", "--vm", "--cpus", "1", "--memory", "1.5G", "--timeout", "30"]) == 0
-    assert (seen["cpus"], seen["memory"], seen["timeout"]) == (1, "1.5G", 30.0)
+    assert (*seen["size"], seen["timeout"]) == (1, "1.5G", 30.0)  # type: ignore[misc]
 
 
 SUBCOMMANDS = ["run", "check", "trace", "stall", "vm", "kernel", "build", "list"]

@@ -21,7 +21,6 @@ from klptrace import jsontext
 from klptrace.commands import emit, say, scenarios_for
 from klptrace.errors import KlptraceError, interrupt
 from klptrace.guest.boot import errored
-from klptrace.lab import defaults
 from klptrace.results import Matrix, RecordingError, RunDocument
 
 if TYPE_CHECKING:
@@ -61,8 +60,8 @@ def run_matrix(opts: RunOptions) -> int:
         assets.build_modules(kernels.ensure(spec, progress=say), say=say)
     jobs = opts.jobs
     if jobs is None:
-        jobs, why = default_jobs(len(specs), opts.cpus or defaults.CPUS,
-                                 vm.parse_memory(opts.memory or defaults.MEMORY))
+        cpus, memory = opts.guest_size
+        jobs, why = default_jobs(len(specs), cpus, vm.parse_memory(memory))
         say(why)
     with tempfile.TemporaryDirectory(prefix="klptrace-matrix-") as tmp:
         children = _Children(opts, specs, Path(tmp), jobs)
@@ -81,10 +80,10 @@ class _Children:
 
     def _argv(self, spec: str, out: Path) -> list[str]:
         """One kernel's `run --vm`, with this run's options."""
+        cpus, memory = self.opts.guest_size
         return [sys.executable, "-m", "klptrace", *self.opts.to_argv([
             "--vm", "--kernel", spec, "--format", "json", "-o", str(out),
-            "--cpus", str(self.opts.cpus or defaults.CPUS),
-            "--memory", self.opts.memory or defaults.MEMORY])]
+            "--cpus", str(cpus), "--memory", memory])]
 
     def _relay(self, spec: str, pipe: Any) -> None:
         for raw in iter(pipe.readline, b""):

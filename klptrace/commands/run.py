@@ -22,6 +22,7 @@ from klptrace.commands import (
     RUN_TIMEOUT_S,
     Output,
     emit,
+    guest_size,
     line,
     matrix,
     say,
@@ -40,8 +41,6 @@ from klptrace.kernel import kmod, kmsg, sysinfo
 from klptrace.lab import defaults
 from klptrace.oops import Oops
 from klptrace.results import RunDocument, ScenarioResult, Status, Verdict
-
-VM_CPUS, VM_MEMORY = defaults.CPUS, defaults.MEMORY
 
 
 def _flag(name: str, guest: bool = False) -> Any:
@@ -65,9 +64,14 @@ class RunOptions(Output):
     stream: str | None = dataclasses.field(default=None, metadata=_flag("--stream", True))
     vm: bool = False
     kernel: list[str] = dataclasses.field(default_factory=list)  # --kernel, repeatable
-    cpus: int | None = None
+    cpus: int | None = None  # None: not given (guest_size then applies the default)
     memory: str | None = None
     jobs: int | None = None
+
+    @property
+    def guest_size(self) -> tuple[int, str]:
+        """The guests' vCPUs and memory."""
+        return guest_size(self.cpus, self.memory)
 
     def __post_init__(self) -> None:
         # before anything looks at this machine's kernel, or fetches or boots one
@@ -110,8 +114,6 @@ def run(opts: RunOptions) -> int:
     """`klptrace run`: on this kernel, or with --vm in the lab on each --kernel."""
     if not opts.vm:
         return run_local(opts)
-    opts = dataclasses.replace(opts, cpus=VM_CPUS if opts.cpus is None else opts.cpus,
-                               memory=VM_MEMORY if opts.memory is None else opts.memory)
     scenarios_for(opts.ids, opts.scenarios)  # a usage error before any download or boot
     with signals_unwind():  # during a fetch or build too (vm.run stops its own guest)
         if len(opts.kernel) > 1:
@@ -286,6 +288,6 @@ def run_vm(opts: RunOptions, spec: str | None) -> RunDocument:
             opts, ids=g.ids, repeat=1, stream=str(g.stream), modules=str(g.modules),
             scenarios=str(g.scenarios) if g.scenarios else None).to_argv()
 
+    cpus, memory = opts.guest_size
     return boot.run(boot.Request(spec, [s for _ in range(opts.repeat) for s in scs],
-                                 opts.modules, opts.scenarios, opts.cpus or VM_CPUS,
-                                 opts.memory or VM_MEMORY, argv), say, line)
+                                 opts.modules, opts.scenarios, cpus, memory, argv), say, line)
