@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from util import DATA, REPO, one_error, saved_run
 
 from klptrace import cli
-from klptrace.errors import UsageError
+from klptrace.errors import KlptraceError, UsageError
 
 RUN = str(DATA / "run-6.1.json")
 
@@ -355,3 +355,51 @@ def test_an_option_with_no_field_is_a_bug_not_a_silent_drop() -> None:
         "r.json"
     with pytest.raises(TypeError, match="CheckOptions has no field for formt"):
         options(CheckOptions, Namespace(cmd="check", recording="r.json", formt="json"))
+
+
+# --- main: dispatch, its errors and signals ----------------------------------------------
+
+
+def _list_raising(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    from klptrace.commands import list_
+
+    def run(opts: object) -> int:
+        raise exc
+
+    monkeypatch.setattr(list_, "run", run)
+
+
+def test_a_command_s_error_is_its_line_hint_and_status(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from klptrace.errors import NotSupported
+
+    _list_raising(monkeypatch, NotSupported("no livepatch here", "use --vm"))
+    assert cli.main(["list"]) == 4
+    assert capsys.readouterr().err == "klptrace: error: no livepatch here\n  hint: use --vm\n"
+    _list_raising(monkeypatch, KlptraceError("it broke"))
+    assert cli.main(["list"]) == 1
+    assert capsys.readouterr().err == "klptrace: error: it broke\n"
+
+
+def test_a_signal_is_one_line_and_its_status(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from klptrace.errors import Interrupted
+
+    _list_raising(monkeypatch, KeyboardInterrupt())
+    assert cli.main(["list"]) == 130
+    assert capsys.readouterr().err == (
+        "klptrace: interrupted by SIGINT; cleaned up (anything left is named above)\n")
+    _list_raising(monkeypatch, Interrupted(15, "SIGTERM", "the guest is stopped"))
+    assert cli.main(["list"]) == 143
+    assert capsys.readouterr().err == (
+        "klptrace: interrupted by SIGTERM; the guest is stopped\n")
+
+
+def test_a_character_device_is_never_the_same_file_twice(tmp_path: Path) -> None:
+    assert not cli._same_file("/dev/null", "/dev/null")
+    a = tmp_path / "a"
+    a.write_text("")
+    (tmp_path / "hard").hardlink_to(a)
+    assert cli._same_file(str(a), str(tmp_path / "hard"))
+    assert cli._same_file(str(tmp_path / "new"), str(tmp_path / "." / "new"))
+    assert not cli._same_file(str(a), str(tmp_path / "new"))

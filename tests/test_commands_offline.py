@@ -18,8 +18,9 @@ import pytest
 from test_runner import FakeKernel
 
 from klptrace import cli
-from klptrace.commands import run as run_cmd
+from klptrace.commands import matrix
 from klptrace.events import Event, EventKind
+from klptrace.guest import boot, stream
 from klptrace.kernel import kmod, kmsg
 from klptrace.lab import build, kernels, vm
 from klptrace.oops import Oops
@@ -146,13 +147,13 @@ def test_run_records_and_judges_each_scenario(tmp_path: Path, fake_kernel: FakeK
 
 def test_run_streams_each_result_as_it_finishes(tmp_path: Path, fake_kernel: FakeKernel,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    d, m, stream = _scenarios(tmp_path / "s"), _modules(tmp_path / "m"), tmp_path / "s.jsonl"
+    d, m, path = _scenarios(tmp_path / "s"), _modules(tmp_path / "m"), tmp_path / "s.jsonl"
     code, _err = _run(["run", "--scenarios", str(d), "--modules", str(m), "--stream",
-                       str(stream)], capsys)
+                       str(path)], capsys)
     assert code == 0
-    got = run_cmd._read_stream(stream)
-    assert [r["id"] for r in got["docs"]] == ["one", "two"] and got["end"] is not None
-    assert run_cmd._stream_ended(stream)
+    got = stream.read(path)
+    assert [r.id for r in got.results] == ["one", "two"] and got.end is not None
+    assert boot._Ended(path)()
 
 
 def test_lost_events_no_scenario_accounts_for_make_every_scenario_an_error(
@@ -323,12 +324,12 @@ def test_a_matrix_runs_each_kernel_and_keeps_going(tmp_path: Path, fake_lab: dic
     seen: list[list[str]] = []
 
     def argv(self: Any, spec: str, out: Path) -> list[str]:
-        seen.append(run_cmd._Children._real_argv(self, spec, out))
+        seen.append(matrix._Children._real_argv(self, spec, out))
         return [sys.executable, "-c", _CHILD, spec, str(out)]
 
-    monkeypatch.setattr(run_cmd._Children, "_real_argv", run_cmd._Children._argv,
+    monkeypatch.setattr(matrix._Children, "_real_argv", matrix._Children._argv,
                         raising=False)
-    monkeypatch.setattr(run_cmd._Children, "_argv", argv)
+    monkeypatch.setattr(matrix._Children, "_argv", argv)
     # the fake lab's kernels have names no real --kernel has
     monkeypatch.setattr(kernels, "parse_spec", lambda text: kernels.KernelSpec("track", text))
     d, out = _scenarios(tmp_path / "s", ("a",)), tmp_path / "m.json"
@@ -351,12 +352,12 @@ def test_a_matrix_runs_each_kernel_and_keeps_going(tmp_path: Path, fake_lab: dic
 
 
 def test_default_jobs_follow_cores_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(run_cmd.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(run_cmd, "_available_mib", lambda: 23 * 1024)
-    assert run_cmd.default_jobs(3, 2, 4096)[0] == 1
-    assert run_cmd.default_jobs(3, 1, 4096)[0] == 2
-    monkeypatch.setattr(run_cmd, "_available_mib", lambda: 5000)
-    jobs, why = run_cmd.default_jobs(3, 1, 4096)
+    monkeypatch.setattr(matrix.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(matrix, "_available_mib", lambda: 23 * 1024)
+    assert matrix.default_jobs(3, 2, 4096)[0] == 1
+    assert matrix.default_jobs(3, 1, 4096)[0] == 2
+    monkeypatch.setattr(matrix, "_available_mib", lambda: 5000)
+    jobs, why = matrix.default_jobs(3, 1, 4096)
     assert jobs == 1 and "2 cores for guests of 1 vCPU(s)" in why and "--jobs N" in why
 
 

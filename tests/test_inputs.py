@@ -15,6 +15,7 @@ import pytest
 from util import DATA, REPO, one_error, saved_run
 
 from klptrace import cli, scenario
+from klptrace.commands import matrix
 from klptrace.commands import run as run_cmd
 from klptrace.lab import build, kernels, vm, vng
 
@@ -42,7 +43,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return f
 
     for mod, name in ((kernels, "ensure"), (vm, "check_host"), (vm, "run"), (build, "build"),
-                      (run_cmd, "run_local"), (run_cmd, "run_vm"), (run_cmd, "run_matrix")):
+                      (run_cmd, "run_local"), (run_cmd, "run_vm"), (matrix, "run_matrix")):
         monkeypatch.setattr(mod, name, refuse(f"{mod.__name__}.{name}"))
     return started
 
@@ -196,12 +197,14 @@ def test_usage_errors_exit_2_before_any_work(capsys: pytest.CaptureFixture[str],
 
 def test_run_vm_gets_the_vm_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
-    monkeypatch.setattr(run_cmd, "run_vm", lambda opts, spec: seen.update(vars(opts)))
+    # the defaults are applied where the guest's size is read (RunOptions.guest_size)
+    monkeypatch.setattr(run_cmd, "run_vm", lambda opts, spec: seen.update(
+        vars(opts), size=opts.guest_size))
     monkeypatch.setattr(run_cmd, "emit", lambda doc, out: 0)
     assert cli.main(["run", "--vm"]) == 0
-    assert (seen["cpus"], seen["memory"], seen["timeout"]) == (2, "4G", 120.0)
+    assert (*seen["size"], seen["timeout"]) == (2, "4G", 120.0)  # type: ignore[misc]
     assert cli.main(["run", "--vm", "--cpus", "1", "--memory", "1.5G", "--timeout", "30"]) == 0
-    assert (seen["cpus"], seen["memory"], seen["timeout"]) == (1, "1.5G", 30.0)
+    assert (*seen["size"], seen["timeout"]) == (1, "1.5G", 30.0)  # type: ignore[misc]
 
 
 SUBCOMMANDS = ["run", "check", "trace", "stall", "vm", "kernel", "build", "list"]

@@ -31,7 +31,7 @@ import pytest
 from util import REPO, skip_or_fail
 
 from klptrace import assets
-from klptrace.commands.run import default_jobs
+from klptrace.commands.matrix import default_jobs
 from klptrace.errors import KlptraceError
 from klptrace.lab import defaults, kernels, vm
 from klptrace.record import btf

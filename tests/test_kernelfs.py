@@ -160,7 +160,7 @@ OTHER_WRITERS = {
     "lab/": "the cache and the guest's own files (script, console log): lab/ knows nothing "
             "of the running kernel, whose files it never names",
     "record/btf.py:_save_layout": "the BTF layouts kept in the cache",
-    "commands/run.py:_Stream.__init__": "the results stream that `run --vm` reads back",
+    "guest/stream.py:Writer.__init__": "the results stream that `run --vm` reads back",
     "kernel/kmsg.py:KernelLog.__init__": "/dev/kmsg, the log's character device: records are read "
                                   "from it and klptrace's step lines written to it",
     "kernel/kmod.py:_serve": "/dev/null as the kernel actor's stdin, stdout and stderr",

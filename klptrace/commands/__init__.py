@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from klptrace.errors import KlptraceError, interrupt
+from klptrace.lab import defaults
 
 if TYPE_CHECKING:
     from klptrace import scenario
@@ -64,6 +65,13 @@ def options(cls: type[T], namespace: Any) -> T:
     if unknown:
         raise TypeError(f"{cls.__name__} has no field for {', '.join(unknown)}")
     return cls(**given)
+
+
+def guest_size(cpus: int | None, memory: str | None) -> tuple[int, str]:
+    """A lab guest's vCPUs and memory: --cpus and --memory, else lab/defaults.py's. The one
+    place the defaults are applied (`vm`, `run --vm`, each kernel of a matrix)."""
+    return (defaults.CPUS if cpus is None else cpus,
+            defaults.MEMORY if memory is None else memory)
 
 
 def scenarios_for(ids: list[str], directory: str | None) -> list[scenario.Scenario]:

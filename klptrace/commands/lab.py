@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from klptrace import files
-from klptrace.commands import say, signals_unwind
+from klptrace.commands import guest_size, say, signals_unwind
 from klptrace.errors import UsageError
 from klptrace.lab import defaults
 
@@ -112,8 +112,8 @@ def build(opts: BuildOptions) -> int:
 @dataclasses.dataclass
 class VmOptions:
     kernel: str | None = None
-    cpus: int = defaults.CPUS
-    memory: str = defaults.MEMORY
+    cpus: int | None = None  # None: not given (guest_size applies the default)
+    memory: str | None = None
     timeout: float = defaults.TIMEOUT_S
     rwdir: list[str] = dataclasses.field(default_factory=list)
     command: list[str] = dataclasses.field(default_factory=list)
@@ -134,6 +134,7 @@ def vm(opts: VmOptions) -> int:
     lab_vm.check_host()  # before a kernel download that would be for nothing
     with signals_unwind():  # during the kernel fetch too (vm.run handles its own)
         k = kernels.ensure(opts.kernel, progress=say)
-        return lab_vm.run(k, command, cpus=opts.cpus, memory=opts.memory,
+        cpus, memory = guest_size(opts.cpus, opts.memory)
+        return lab_vm.run(k, command, cpus=cpus, memory=memory,
                           timeout=opts.timeout, rwdirs=[Path(d) for d in opts.rwdir], say=say,
                           cpus_for=vcpus.guest_cpus)
