@@ -12,14 +12,13 @@ import errno
 import json
 import os
 import select
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from klptrace.errors import KlptraceError, NotSupported, signals_deferred
-from klptrace.kernel import kernelfs
+from klptrace.kernel import child, kernelfs
 from klptrace.scenario import kernel_name
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -145,11 +144,7 @@ class Actor:
     def __init__(self) -> None:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            os.close(req_w)
-            os.close(rep_r)
-            _serve(req_r, rep_w)
+        pid = child.fork(lambda: _serve(req_r, rep_w), keep=(req_r, rep_w))
         os.close(req_r)
         os.close(rep_w)
         self.pid = pid
@@ -252,21 +247,8 @@ class Actor:
 
 def _serve(req: int, rep: int) -> None:
     """The actor child's loop: one JSON request a line, one [seq, errno] reply a line."""
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # klptrace itself decides what stops
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):  # so that a child stuck in the kernel holds no one's pipe
-            os.dup2(null, fd)
-        os.close(null)
-        for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
-            if fd > 2 and fd not in (req, rep):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        with os.fdopen(req, "rb") as requests:
-            for line in requests:
-                seq, op, *args = json.loads(line)
-                err = _OPS[op](*args)
-                os.write(rep, (json.dumps([seq, err]) + "\n").encode())
-    finally:
-        os._exit(0)
+    with os.fdopen(req, "rb") as requests:
+        for line in requests:
+            seq, op, *args = json.loads(line)
+            err = _OPS[op](*args)
+            os.write(rep, (json.dumps([seq, err]) + "\n").encode())

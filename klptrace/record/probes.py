@@ -12,14 +12,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import signal
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from klptrace.events import Callback, Event, EventKind, carries_ret, carries_state
-from klptrace.kernel import kmsg, settings
+from klptrace.kernel import child, kmsg, settings
 from klptrace.record import elf
 
 # Build and check_kernel are what the commands start a recording with
@@ -95,6 +94,8 @@ class Probes:
         self.attach_s = 0.0
         self._sink: Callable[[Event], None] | None = None
         self._armed = ArmedCheck()
+        #: after hand_off(): the pipe whose end, at klptrace's exit, starts the detaching
+        self.exited_w: int | None = None
 
     # the build's timings (0 before open())
     @property
@@ -246,49 +247,33 @@ class Probes:
         child. The child detaches as close() does once klptrace's copies of the
         descriptors are gone, without expediting RCU (which uses workqueues too).
         """
+        # the kernel log is read no more: closed here, the child holds nothing of it
+        self._armed.close()
         done_r, done_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):  # hold no one's pipe while stuck in the kernel
-                    os.dup2(null, fd)
-                _keep_only_probes(done_r)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                while os.read(done_r, 1):  # EOF: klptrace has exited
-                    pass
-                self.close(expedite=False)
-            finally:
-                os._exit(0)
+
+        def detach() -> None:
+            while os.read(done_r, 1):  # EOF: klptrace has exited
+                pass
+            self.close(expedite=False)
+
+        pid = child.fork(detach, keep=(done_r,), keep_target=_is_probe)
         os.close(done_r)
-        os.set_inheritable(done_w, False)  # closed when klptrace exits, not before
+        os.set_inheritable(done_w, False)
+        self.exited_w = done_w  # closed when klptrace exits, not before
         self._bpf = None  # this process only drops its references, at exit
         self._events_written = []
         return pid
 
 
-def _keep_only_probes(keep: int) -> None:
-    """Close every descriptor but 0-2, keep, and the BPF and perf event ones.
-
-    What else a forked child holds (the kernel actor's request pipe, the
-    kernel log, a caller's pipes) would keep others waiting for its end.
-    """
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd <= 2 or fd == keep:
-            continue
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue  # the directory's own descriptor, gone
-        if not target.startswith(("anon_inode:bpf", "anon_inode:[perf_event]")):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+def _is_probe(target: str) -> bool:
+    """Whether a descriptor (as /proc/self/fd shows it) is a BPF program, map or perf
+    event: what the detaching child keeps of klptrace's (the kernel actor's request
+    pipe, the kernel log, a caller's pipes would keep others waiting for its end)."""
+    return target.startswith(("anon_inode:bpf", "anon_inode:[perf_event]"))
 
 
 @contextlib.contextmanager
-def expedited_grace_periods(path: str = RCU_EXPEDITED) -> Iterator[None]:
+def expedited_grace_periods(path: str | None = None) -> Iterator[None]:
     """Expedite RCU grace periods while probes are removed, then put the setting back.
 
     Removing one probe waits for several grace periods: closing its perf
@@ -298,7 +283,7 @@ def expedited_grace_periods(path: str = RCU_EXPEDITED) -> Iterator[None]:
     6.1; expedited, 1.8 s. Nothing changes if the setting is already on or
     cannot be written (rcupdate.rcu_normal, no sysfs).
     """
-    with settings.changed(path, "0", "1"):
+    with settings.changed(path or RCU_EXPEDITED, "0", "1"):
         yield
 
 
