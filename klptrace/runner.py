@@ -17,6 +17,7 @@ from klptrace import checker, stall
 from klptrace.errors import KlptraceError, check_interrupted, signals_deferred
 from klptrace.events import EventKind
 from klptrace.kernel.kmsg import KernelLog, OopsWatch
+from klptrace.kernel.wedge import Wedge
 from klptrace.oops import Oops
 from klptrace.results import Recording, ScenarioResult
 from klptrace.scenario import Scenario, Step, is_module_name, is_param_name, kernel_name
@@ -52,9 +53,9 @@ class KernelOops(KlptraceError):
 
 class Kernel(Protocol):
     """What the runner needs of the kernel (kmod.Actor, or a fake in tests): the calls
-    that change it, and what it shows in sysfs."""
+    that change it, and what it shows in sysfs; its wedge says whether it is wedged."""
 
-    stuck: str
+    wedge: Wedge
 
     def is_loaded(self, name: str) -> bool: ...
     def is_patch(self, name: str) -> bool: ...
@@ -102,8 +103,6 @@ class Runner:
         self.rec = rec
         self.kernel = kernel
         self.watch = watch
-        #: why the kernel must not be touched any more ('' while it may)
-        self.wedged = ""
         self._step = ""
         self.klog = klog
         self.module_dir = module_dir
@@ -178,11 +177,10 @@ class Runner:
         """How a call into the kernel waits: at most the timeout, watching for an oops."""
         return {"timeout": self.timeout_s, "idle": self._idle}
 
-    def _note_stuck(self) -> bool:
-        """Whether the kernel must be left alone: it oopsed, or a call never returned."""
-        if self.kernel.stuck and not self.wedged:
-            self.wedged = f"the kernel never returned from {self.kernel.stuck}"
-        return bool(self.wedged)
+    @property
+    def wedged(self) -> str:
+        """Why the kernel must not be touched any more ('' while it may): the kernel's."""
+        return self.kernel.wedge.reason
 
     def _oops(self) -> Oops | None:
         return self.watch.check() if self.watch else None
@@ -192,7 +190,7 @@ class Runner:
         self.rec.poll(0)
         oops = self._oops()
         if oops is not None:
-            self.wedged = self.wedged or "the kernel oopsed"
+            self.kernel.wedge.oopsed()
             raise KernelOops(oops, self._step or "klptrace's setup")
 
     def wait_transition(self, patch: str, want: int) -> None:
@@ -268,11 +266,9 @@ class Runner:
             # a call whose task died in the kernel: the oops says why
             found = e.oops if isinstance(e, KernelOops) else self._oops()
             if found is not None:
-                self.wedged = self.wedged or "the kernel oopsed"
+                self.kernel.wedge.oopsed()
                 e = e if isinstance(e, KernelOops) else KernelOops(found, self._step)
                 oops = found.lines
-            else:
-                self._note_stuck()
             error = str(e)
         finally:
             # what cleanup does is part of the scenario's story (it is nothing
@@ -301,8 +297,7 @@ class Runner:
 
         On a wedged kernel nothing is tried: every such call would sleep forever.
         """
-        self._note_stuck()  # a call abandoned on the way here (a signal came meanwhile)
-        if self.wedged:
+        if self.wedged:  # an oops, or a call abandoned (on the way here too, by a signal)
             return [f"{m} is still loaded ({self.wedged}): reboot to clear it"
                     for m in reversed(self.loaded) if self.kernel.is_loaded(m)]
         left: list[str] = []
@@ -318,7 +313,7 @@ class Runner:
                 err = self.unload(module)
             except KlptraceError as e:
                 left.append(str(e))
-                if self._note_stuck():
+                if self.wedged:
                     return left + self.cleanup()
                 continue
             if err and self.kernel.is_loaded(module):

@@ -15,6 +15,7 @@ from klptrace.events import Event, EventKind
 from klptrace.kernel import kmod
 from klptrace.kernel.kmod import Abandoned
 from klptrace.kernel.kmsg import Oops
+from klptrace.kernel.wedge import Wedge
 from klptrace.results import Recording
 
 
@@ -54,7 +55,7 @@ class FakeKernel:
         self.refuse: dict[str, int] = {}  # module -> errno of its load
         self.stall: set[str] = set()  # livepatches whose transition never ends
         self.calls: list[str] = []
-        self.stuck = ""
+        self.wedge = Wedge()
         self.hang: str | None = None  # the call that never returns
 
     def _enter(self, what: str, idle: Callable[[], None] | None = None) -> None:
@@ -62,7 +63,7 @@ class FakeKernel:
         if self.hang and what.startswith(self.hang):
             if idle is not None:
                 idle()  # the runner's oops watch may end the wait
-            self.stuck = f"`{what}`"
+            self.wedge.never_returned(f"`{what}`")
             raise Abandoned(f"`{what}` did not return within 1 s: it is left waiting")
 
     def load(self, path: str, params: str = "", **kw: Any) -> int:
@@ -252,7 +253,7 @@ def test_a_module_whose_task_died_in_the_kernel_is_named_by_the_oops() -> None:
 
     def died(path: str, params: str = "", **kw: Any) -> int:
         watch.oops = Oops(["Oops: 0002 [#1] SMP", "RIP: 0010:lp_pre_patch+0x5/0x9 [lp]"], True)
-        k.stuck = "`insmod lp.ko`"
+        k.wedge.never_returned("`insmod lp.ko`")
         raise Abandoned("`insmod lp.ko`: klptrace's kernel actor (pid 7) died in the kernel")
 
     k.load = died  # type: ignore[method-assign]

@@ -233,7 +233,7 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
     done: list[ScenarioResult] = []
     stream = _Stream(opts.stream)
     with kmsg.devkmsg_unlimited(), kmsg.livepatch_debug() as debug, \
-            Recorder(kos, build) as rec:
+            Recorder(kos, build, actor.wedge) as rec:
         klog = kmsg.KernelLog() if debug else None
         if not debug:
             say("dynamic debug is not available: dmesg is not compared")
@@ -277,7 +277,6 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
                 line("\n".join(f"    {x}" for x in Oops(r.oops, True).summary))
         lost = rec.lost()  # and raises a signal that a callback swallowed
         probe_status = [x.to_json() for x in p.status]
-        rec.wedged = run.wedged
         detach = time.monotonic()
     timing["detach_s"] = round(time.monotonic() - detach, 3)  # and the settings put back
     leftovers = getattr(rec, "leftovers", [])

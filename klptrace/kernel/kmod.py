@@ -19,6 +19,7 @@ from typing import Any
 
 from klptrace.errors import KlptraceError, NotSupported, signals_deferred
 from klptrace.kernel import child, kernelfs
+from klptrace.kernel.wedge import Wedge
 from klptrace.scenario import kernel_name
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -139,6 +140,8 @@ class Actor:
     not return is abandoned: the child stays behind in the kernel, klptrace
     goes on (a stuck thread of klptrace's own would keep it from exiting).
     The child is forked before bcc is loaded, so it holds no BPF program.
+    Its wedge is where klptrace keeps whether the kernel is wedged: a call
+    that never returned, or (noted by whoever sees it) an oops.
     """
 
     def __init__(self) -> None:
@@ -152,7 +155,7 @@ class Actor:
         self._rep = rep_r
         self._seq = 0
         self._buf = b""
-        self.stuck: str = ""  # the call that never returned, once one did not
+        self.wedge = Wedge()
 
     def call(self, op: str, *args: str, timeout: float,
              idle: Callable[[], None] = lambda: None) -> int:
@@ -162,9 +165,9 @@ class Actor:
         meanwhile (it may raise to stop waiting); raises Abandoned when the
         call does not return in time or an earlier one never did.
         """
-        if self.stuck:
+        if self.wedge.stuck:
             raise Abandoned(f"`{_AS_COMMAND[op](*args)}` not tried: the kernel never returned "
-                            f"from {self.stuck}", "reboot this machine to clear it")
+                            f"from {self.wedge.stuck}", "reboot this machine to clear it")
         self._seq += 1
         seq = self._seq
         what = _AS_COMMAND[op](*args)
@@ -177,7 +180,7 @@ class Actor:
             try:
                 os.write(self._req, (json.dumps([seq, op, *args]) + "\n").encode())
             except OSError:
-                self.stuck = f"`{what}`"
+                self.wedge.never_returned(f"`{what}`")
                 raise Abandoned(f"`{what}`: klptrace's kernel actor (pid {self.pid}) is gone",
                                 "see the kernel log for an oops") from None
             return self._wait(seq, what, timeout, deadline, idle)
@@ -198,7 +201,7 @@ class Actor:
         except KeyboardInterrupt:  # Python's own Ctrl-C (no klptrace handler): not stuck
             raise
         except BaseException:
-            self.stuck = self.stuck or f"`{what}`"
+            self.wedge.never_returned(f"`{what}`")
             raise
 
     def _reply(self, seq: int, wait: float) -> int | None:
@@ -240,7 +243,7 @@ class Actor:
         for fd in (self._req, self._rep):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if not self.stuck:  # a child stuck in the kernel cannot be reaped
+        if not self.wedge.stuck:  # a child stuck in the kernel cannot be reaped
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
 
