@@ -20,7 +20,14 @@ from klptrace.kernel.kmsg import KernelLog, OopsWatch
 from klptrace.kernel.wedge import Wedge
 from klptrace.oops import Oops
 from klptrace.results import Recording, ScenarioResult
-from klptrace.scenario import Scenario, Step, is_module_name, is_param_name, kernel_name
+from klptrace.scenario import (
+    Scenario,
+    Step,
+    StepKind,
+    is_module_name,
+    is_param_name,
+    kernel_name,
+)
 from klptrace.transcript import insmod_error, rmmod_error, witnessed
 
 
@@ -129,7 +136,7 @@ class Runner:
     def step(self, s: Step) -> None:
         """Perform one step, marking it in the recording like a selftest's `% cmd` line."""
         check_interrupted()  # between steps: a safe point (see errors.signals_checked)
-        if s.kind == "load":
+        if s.kind == StepKind.LOAD:
             ko = self.ko(s.module)  # before it counts as ours: cleanup() uses the name too
             cmd = f"insmod {s.module}.ko" + (f" {s.params}" if s.params else "")
             self._mark_step(cmd)
@@ -144,12 +151,12 @@ class Runner:
                 self.livepatches.add(s.module)
                 if s.wait:
                     self.wait_transition(s.module, 0)
-        elif s.kind == "unload":
+        elif s.kind == StepKind.UNLOAD:
             self._mark_step(f"rmmod {s.module}")
             err = self.unload(s.module)
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, rmmod_error(s.module, err), err)
-        elif s.kind == "disable":
+        elif s.kind == StepKind.DISABLE:
             path = patch_file(s.patch, "enabled")
             self._mark_step(f"echo 0 > {path}")
             err = self.kernel.write(path, "0", **self._waiting())
@@ -158,13 +165,13 @@ class Runner:
                               f"sh: write error: {os.strerror(err)}", err)
             elif s.wait:
                 self.wait_transition(s.patch, 0)
-        elif s.kind == "set":
+        elif s.kind == StepKind.SET:
             path = param_file(s.module, s.param)
             self._mark_step(f"echo {s.value} > {path}")
             err = self.kernel.write(path, s.value, **self._waiting())
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, f"sh: write error: {os.strerror(err)}", err)
-        elif s.kind == "wait_transition":
+        elif s.kind == StepKind.WAIT_TRANSITION:
             self.wait_transition(s.patch, s.transition)
             if s.transition == 1:  # stalled on purpose: say who holds it, as `klptrace stall`
                 self.rec.poll(0)
@@ -332,7 +339,7 @@ class Runner:
             if time.monotonic() > deadline:
                 raise KlptraceError(
                     f"livepatch {patch} is still registered",
-                    f"echo 0 > /sys/kernel/livepatch/{patch}/enabled; then rmmod {patch}")
+                    f"echo 0 > {patch_file(patch, 'enabled')}; then rmmod {patch}")
             self.rec.poll(100)
             self._idle()
 

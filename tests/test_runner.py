@@ -277,3 +277,28 @@ def test_a_module_file_with_dashes_is_named_as_the_kernel_names_it(
     (tmp_path / "livepatch_foo" / "enabled").write_text("1\n")
     monkeypatch.setattr(kmod, "LIVEPATCH_SYSFS", tmp_path)
     assert kmod.is_patch("livepatch-foo") and kmod.patch_attr("livepatch-foo", "enabled") == "1"
+
+
+def test_a_livepatch_that_stays_registered_is_named_as_the_kernel_names_it() -> None:
+    # a disable that the kernel takes without freeing the patch (still in transition):
+    # cleanup gives up at its timeout, and its hint names the patch's sysfs file as
+    # the kernel does (kpatch's livepatch-foo.ko is livepatch_foo there)
+    class Stays(FakeKernel):
+        def write(self, path: str, value: str, **kw: Any) -> int:
+            self.calls.append(f"echo {value} > {path}")
+            return 0
+
+    k = Stays()
+    k.patches["livepatch_foo"] = {"enabled": "1", "transition": "1"}
+    k.loaded.append("livepatch-foo")
+    k.is_patch = lambda name: scenario.kernel_name(name) in k.patches  # type: ignore[method-assign]
+    k.patch_attr = lambda patch, attr: k.patches.get(  # type: ignore[method-assign]
+        scenario.kernel_name(patch), {}).get(attr)
+    run, _rec = _runner(k, timeout=0.3)
+    run.loaded.append("livepatch-foo")
+    left = run.cleanup()
+    assert left == ["livepatch livepatch-foo is still registered\n"
+                    "  hint: echo 0 > /sys/kernel/livepatch/livepatch_foo/enabled; then rmmod "
+                    "livepatch-foo"]
+    assert k.calls[0] == "echo 0 > /sys/kernel/livepatch/livepatch_foo/enabled"
+    assert not run.wedged
