@@ -8,6 +8,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from klptrace.kernel import child
 
 
@@ -101,3 +103,36 @@ def test_the_child_ignores_sigterm(tmp_path: Path) -> None:
     assert _wait(pid) == 0  # not killed: it went on to the end
     for fd in (r, w, ready_r):
         os.close(fd)
+
+
+# -- the child's set-up, in this process (a forked child's lines are not measured) -------
+
+
+def test_every_descriptor_not_kept_is_closed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("")
+    closed = os.open(victim, os.O_RDONLY)
+    by_number = os.open(victim, os.O_RDONLY)
+    try:
+        # keep everything of this process but the victim: pytest's descriptors too
+        child._close_all_but(keep=(by_number,), keep_target=lambda t: t != str(victim))
+        with pytest.raises(OSError):
+            os.fstat(closed)
+        os.fstat(by_number)  # kept by its number, whatever it is
+    finally:
+        os.close(by_number)
+
+
+def test_stdio_becomes_dev_null() -> None:
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    before = set(os.listdir("/proc/self/fd"))
+    try:
+        child._null_stdio()
+        targets = [os.readlink(f"/proc/self/fd/{fd}") for fd in (0, 1, 2)]
+        after = set(os.listdir("/proc/self/fd"))
+    finally:
+        for fd, copy in zip((0, 1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+    assert targets == ["/dev/null"] * 3
+    assert after == before  # /dev/null's own descriptor is not left open

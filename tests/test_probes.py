@@ -3,12 +3,18 @@ a child once klptrace has exited) from a stand-in for what bcc attached."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from util import DATA
 
+from klptrace.events import Event, EventKind
 from klptrace.kernel import kernelfs, kmsg
 from klptrace.record import kprobes, probes
 
@@ -53,12 +59,16 @@ def test_no_setting_is_no_error(tmp_path: Path) -> None:
 
 
 class _Log:
-    """The kernel log the armed check reads (kmsg.KernelLog)."""
+    """The kernel log the armed check reads (kmsg.KernelLog): lines since the last read."""
 
     closed = False
 
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
     def read(self) -> list[str]:
-        return []
+        out, self.lines = self.lines, []
+        return out
 
     def close(self) -> None:
         self.closed = True
@@ -159,3 +169,199 @@ def test_the_detaching_child_keeps_only_probes() -> None:
     assert probes._is_probe("anon_inode:bpf-prog") and probes._is_probe("anon_inode:bpf-map")
     assert probes._is_probe("anon_inode:[perf_event]")
     assert not probes._is_probe("pipe:[1234]") and not probes._is_probe("/dev/kmsg")
+
+
+# -- attaching, over a stand-in for bcc's compiled BPF ----------------------------------
+
+KO = str(DATA / "modules" / "acme_lp-7.3-gcc14.ko")  # acme_lp, six possible callbacks
+
+
+class _BPF:
+    """bcc's BPF class as Probes uses it: ksymname(), KPROBE."""
+
+    KPROBE = 2
+    ABSENT = frozenset({"klp_force_transition"})
+
+    @staticmethod
+    def ksymname(sym: str) -> int:
+        return -1 if sym in _BPF.ABSENT else 0xffffffff81000000
+
+
+class _Map:
+    def __init__(self) -> None:
+        self.callback: Callable[[Any, Any, int], None] | None = None
+
+    def open_ring_buffer(self, callback: Callable[[Any, Any, int], None]) -> None:
+        self.callback = callback
+
+    def values(self) -> list[Any]:
+        return [types.SimpleNamespace(value=2), types.SimpleNamespace(value=5)]
+
+
+class _Compiled:
+    """A compiled module: records what is attached, sends the events it is given."""
+
+    def __init__(self) -> None:
+        self.refuse: dict[str, BaseException] = {}  # target -> what attaching raises
+        self.attached: list[tuple[str, str, str]] = []
+        self.loaded: list[str] = []
+        self.maps = {"events": _Map(), "lost": _Map()}
+        self.queue: list[bytes] = []
+        self.cleaned = False
+
+    def _attach(self, how: str, target: str, fn: str) -> None:
+        if target in self.refuse:
+            raise self.refuse[target]
+        self.attached.append((how, target, fn))
+
+    def attach_kprobe(self, event: str, fn_name: str) -> None:
+        self._attach("kprobe", event, fn_name)
+
+    def attach_kretprobe(self, event: str, fn_name: str) -> None:
+        self._attach("kretprobe", event, fn_name)
+
+    def attach_tracepoint(self, tp: str, fn_name: str) -> None:
+        self._attach("tracepoint", tp, fn_name)
+
+    def load_func(self, name: str, kind: int) -> None:
+        assert kind == _BPF.KPROBE
+        self.loaded.append(name)
+
+    def __getitem__(self, name: str) -> _Map:
+        return self.maps[name]
+
+    def ring_buffer_consume(self) -> None:
+        while self.queue:
+            buf = ctypes.create_string_buffer(self.queue.pop(0))
+            cb = self.maps["events"].callback
+            assert cb is not None
+            cb(None, ctypes.addressof(buf), len(buf.raw))
+
+    def ring_buffer_poll(self, timeout_ms: int) -> None:
+        self.ring_buffer_consume()
+
+    def cleanup(self) -> None:
+        self.cleaned = True
+        raise Exception("bcc's cleanup may fail: nothing is left to do about it")
+
+
+class _Build:
+    import_s, layout_s, compile_s = 1.5, 0.25, 5.5
+
+    def __init__(self, bpf: _Compiled) -> None:
+        self.bpf = bpf
+
+    def result(self) -> tuple[Any, Any]:
+        return _BPF, self.bpf
+
+
+def _raw(kind: EventKind, obj: str = "acme_lp", ts: int = 1) -> bytes:
+    return probes._EVENT.pack(ts, 0, 7, 7, kind, 0, 0, 0, 0, 0, b"insmod", b"acme_lp",
+                              obj.encode())
+
+
+@pytest.fixture
+def attach(tmp_path: Path, tracefs: Path,
+           monkeypatch: pytest.MonkeyPatch) -> tuple[probes.Probes, _Compiled, _Log]:
+    """Probes on acme_lp, over a compiled module that refuses two core probes."""
+    bpf = _Compiled()
+    bpf.refuse = {"klp_force_transition": Exception("cannot attach kprobe"),
+                  "klp_cancel_transition": Exception("Failed to attach BPF program "
+                                                     "klp_cancel_transition_entry")}
+    log = _Log()
+    monkeypatch.setattr(kmsg, "KernelLog", lambda: log)
+    monkeypatch.setattr(kprobes, "KPROBES_LIST", str(tmp_path / "list"))
+    return probes.Probes([KO], _Build(bpf)), bpf, log  # type: ignore[arg-type]
+
+
+def test_open_attaches_the_core_and_each_module_s_callbacks(
+        attach: tuple[probes.Probes, _Compiled, _Log], tracefs: Path) -> None:
+    p, bpf, _log = attach
+    assert (p.import_s, p.layout_s, p.compile_s, p.attach_s) == (1.5, 0.25, 5.5, 0.0)
+    got: list[Event] = []
+    p.open(got.append)
+    assert p.attach_s > 0
+    status = {s.name: s for s in p.status}
+    assert status["kprobe:klp_enable_patch"].ok and status["kretprobe:klp_enable_patch"].ok
+    force, cancel = status["kprobe:klp_force_transition"], status["kprobe:klp_cancel_transition"]
+    assert (force.ok, force.reason) == (
+        False, "klp_force_transition is not in this kernel's symbols (inlined or absent)")
+    assert (cancel.ok, cancel.reason) == (
+        False, "Failed to attach BPF program klp_cancel_transition_entry")
+    assert len([a for a in bpf.attached if a[0] != "tracepoint"]) == sum(
+        (e is not None) + (r is not None) for e, r in probes.CORE_PROBES.values()) - 2
+    # an entry and a return kprobe event on each possible callback, as the kernel takes them
+    assert bpf.loaded == ["callback_entry", "callback_return"]
+    written = tracefs.read_text().splitlines()
+    assert written[:2] == ["p:klptrace/p0_0_acme_activate acme_lp:acme_activate",
+                           "r:klptrace/r0_0_acme_activate acme_lp:acme_activate"]
+    assert len(written) == 12 and ("tracepoint", "klptrace:r0_5_acme_release",
+                                   "callback_return") in bpf.attached
+    assert status["kretprobe:acme_lp:acme_release"].target == "acme_lp:acme_release"
+
+
+def test_events_reach_the_sink_and_the_armed_check(
+        attach: tuple[probes.Probes, _Compiled, _Log], tmp_path: Path) -> None:
+    p, bpf, log = attach
+    got: list[Event] = []
+    p.open(got.append)
+    (tmp_path / "list").write_text((DATA / "kprobes" / "7.3" / "list-loaded.txt").read_text())
+    log.lines = ["trace_kprobe: Could not probe notrace function acme_quiesce [acme_lp]",
+                 "trace_kprobe: Failed to re-register probe p0_4_acme_quiesce on acme_lp: -22"]
+    bpf.queue = [_raw(EventKind.MODULE_COMING, ts=1), _raw(EventKind.MODULE_INIT, ts=2)]
+    p.poll(0)
+    assert [(e.kind, e.ts_ns, e.object) for e in got] == [
+        (EventKind.MODULE_COMING, 1, "acme_lp"), (EventKind.MODULE_INIT, 2, "acme_lp")]
+    status = {s.name: s for s in p.status}
+    assert status["kprobe:acme_lp:acme_prepare"].armed is True
+    quiesce = status["kprobe:acme_lp:acme_quiesce"]
+    assert (quiesce.ok, quiesce.armed) == (False, False)
+    assert quiesce.reason == (
+        "the kernel did not arm it when acme_lp came: Could not probe notrace function "
+        "acme_quiesce [acme_lp]; Failed to re-register probe p0_4_acme_quiesce on acme_lp: "
+        "-22 (EINVAL)")
+    # not in the listing, and no word from the kernel: not armed either
+    assert status["kprobe:acme_lp:acme_activate"].armed is False
+    bpf.queue = [_raw(EventKind.ENABLE, obj="", ts=3)]
+    p.drain()
+    assert got[-1].kind == EventKind.ENABLE and p.lost() == 7
+
+
+def test_close_after_open_detaches_everything(attach: tuple[probes.Probes, _Compiled, _Log],
+                                              tracefs: Path) -> None:
+    p, bpf, log = attach
+    p.open(lambda _ev: None)
+    assert p.close() == []  # cleanup's failure is no leftover: the events are removed
+    assert bpf.cleaned and log.closed
+    lines = tracefs.read_text().splitlines()
+    assert lines[12:] == [f"-:{line.split()[0].split(':', 1)[1]}" for line in
+                          reversed(lines[:12])]
+    assert p.lost() == 0  # nothing attached any more
+    p.poll(0)
+    p.drain()
+
+
+def test_an_attach_cut_short_removes_what_it_wrote(attach: tuple[probes.Probes, _Compiled, _Log],
+                                                   tracefs: Path) -> None:
+    p, bpf, log = attach
+    bpf.refuse["klptrace:p0_1_acme_answer_get"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        p.open(lambda _ev: None)
+    assert tracefs.read_text().splitlines() == [
+        "p:klptrace/p0_0_acme_activate acme_lp:acme_activate",
+        "r:klptrace/r0_0_acme_activate acme_lp:acme_activate",
+        "p:klptrace/p0_1_acme_answer_get acme_lp:acme_answer_get",
+        "-:klptrace/p0_1_acme_answer_get", "-:klptrace/r0_0_acme_activate",
+        "-:klptrace/p0_0_acme_activate"]
+    assert bpf.cleaned and log.closed
+
+
+def test_a_refused_kprobe_event_is_a_probe_with_the_kernel_s_reason(
+        attach: tuple[probes.Probes, _Compiled, _Log], tracefs: Path) -> None:
+    p, _bpf, _log = attach
+    tracefs.unlink()  # no kprobe events: each write fails with ENOENT
+    p.open(lambda _ev: None)
+    mine = [s for s in p.status if s.target.startswith("acme_lp:")]
+    assert len(mine) == 12 and {(s.ok, s.reason) for s in mine} == {
+        (False, "No such file or directory")}
+    assert p.close() == []  # nothing of it to remove

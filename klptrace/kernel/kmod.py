@@ -27,6 +27,8 @@ _SYS_FINIT_MODULE = 313  # x86_64
 _SYS_DELETE_MODULE = 176
 _O_NONBLOCK = os.O_NONBLOCK
 LIVEPATCH_SYSFS = Path("/sys/kernel/livepatch")
+MODULE_SYSFS = "/sys/module"
+PROC_MODULES = "/proc/modules"
 
 
 def load(path: str, params: str = "") -> int:
@@ -51,14 +53,14 @@ def unload(name: str) -> int:
 def is_loaded(name: str) -> bool:
     """Whether a module of that name is loaded (any state)."""
     name = kernel_name(name)
-    return os.path.exists(f"/sys/module/{name}/initstate") or os.path.exists(
-        f"/sys/module/{name}/refcnt")
+    return os.path.exists(f"{MODULE_SYSFS}/{name}/initstate") or os.path.exists(
+        f"{MODULE_SYSFS}/{name}/refcnt")
 
 
 def loaded_modules() -> list[str]:
     """Names of all loaded modules, from /proc/modules."""
     try:
-        with open("/proc/modules") as f:
+        with open(PROC_MODULES) as f:
             return [line.split()[0] for line in f if line.strip()]
     except OSError:
         return []

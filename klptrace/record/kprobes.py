@@ -173,9 +173,9 @@ class LogReader(Protocol):
 class ArmedCheck:
     """Whether the kernel armed each traced module's probes, checked as it comes."""
 
-    def __init__(self, listing: str = KPROBES_LIST) -> None:
-        """listing: the kernel's list of kprobes (a fake tree's in tests)."""
-        self._listing = listing
+    def __init__(self, listing: str | None = None) -> None:
+        """listing: the kernel's list of kprobes (KPROBES_LIST; a fake tree's in tests)."""
+        self._listing = listing or KPROBES_LIST
         #: module name -> its kprobe events, to check once it has come
         self.module_probes: dict[str, list[ModuleProbe]] = {}
         # module -> how many times it came or was freed: a listing of its probes
