@@ -40,10 +40,12 @@ _STALL_TASK = {"pid": "count", "tid": "count", "comm": "str", "reason": "str",
 _STALL_STEP = {"t_s": "seconds", "what": "str", "tasks_left": "count", "tasks": "strs"}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Probe:
     """One probe: where it is, whether it is attached (else the kernel's reason). armed, for
-    a probe in a module: None until the module came, then whether the kernel armed it."""
+    a probe in a module: None until the module came, then whether the kernel armed it (if
+    not, ok is False). The recorder updates its own as the kernel arms them; a Recording
+    holds copies (Recorder.recording)."""
 
     name: str
     target: str

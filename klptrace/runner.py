@@ -18,9 +18,17 @@ from klptrace.errors import KlptraceError, check_interrupted, signals_deferred
 from klptrace.events import EventKind
 from klptrace.kernel import stall as kernel_stall
 from klptrace.kernel.kmsg import KernelLog, OopsWatch
+from klptrace.kernel.wedge import Wedge
 from klptrace.oops import Oops
 from klptrace.results import Recording, ScenarioResult, StallReport
-from klptrace.scenario import Scenario, Step, is_module_name, is_param_name, kernel_name
+from klptrace.scenario import (
+    Scenario,
+    Step,
+    StepKind,
+    is_module_name,
+    is_param_name,
+    kernel_name,
+)
 from klptrace.transcript import insmod_error, rmmod_error, witnessed
 
 
@@ -53,9 +61,9 @@ class KernelOops(KlptraceError):
 
 class Kernel(Protocol):
     """What the runner needs of the kernel (kmod.Actor, or a fake in tests): the calls
-    that change it, and what it shows in sysfs."""
+    that change it, and what it shows in sysfs; its wedge says whether it is wedged."""
 
-    stuck: str
+    wedge: Wedge
 
     def is_loaded(self, name: str) -> bool: ...
     def is_patch(self, name: str) -> bool: ...
@@ -103,8 +111,6 @@ class Runner:
         self.rec = rec
         self.kernel = kernel
         self.watch = watch
-        #: why the kernel must not be touched any more ('' while it may)
-        self.wedged = ""
         self._step = ""
         self.klog = klog
         self.module_dir = module_dir
@@ -131,7 +137,7 @@ class Runner:
     def step(self, s: Step) -> None:
         """Perform one step, marking it in the recording like a selftest's `% cmd` line."""
         check_interrupted()  # between steps: a safe point (see errors.signals_checked)
-        if s.kind == "load":
+        if s.kind == StepKind.LOAD:
             ko = self.ko(s.module)  # before it counts as ours: cleanup() uses the name too
             cmd = f"insmod {s.module}.ko" + (f" {s.params}" if s.params else "")
             self._mark_step(cmd)
@@ -146,12 +152,12 @@ class Runner:
                 self.livepatches.add(s.module)
                 if s.wait:
                     self.wait_transition(s.module, 0)
-        elif s.kind == "unload":
+        elif s.kind == StepKind.UNLOAD:
             self._mark_step(f"rmmod {s.module}")
             err = self.unload(s.module)
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, rmmod_error(s.module, err), err)
-        elif s.kind == "disable":
+        elif s.kind == StepKind.DISABLE:
             path = patch_file(s.patch, "enabled")
             self._mark_step(f"echo 0 > {path}")
             err = self.kernel.write(path, "0", **self._waiting())
@@ -160,13 +166,13 @@ class Runner:
                               f"sh: write error: {os.strerror(err)}", err)
             elif s.wait:
                 self.wait_transition(s.patch, 0)
-        elif s.kind == "set":
+        elif s.kind == StepKind.SET:
             path = param_file(s.module, s.param)
             self._mark_step(f"echo {s.value} > {path}")
             err = self.kernel.write(path, s.value, **self._waiting())
             if err:
                 self.rec.mark(EventKind.STEP_RESULT, f"sh: write error: {os.strerror(err)}", err)
-        elif s.kind == "wait_transition":
+        elif s.kind == StepKind.WAIT_TRANSITION:
             self.wait_transition(s.patch, s.transition)
             if s.transition == 1:  # stalled on purpose: say who holds it, as `klptrace stall`
                 self.rec.poll(0)
@@ -179,11 +185,10 @@ class Runner:
         """How a call into the kernel waits: at most the timeout, watching for an oops."""
         return {"timeout": self.timeout_s, "idle": self._idle}
 
-    def _note_stuck(self) -> bool:
-        """Whether the kernel must be left alone: it oopsed, or a call never returned."""
-        if self.kernel.stuck and not self.wedged:
-            self.wedged = f"the kernel never returned from {self.kernel.stuck}"
-        return bool(self.wedged)
+    @property
+    def wedged(self) -> str:
+        """Why the kernel must not be touched any more ('' while it may): the kernel's."""
+        return self.kernel.wedge.reason
 
     def _oops(self) -> Oops | None:
         return self.watch.check() if self.watch else None
@@ -193,7 +198,7 @@ class Runner:
         self.rec.poll(0)
         oops = self._oops()
         if oops is not None:
-            self.wedged = self.wedged or "the kernel oopsed"
+            self.kernel.wedge.oopsed()
             raise KernelOops(oops, self._step or "klptrace's setup")
 
     def wait_transition(self, patch: str, want: int) -> None:
@@ -269,11 +274,9 @@ class Runner:
             # a call whose task died in the kernel: the oops says why
             found = e.oops if isinstance(e, KernelOops) else self._oops()
             if found is not None:
-                self.wedged = self.wedged or "the kernel oopsed"
+                self.kernel.wedge.oopsed()
                 e = e if isinstance(e, KernelOops) else KernelOops(found, self._step)
                 oops = found.lines
-            else:
-                self._note_stuck()
             error = str(e)
         finally:
             # what cleanup does is part of the scenario's story (it is nothing
@@ -303,8 +306,7 @@ class Runner:
 
         On a wedged kernel nothing is tried: every such call would sleep forever.
         """
-        self._note_stuck()  # a call abandoned on the way here (a signal came meanwhile)
-        if self.wedged:
+        if self.wedged:  # an oops, or a call abandoned (on the way here too, by a signal)
             return [f"{m} is still loaded ({self.wedged}): reboot to clear it"
                     for m in reversed(self.loaded) if self.kernel.is_loaded(m)]
         left: list[str] = []
@@ -320,7 +322,7 @@ class Runner:
                 err = self.unload(module)
             except KlptraceError as e:
                 left.append(str(e))
-                if self._note_stuck():
+                if self.wedged:
                     return left + self.cleanup()
                 continue
             if err and self.kernel.is_loaded(module):
@@ -339,7 +341,7 @@ class Runner:
             if time.monotonic() > deadline:
                 raise KlptraceError(
                     f"livepatch {patch} is still registered",
-                    f"echo 0 > /sys/kernel/livepatch/{patch}/enabled; then rmmod {patch}")
+                    f"echo 0 > {patch_file(patch, 'enabled')}; then rmmod {patch}")
             self.rec.poll(100)
             self._idle()
 

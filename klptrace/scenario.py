@@ -13,6 +13,7 @@ and the key.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import re
 import tomllib
@@ -26,13 +27,24 @@ from klptrace.transcript import parse_expectation
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
 
+
+class StepKind(enum.StrEnum):
+    """What a step does: the key that names its action in a scenario file."""
+
+    LOAD = "load"
+    UNLOAD = "unload"
+    DISABLE = "disable"
+    SET = "set"
+    WAIT_TRANSITION = "wait_transition"
+
+
 #: what one step may hold beside its action (the key naming its kind): key -> required
-STEP_KINDS: dict[str, dict[str, bool]] = {
-    "load": {"params": False, "wait": False},
-    "unload": {},
-    "disable": {"wait": False},
-    "set": {"param": True, "value": True},
-    "wait_transition": {"transition": True},
+STEP_KINDS: dict[StepKind, dict[str, bool]] = {
+    StepKind.LOAD: {"params": False, "wait": False},
+    StepKind.UNLOAD: {},
+    StepKind.DISABLE: {"wait": False},
+    StepKind.SET: {"param": True, "value": True},
+    StepKind.WAIT_TRANSITION: {"transition": True},
 }
 TOP_KEYS = ("id", "title", "doc", "livepatches", "replaces_all", "steps", "expect")
 
@@ -89,9 +101,9 @@ def is_param_name(name: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One action on the kernel. `kind` is a key of STEP_KINDS."""
+    """One action on the kernel."""
 
-    kind: str
+    kind: StepKind
     module: str = ""
     patch: str = ""
     params: str = ""
@@ -120,7 +132,7 @@ class Scenario:
         """Every module the scenario loads, in order of first load."""
         seen: list[str] = []
         for s in self.steps:
-            if s.kind == "load" and s.module not in seen:
+            if s.kind == StepKind.LOAD and s.module not in seen:
                 seen.append(s.module)
         return seen
 
@@ -336,13 +348,13 @@ def _step(raw: Any, i: int, where: _Where) -> Step:
     if len(kinds) != 1:
         raise ScenarioError(f"{at}: a step needs exactly one of the actions "
                             f"{', '.join(STEP_KINDS)}, not {' and '.join(kinds) or 'none'}")
-    kind = kinds[0]
+    kind = StepKind(kinds[0])
     missing = [k for k, required in STEP_KINDS[kind].items() if required and k not in raw]
     if missing:
         raise ScenarioError(f"{at}: a {kind} step needs {', '.join(missing)}")
     fields: dict[str, Any] = {}
     name = _name(raw[kind], kind, f"{where.step(i, kind)}: steps[{i}]")
-    fields["module" if kind in ("load", "unload", "set") else "patch"] = name
+    fields["module" if kind in (StepKind.LOAD, StepKind.UNLOAD, StepKind.SET) else "patch"] = name
     for key, value in raw.items():
         here = f"{where.step(i, key)}: steps[{i}]"
         if key == "params":

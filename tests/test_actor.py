@@ -43,7 +43,7 @@ def test_a_call_that_never_returns_is_abandoned(actor: kmod.Actor, tmp_path: Pat
         actor.write(str(fifo), "0", timeout=0.5, idle=lambda: idled.append(1))
     assert f"`echo 0 > {fifo}` did not return within 0.5 s" in e.value.message
     assert idled  # klptrace kept working (events, oops watch) while it waited
-    assert actor.stuck == f"`echo 0 > {fifo}`"
+    assert actor.wedge.stuck == f"`echo 0 > {fifo}`"
     with pytest.raises(kmod.Abandoned, match="not tried: the kernel never returned from"):
         actor.write(str(tmp_path / "other"), "1", timeout=5)
     # let the child go (a real wedged kernel would keep it)
@@ -63,7 +63,7 @@ def test_idle_may_stop_the_wait(actor: kmod.Actor, tmp_path: Path) -> None:
 
     with pytest.raises(Oops):
         actor.write(str(fifo), "0", timeout=30, idle=idle)
-    assert actor.stuck  # the call is still in the kernel
+    assert actor.wedge.stuck  # the call is still in the kernel
     with open(fifo) as f:
         f.read()
 
@@ -80,7 +80,7 @@ def test_an_interrupted_wait_does_not_lose_the_next_reply(actor: kmod.Actor,
 
     with pytest.raises(KeyboardInterrupt):
         actor.write(str(fifo), "0", timeout=30, idle=interrupt)
-    assert not actor.stuck
+    assert not actor.wedge.stuck
     reader = threading.Thread(target=lambda: open(fifo).read())
     reader.start()
     knob = tmp_path / "knob"
@@ -128,7 +128,7 @@ def test_a_signal_lets_the_call_in_flight_finish_first(actor: kmod.Actor,
         for s, h in old.items():
             signal.signal(s, h)
     reader.join(10)
-    assert got == ["0"] and not actor.stuck and len(idled) >= 3
+    assert got == ["0"] and not actor.wedge.stuck and len(idled) >= 3
     # its reply came, and was taken, before the signal went on: none is left to read
     assert select.select([actor._rep], [], [], 0.5)[0] == [] and actor._buf == b""
 
@@ -158,4 +158,4 @@ def test_a_signal_as_the_reply_is_read_loses_nothing(actor: kmod.Actor, tmp_path
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    assert not actor.stuck and knob.read_text() == "1"
+    assert not actor.wedge.stuck and knob.read_text() == "1"

@@ -25,6 +25,7 @@ from klptrace.kernel import kmod, kmsg
 from klptrace.lab import build, kernels, vm
 from klptrace.oops import Oops
 from klptrace.record import probes
+from klptrace.results import Probe
 
 STEPS = '{ load = "tgt" }, { load = "lp" }, { disable = "lp" }, { unload = "lp" }, ' \
         '{ unload = "tgt" }'
@@ -48,14 +49,6 @@ def _modules(d: Path) -> Path:
     return d
 
 
-class _Status:
-    def __init__(self, name: str, ok: bool = True) -> None:
-        self.name, self.ok = name, ok
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "target": self.name, "ok": self.ok, "reason": ""}
-
-
 class FakeProbes:
     """probes.Probes with no BPF: attaches nothing, sends no kernel events."""
 
@@ -63,7 +56,7 @@ class FakeProbes:
     attached: ClassVar[list[list[str]]] = []
 
     def __init__(self, livepatch_modules: Any = (), build: Any = None) -> None:
-        self.status = [_Status("kprobe:klp_enable_patch")]
+        self.status = [Probe("kprobe:klp_enable_patch", "kprobe:klp_enable_patch", True)]
         self.import_s = self.layout_s = self.compile_s = self.attach_s = 0.1
         FakeProbes.attached.append(list(livepatch_modules))
 

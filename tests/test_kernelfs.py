@@ -163,9 +163,8 @@ OTHER_WRITERS = {
     "guest/stream.py:Writer.__init__": "the results stream that `run --vm` reads back",
     "kernel/kmsg.py:KernelLog.__init__": "/dev/kmsg, the log's character device: records are read "
                                   "from it and klptrace's step lines written to it",
-    "kernel/kmod.py:_serve": "/dev/null as the kernel actor's stdin, stdout and stderr",
-    "record/probes.py:Probes.hand_off": "/dev/null as the detaching child's stdin, stdout "
-                                        "and stderr",
+    "kernel/child.py:_null_stdio": "/dev/null as the stdin, stdout and stderr of the kernel "
+                                   "actor and of the detaching child",
 }
 
 _WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_APPEND", "O_CREAT", "O_TRUNC"}

@@ -16,8 +16,8 @@ from util import REPO
 
 from klptrace.lab import build
 
-SHOW = ("from klptrace import assets; from klptrace.record import probes; "
-        "print(probes.BPF_DIR); print(assets.modules_dir())")
+SHOW = ("from klptrace import assets; from klptrace.record import compiler; "
+        "print(compiler.BPF_DIR); print(assets.modules_dir())")
 
 
 def _tracked(*paths: str) -> list[str]:

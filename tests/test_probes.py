@@ -1,15 +1,22 @@
-"""The parts of klptrace.record.probes that need no kernel: the grace-period setting, kallsyms,
-and reading what the kernel says about the kprobes on a module."""
+"""klptrace.record.probes offline: the grace-period setting, and detaching (at once, or by
+a child once klptrace has exited) from a stand-in for what bcc attached."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import time
+import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from util import DATA
 
-from klptrace.kernel import kernelfs
-from klptrace.record import probes
+from klptrace.events import Event, EventKind
+from klptrace.kernel import kernelfs, kmsg
+from klptrace.record import kprobes, probes
 
 
 @pytest.fixture(autouse=True)
@@ -48,107 +55,313 @@ def test_no_setting_is_no_error(tmp_path: Path) -> None:
     assert not (tmp_path / "absent").exists()
 
 
-def test_kallsyms_finds_vmlinux_symbols_only(tmp_path: Path) -> None:
-    f = tmp_path / "kallsyms"
-    f.write_text("ffffffff81000000 T _text\n"
-                 "ffffffff82a00010 b klp_transition_patch_x\n"
-                 "ffffffffc0001000 b klp_target_state\t[acme_lp]\n"
-                 "ffffffff82a00020 b klp_transition_patch\n"
-                 "ffffffff82a00030 d klp_target_state\n"
-                 "ffffffff82a00040 b klp_transition_patch\n")
-    got = probes._kallsyms(["klp_transition_patch", "klp_target_state", "klp_signals_cnt"],
-                           str(f))
-    assert got == {"klp_transition_patch": 0xffffffff82a00020,
-                   "klp_target_state": 0xffffffff82a00030}
+# -- detaching: at once, or by a child once klptrace has exited -------------------------
 
 
-def test_kallsyms_first_line_and_name_in_another_column(tmp_path: Path) -> None:
-    f = tmp_path / "kallsyms"
-    f.write_text("ffffffff82a00020 b klp_target_state\n"
-                 "ffffffff81000000 T klp_target_state klp_target_state\n")
-    assert probes._kallsyms(["klp_target_state"], str(f)) == {
-        "klp_target_state": 0xffffffff82a00020}
+class _Log:
+    """The kernel log the armed check reads (kmsg.KernelLog): lines since the last read."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def read(self) -> list[str]:
+        out, self.lines = self.lines, []
+        return out
+
+    def close(self) -> None:
+        self.closed = True
 
 
-# -- the armed-probe check, on what the kernel said in the lab guest ----------------
-# tests/data/kprobes/<kernel>/: deferred probes on acme_lp (gcc-12 for 6.1, gcc-14 for
-# 7.3): "good" and "goodr" on acme_prepare, "pfx" on __pfx_acme_prepare (padding on
-# 7.3, absent on 6.1), "nosuch" on a function acme_lp lacks; then acme_lp loaded
-# (list-loaded.txt), and unloaded (list-gone.txt); dmesg.txt is the log meanwhile.
-KPROBES = DATA / "kprobes"
+class _Attached:
+    """What bcc's BPF object is to Probes once attached: cleanup() detaches it all."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def cleanup(self) -> None:
+        self.marker.write_text(f"cleaned up by pid {os.getpid()}")
 
 
-def _log(kernel: str) -> list[str]:
-    """The messages of a saved dmesg, as /dev/kmsg gives them (no timestamp)."""
-    text = (KPROBES / kernel / "dmesg.txt").read_text()
-    return [line.split("] ", 1)[1] for line in text.splitlines()]
+EVENTS = ["klptrace/p0_0_acme_prepare", "klptrace/r0_0_acme_prepare"]
 
 
-@pytest.mark.parametrize("kernel", ["6.1", "7.3"])
-def test_the_listing_names_a_loaded_modules_probes(kernel: str) -> None:
-    listed = probes.registered_kprobes((KPROBES / kernel / "list-loaded.txt").read_text())
-    assert listed == {("k", "acme_lp", "acme_prepare"): 1, ("r", "acme_lp", "acme_prepare"): 1}
+@pytest.fixture
+def tracefs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """kprobe_events and rcu_expedited in a fake tree, both "0" or empty."""
+    events = tmp_path / "kprobe_events"
+    events.write_text("")
+    (tmp_path / "rcu_expedited").write_text("0\n")
+    monkeypatch.setattr(kprobes, "KPROBE_EVENTS", str(events))
+    monkeypatch.setattr(probes, "RCU_EXPEDITED", str(tmp_path / "rcu_expedited"))
+    return events
 
 
-@pytest.mark.parametrize("kernel", ["6.1", "7.3"])
-def test_the_listing_of_a_freed_module_names_nothing(kernel: str) -> None:
-    text = (KPROBES / kernel / "list-gone.txt").read_text()
-    assert "[GONE]" in text and probes.registered_kprobes(text) == {}
+def _attached(tmp_path: Path) -> tuple[probes.Probes, _Log]:
+    p = probes.Probes()
+    log = _Log()
+    p._armed.read_log(log)
+    p._bpf = _Attached(tmp_path / "cleaned")
+    p._events_written = list(EVENTS)
+    return p, log
 
 
-def test_the_kernels_reasons_for_not_arming() -> None:
-    assert probes.rearm_failures(_log("7.3")) == {
-        "pfx": "Could not probe notrace function __pfx_acme_prepare [acme_lp]; "
-               "Failed to re-register probe pfx on acme_lp: -22 (EINVAL)",
-        "nosuch": "Failed to re-register probe nosuch on acme_lp: -2 (ENOENT)"}
-    # 6.1's gcc-12 build has no __pfx_ symbol; the line before is no reason
-    assert probes.rearm_failures(_log("6.1")) == {
-        "pfx": "Failed to re-register probe pfx on acme_lp: -2 (ENOENT)",
-        "nosuch": "Failed to re-register probe nosuch on acme_lp: -2 (ENOENT)"}
+def test_close_detaches_and_removes_the_events_expedited(tmp_path: Path, tracefs: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    p, log = _attached(tmp_path)
+    seen: list[str] = []
+    real = kprobes.write_event
+
+    def write_event(line: str) -> None:  # what rcu_expedited reads meanwhile
+        seen.append((tmp_path / "rcu_expedited").read_text())
+        real(line)
+
+    monkeypatch.setattr(probes, "write_event", write_event)
+    assert p.close() == []
+    assert log.closed and (tmp_path / "cleaned").read_text().endswith(str(os.getpid()))
+    assert tracefs.read_text() == "".join(f"-:{ev}\n" for ev in reversed(EVENTS))
+    assert seen == ["1", "1"] and (tmp_path / "rcu_expedited").read_text() == "0"
+    assert p.close() == []  # nothing left to do
 
 
-@pytest.mark.parametrize("kernel", ["6.1", "7.3"])
-def test_each_deferred_probe_logs_one_line_when_registered(kernel: str) -> None:
-    log = _log(kernel)
-    before_load = log[:next(i for i, m in enumerate(log) if m.startswith("klptrace_target"))]
-    assert [m for m in before_load if m.startswith(probes.DEFERRED_MESSAGE)] == [
-        before_load[1]] * 4
+def test_close_names_what_it_could_not_remove(tmp_path: Path, tracefs: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    p, _ = _attached(tmp_path)
+    monkeypatch.setattr(kernelfs, "WRITABLE", ())  # every write refused: EPERM
+    assert p.close(expedite=False) == [
+        f"echo '-:{ev}' >> /sys/kernel/tracing/kprobe_events  # Operation not permitted"
+        for ev in reversed(EVENTS)]
+    # an event already gone (ENOENT) is no leftover
+    p._events_written = list(EVENTS)
+    tracefs.unlink()
+    monkeypatch.setattr(kernelfs, "WRITABLE", (f"{tmp_path}/*",))
+    assert p.close(expedite=False) == []
 
 
-def _probe(event: str, kind: str, symbol: str) -> probes.ModuleProbe:
-    st = probes.ProbeStatus(f"kprobe:acme_lp:{symbol}", f"acme_lp:{symbol}", True)
-    return probes.ModuleProbe(event, kind, "acme_lp", symbol, st)
+def test_the_detaching_child_waits_for_klptrace_to_exit(tmp_path: Path, tracefs: Path) -> None:
+    p, _ = _attached(tmp_path)
+    kmsg_file = tmp_path / "kmsg"
+    kmsg_file.write_text("")
+    log = kmsg.KernelLog(path=str(kmsg_file))  # a real one: its descriptor is the child's too
+    p._armed.read_log(log)
+    pid = p.hand_off()
+    # this process drops its references only; the kernel log is closed here, not left
+    # to the child, which closes what it holds of it at once and then failed to close
+    # the log again, before removing anything
+    assert p._bpf is None and p._events_written == []
+    assert p.close() == []
+    time.sleep(0.3)
+    assert tracefs.read_text() == "" and not (tmp_path / "cleaned").exists()
+    assert p.exited_w is not None
+    os.close(p.exited_w)  # as klptrace's exit does
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "cleaned").read_text() == f"cleaned up by pid {pid}"
+    assert tracefs.read_text() == "".join(f"-:{ev}\n" for ev in reversed(EVENTS))
+    assert (tmp_path / "rcu_expedited").read_text() == "0\n"  # not expedited: untouched
+    with pytest.raises(OSError):
+        os.fstat(log._fd)  # closed in this process
 
 
-def test_judge_from_the_log_and_the_listing() -> None:
-    listed = probes.registered_kprobes((KPROBES / "7.3" / "list-loaded.txt").read_text())
-    failed = probes.rearm_failures(_log("7.3"))
-    good, goodr = _probe("good", "k", "acme_prepare"), _probe("goodr", "r", "acme_prepare")
-    pfx, nosuch = _probe("pfx", "k", "__pfx_acme_prepare"), _probe("nosuch", "k", "x")
-    for mp in (good, goodr, pfx, nosuch):
-        probes._judge(mp, failed.get(mp.event), listed)
-    assert (good.status.ok, good.status.armed) == (goodr.status.ok, goodr.status.armed) == (
-        True, True)
-    assert (pfx.status.ok, pfx.status.armed) == (nosuch.status.ok, nosuch.status.armed) == (
-        False, False)
-    assert "Could not probe notrace function __pfx_acme_prepare" in pfx.status.reason
-    assert pfx.status.to_json()["armed"] is False
+def test_the_detaching_child_keeps_only_probes() -> None:
+    assert probes._is_probe("anon_inode:bpf-prog") and probes._is_probe("anon_inode:bpf-map")
+    assert probes._is_probe("anon_inode:[perf_event]")
+    assert not probes._is_probe("pipe:[1234]") and not probes._is_probe("/dev/kmsg")
 
 
-def test_judge_without_a_reason_or_a_trusted_listing() -> None:
-    # missing from a trusted listing, and the log said nothing: still not armed
-    lost = _probe("lost", "k", "acme_activate")
-    probes._judge(lost, None, probes.registered_kprobes(""))
-    assert lost.status.armed is False and "not in /sys/kernel/debug/kprobes/list" in (
-        lost.status.reason)
-    # no trusted listing (the module was freed before it was read), nothing logged:
-    # nothing is known, so nothing is claimed
-    unknown = _probe("unknown", "k", "acme_activate")
-    probes._judge(unknown, None, None)
-    assert (unknown.status.ok, unknown.status.armed) == (True, None)
-    assert "armed" not in unknown.status.to_json()
+# -- attaching, over a stand-in for bcc's compiled BPF ----------------------------------
+
+KO = str(DATA / "modules" / "acme_lp-7.3-gcc14.ko")  # acme_lp, six possible callbacks
 
 
-def test_event_names_are_ones_the_kernel_accepts() -> None:
-    assert probes.event_name("p", 0, 3, "acme_prepare.cold") == "p0_3_acme_prepare_cold"
-    assert len(probes.event_name("r", 1, 2, "x" * 80)) == 60
+class _BPF:
+    """bcc's BPF class as Probes uses it: ksymname(), KPROBE."""
+
+    KPROBE = 2
+    ABSENT = frozenset({"klp_force_transition"})
+
+    @staticmethod
+    def ksymname(sym: str) -> int:
+        return -1 if sym in _BPF.ABSENT else 0xffffffff81000000
+
+
+class _Map:
+    def __init__(self) -> None:
+        self.callback: Callable[[Any, Any, int], None] | None = None
+
+    def open_ring_buffer(self, callback: Callable[[Any, Any, int], None]) -> None:
+        self.callback = callback
+
+    def values(self) -> list[Any]:
+        return [types.SimpleNamespace(value=2), types.SimpleNamespace(value=5)]
+
+
+class _Compiled:
+    """A compiled module: records what is attached, sends the events it is given."""
+
+    def __init__(self) -> None:
+        self.refuse: dict[str, BaseException] = {}  # target -> what attaching raises
+        self.attached: list[tuple[str, str, str]] = []
+        self.loaded: list[str] = []
+        self.maps = {"events": _Map(), "lost": _Map()}
+        self.queue: list[bytes] = []
+        self.cleaned = False
+
+    def _attach(self, how: str, target: str, fn: str) -> None:
+        if target in self.refuse:
+            raise self.refuse[target]
+        self.attached.append((how, target, fn))
+
+    def attach_kprobe(self, event: str, fn_name: str) -> None:
+        self._attach("kprobe", event, fn_name)
+
+    def attach_kretprobe(self, event: str, fn_name: str) -> None:
+        self._attach("kretprobe", event, fn_name)
+
+    def attach_tracepoint(self, tp: str, fn_name: str) -> None:
+        self._attach("tracepoint", tp, fn_name)
+
+    def load_func(self, name: str, kind: int) -> None:
+        assert kind == _BPF.KPROBE
+        self.loaded.append(name)
+
+    def __getitem__(self, name: str) -> _Map:
+        return self.maps[name]
+
+    def ring_buffer_consume(self) -> None:
+        while self.queue:
+            buf = ctypes.create_string_buffer(self.queue.pop(0))
+            cb = self.maps["events"].callback
+            assert cb is not None
+            cb(None, ctypes.addressof(buf), len(buf.raw))
+
+    def ring_buffer_poll(self, timeout_ms: int) -> None:
+        self.ring_buffer_consume()
+
+    def cleanup(self) -> None:
+        self.cleaned = True
+        raise Exception("bcc's cleanup may fail: nothing is left to do about it")
+
+
+class _Build:
+    import_s, layout_s, compile_s = 1.5, 0.25, 5.5
+
+    def __init__(self, bpf: _Compiled) -> None:
+        self.bpf = bpf
+
+    def result(self) -> tuple[Any, Any]:
+        return _BPF, self.bpf
+
+
+def _raw(kind: EventKind, obj: str = "acme_lp", ts: int = 1) -> bytes:
+    return probes._EVENT.pack(ts, 0, 7, 7, kind, 0, 0, 0, 0, 0, b"insmod", b"acme_lp",
+                              obj.encode())
+
+
+@pytest.fixture
+def attach(tmp_path: Path, tracefs: Path,
+           monkeypatch: pytest.MonkeyPatch) -> tuple[probes.Probes, _Compiled, _Log]:
+    """Probes on acme_lp, over a compiled module that refuses two core probes."""
+    bpf = _Compiled()
+    bpf.refuse = {"klp_force_transition": Exception("cannot attach kprobe"),
+                  "klp_cancel_transition": Exception("Failed to attach BPF program "
+                                                     "klp_cancel_transition_entry")}
+    log = _Log()
+    monkeypatch.setattr(kmsg, "KernelLog", lambda: log)
+    monkeypatch.setattr(kprobes, "KPROBES_LIST", str(tmp_path / "list"))
+    return probes.Probes([KO], _Build(bpf)), bpf, log  # type: ignore[arg-type]
+
+
+def test_open_attaches_the_core_and_each_module_s_callbacks(
+        attach: tuple[probes.Probes, _Compiled, _Log], tracefs: Path) -> None:
+    p, bpf, _log = attach
+    assert (p.import_s, p.layout_s, p.compile_s, p.attach_s) == (1.5, 0.25, 5.5, 0.0)
+    got: list[Event] = []
+    p.open(got.append)
+    assert p.attach_s > 0
+    status = {s.name: s for s in p.status}
+    assert status["kprobe:klp_enable_patch"].ok and status["kretprobe:klp_enable_patch"].ok
+    force, cancel = status["kprobe:klp_force_transition"], status["kprobe:klp_cancel_transition"]
+    assert (force.ok, force.reason) == (
+        False, "klp_force_transition is not in this kernel's symbols (inlined or absent)")
+    assert (cancel.ok, cancel.reason) == (
+        False, "Failed to attach BPF program klp_cancel_transition_entry")
+    assert len([a for a in bpf.attached if a[0] != "tracepoint"]) == sum(
+        (e is not None) + (r is not None) for e, r in probes.CORE_PROBES.values()) - 2
+    # an entry and a return kprobe event on each possible callback, as the kernel takes them
+    assert bpf.loaded == ["callback_entry", "callback_return"]
+    written = tracefs.read_text().splitlines()
+    assert written[:2] == ["p:klptrace/p0_0_acme_activate acme_lp:acme_activate",
+                           "r:klptrace/r0_0_acme_activate acme_lp:acme_activate"]
+    assert len(written) == 12 and ("tracepoint", "klptrace:r0_5_acme_release",
+                                   "callback_return") in bpf.attached
+    assert status["kretprobe:acme_lp:acme_release"].target == "acme_lp:acme_release"
+
+
+def test_events_reach_the_sink_and_the_armed_check(
+        attach: tuple[probes.Probes, _Compiled, _Log], tmp_path: Path) -> None:
+    p, bpf, log = attach
+    got: list[Event] = []
+    p.open(got.append)
+    (tmp_path / "list").write_text((DATA / "kprobes" / "7.3" / "list-loaded.txt").read_text())
+    log.lines = ["trace_kprobe: Could not probe notrace function acme_quiesce [acme_lp]",
+                 "trace_kprobe: Failed to re-register probe p0_4_acme_quiesce on acme_lp: -22"]
+    bpf.queue = [_raw(EventKind.MODULE_COMING, ts=1), _raw(EventKind.MODULE_INIT, ts=2)]
+    p.poll(0)
+    assert [(e.kind, e.ts_ns, e.object) for e in got] == [
+        (EventKind.MODULE_COMING, 1, "acme_lp"), (EventKind.MODULE_INIT, 2, "acme_lp")]
+    status = {s.name: s for s in p.status}
+    assert status["kprobe:acme_lp:acme_prepare"].armed is True
+    quiesce = status["kprobe:acme_lp:acme_quiesce"]
+    assert (quiesce.ok, quiesce.armed) == (False, False)
+    assert quiesce.reason == (
+        "the kernel did not arm it when acme_lp came: Could not probe notrace function "
+        "acme_quiesce [acme_lp]; Failed to re-register probe p0_4_acme_quiesce on acme_lp: "
+        "-22 (EINVAL)")
+    # not in the listing, and no word from the kernel: not armed either
+    assert status["kprobe:acme_lp:acme_activate"].armed is False
+    bpf.queue = [_raw(EventKind.ENABLE, obj="", ts=3)]
+    p.drain()
+    assert got[-1].kind == EventKind.ENABLE and p.lost() == 7
+
+
+def test_close_after_open_detaches_everything(attach: tuple[probes.Probes, _Compiled, _Log],
+                                              tracefs: Path) -> None:
+    p, bpf, log = attach
+    p.open(lambda _ev: None)
+    assert p.close() == []  # cleanup's failure is no leftover: the events are removed
+    assert bpf.cleaned and log.closed
+    lines = tracefs.read_text().splitlines()
+    assert lines[12:] == [f"-:{line.split()[0].split(':', 1)[1]}" for line in
+                          reversed(lines[:12])]
+    assert p.lost() == 0  # nothing attached any more
+    p.poll(0)
+    p.drain()
+
+
+def test_an_attach_cut_short_removes_what_it_wrote(attach: tuple[probes.Probes, _Compiled, _Log],
+                                                   tracefs: Path) -> None:
+    p, bpf, log = attach
+    bpf.refuse["klptrace:p0_1_acme_answer_get"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        p.open(lambda _ev: None)
+    assert tracefs.read_text().splitlines() == [
+        "p:klptrace/p0_0_acme_activate acme_lp:acme_activate",
+        "r:klptrace/r0_0_acme_activate acme_lp:acme_activate",
+        "p:klptrace/p0_1_acme_answer_get acme_lp:acme_answer_get",
+        "-:klptrace/p0_1_acme_answer_get", "-:klptrace/r0_0_acme_activate",
+        "-:klptrace/p0_0_acme_activate"]
+    assert bpf.cleaned and log.closed
+
+
+def test_a_refused_kprobe_event_is_a_probe_with_the_kernel_s_reason(
+        attach: tuple[probes.Probes, _Compiled, _Log], tracefs: Path) -> None:
+    p, _bpf, _log = attach
+    tracefs.unlink()  # no kprobe events: each write fails with ENOENT
+    p.open(lambda _ev: None)
+    mine = [s for s in p.status if s.target.startswith("acme_lp:")]
+    assert len(mine) == 12 and {(s.ok, s.reason) for s in mine} == {
+        (False, "No such file or directory")}
+    assert p.close() == []  # nothing of it to remove

@@ -15,6 +15,7 @@ from klptrace.events import Event, EventKind
 from klptrace.kernel import kmod
 from klptrace.kernel.kmod import Abandoned
 from klptrace.kernel.kmsg import Oops
+from klptrace.kernel.wedge import Wedge
 from klptrace.results import Recording
 
 
@@ -54,7 +55,7 @@ class FakeKernel:
         self.refuse: dict[str, int] = {}  # module -> errno of its load
         self.stall: set[str] = set()  # livepatches whose transition never ends
         self.calls: list[str] = []
-        self.stuck = ""
+        self.wedge = Wedge()
         self.hang: str | None = None  # the call that never returns
 
     def _enter(self, what: str, idle: Callable[[], None] | None = None) -> None:
@@ -62,7 +63,7 @@ class FakeKernel:
         if self.hang and what.startswith(self.hang):
             if idle is not None:
                 idle()  # the runner's oops watch may end the wait
-            self.stuck = f"`{what}`"
+            self.wedge.never_returned(f"`{what}`")
             raise Abandoned(f"`{what}` did not return within 1 s: it is left waiting")
 
     def load(self, path: str, params: str = "", **kw: Any) -> int:
@@ -252,7 +253,7 @@ def test_a_module_whose_task_died_in_the_kernel_is_named_by_the_oops() -> None:
 
     def died(path: str, params: str = "", **kw: Any) -> int:
         watch.oops = Oops(["Oops: 0002 [#1] SMP", "RIP: 0010:lp_pre_patch+0x5/0x9 [lp]"], True)
-        k.stuck = "`insmod lp.ko`"
+        k.wedge.never_returned("`insmod lp.ko`")
         raise Abandoned("`insmod lp.ko`: klptrace's kernel actor (pid 7) died in the kernel")
 
     k.load = died  # type: ignore[method-assign]
@@ -276,3 +277,28 @@ def test_a_module_file_with_dashes_is_named_as_the_kernel_names_it(
     (tmp_path / "livepatch_foo" / "enabled").write_text("1\n")
     monkeypatch.setattr(kmod, "LIVEPATCH_SYSFS", tmp_path)
     assert kmod.is_patch("livepatch-foo") and kmod.patch_attr("livepatch-foo", "enabled") == "1"
+
+
+def test_a_livepatch_that_stays_registered_is_named_as_the_kernel_names_it() -> None:
+    # a disable that the kernel takes without freeing the patch (still in transition):
+    # cleanup gives up at its timeout, and its hint names the patch's sysfs file as
+    # the kernel does (kpatch's livepatch-foo.ko is livepatch_foo there)
+    class Stays(FakeKernel):
+        def write(self, path: str, value: str, **kw: Any) -> int:
+            self.calls.append(f"echo {value} > {path}")
+            return 0
+
+    k = Stays()
+    k.patches["livepatch_foo"] = {"enabled": "1", "transition": "1"}
+    k.loaded.append("livepatch-foo")
+    k.is_patch = lambda name: scenario.kernel_name(name) in k.patches  # type: ignore[method-assign]
+    k.patch_attr = lambda patch, attr: k.patches.get(  # type: ignore[method-assign]
+        scenario.kernel_name(patch), {}).get(attr)
+    run, _rec = _runner(k, timeout=0.3)
+    run.loaded.append("livepatch-foo")
+    left = run.cleanup()
+    assert left == ["livepatch livepatch-foo is still registered\n"
+                    "  hint: echo 0 > /sys/kernel/livepatch/livepatch_foo/enabled; then rmmod "
+                    "livepatch-foo"]
+    assert k.calls[0] == "echo 0 > /sys/kernel/livepatch/livepatch_foo/enabled"
+    assert not run.wedged

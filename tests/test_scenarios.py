@@ -196,6 +196,12 @@ def test_what_the_schema_accepts() -> None:
     assert sc.steps[3].params == 'x=1 msg="two words" flag'
     assert sc.steps[4].value == "-19"
     assert (sc.steps[2].wait, sc.steps[5].transition) == (False, 1)
+    K = scenario.StepKind
+    assert [s.kind for s in sc.steps] == [K.LOAD] * 4 + [K.SET, K.WAIT_TRANSITION, K.DISABLE]
+    assert all(type(s.kind) is K for s in sc.steps)
+    # the enum's values are the files' keys: messages and JSON say them as before
+    assert [str(k) for k in K] == ["load", "unload", "disable", "set", "wait_transition"]
+    assert f"{K.WAIT_TRANSITION}" == "wait_transition" and K("set") is K.SET
 
 
 def _pack(tmp_path: Path, **texts: str) -> Path:
@@ -234,11 +240,12 @@ class _Untouchable:
 
 
 @pytest.mark.parametrize("step", [
-    scenario.Step("load", module="../../../../etc/passwd"),
-    scenario.Step("load", module="/etc/passwd"),
-    scenario.Step("disable", patch="../mm/transparent_hugepage"),
-    scenario.Step("set", module="printk", param="../../../../etc/passwd", value="x"),
-    scenario.Step("set", module="../../kernel", param="x", value="1"),
+    scenario.Step(scenario.StepKind.LOAD, module="../../../../etc/passwd"),
+    scenario.Step(scenario.StepKind.LOAD, module="/etc/passwd"),
+    scenario.Step(scenario.StepKind.DISABLE, patch="../mm/transparent_hugepage"),
+    scenario.Step(scenario.StepKind.SET, module="printk", param="../../../../etc/passwd",
+                  value="x"),
+    scenario.Step(scenario.StepKind.SET, module="../../kernel", param="x", value="1"),
 ])
 def test_the_runner_builds_no_path_from_a_name_that_is_not_one(step: scenario.Step) -> None:
     # scenario.py refuses these; the runner checks again before any path is opened as root

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from klptrace import checker, results, scenario
+from klptrace import checker, scenario
 from klptrace.commands import (
     RUN_TIMEOUT_S,
     Output,
@@ -213,7 +213,7 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
     done: list[ScenarioResult] = []
     out = stream.Writer(opts.stream)
     with kmsg.devkmsg_unlimited(), kmsg.livepatch_debug() as debug, \
-            Recorder(kos, build) as rec:
+            Recorder(kos, build, actor.wedge) as rec:
         klog = kmsg.KernelLog() if debug else None
         if not debug:
             say("dynamic debug is not available: dmesg is not compared")
@@ -225,7 +225,7 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
         timing["before_build_s"] = round(before_build, 3)
         info = sysinfo.running_kernel()
         out.put(stream.Start(os.uname().release, timing, info,
-                             results.read_probes([x.to_json() for x in p.status], "probes")))
+                             [dataclasses.replace(x) for x in p.status]))
         run = runner.Runner(rec, str(mods), actor, watch, timeout_s=opts.timeout, log=say,
                             klog=klog)
         # start-up as a user waits for it: from the process's start to the first scenario
@@ -256,11 +256,10 @@ def _run_with(opts: RunOptions, scs: list[scenario.Scenario], actor: kmod.Actor,
             if r.oops:
                 line("\n".join(f"    {x}" for x in Oops(r.oops, True).summary))
         lost = rec.lost()  # and raises a signal that a callback swallowed
-        probe_status = results.read_probes([x.to_json() for x in p.status], "probes")
-        rec.wedged = run.wedged
+        probe_status = [dataclasses.replace(x) for x in p.status]
         detach = time.monotonic()
     timing["detach_s"] = round(time.monotonic() - detach, 3)  # and the settings put back
-    leftovers = getattr(rec, "leftovers", [])
+    leftovers = rec.leftovers
     out.put(stream.End(lost, probe_status, leftovers, timing))
     out.close()
     doc = checker.account_lost(RunDocument(os.uname().release, done, lost, probe_status, timing,

@@ -69,7 +69,7 @@ def run(opts: TraceOptions) -> int:
             klog.close()
             oops = oops or watch.check()
             if oops is not None:
-                rec.wedged = "the kernel oopsed"
+                rec.wedge.oopsed()
     finally:
         watch.close()
     merged = tr.merge_log(recording.events, user)

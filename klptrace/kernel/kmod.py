@@ -12,14 +12,14 @@ import errno
 import json
 import os
 import select
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from klptrace.errors import KlptraceError, NotSupported, signals_deferred
-from klptrace.kernel import kernelfs
+from klptrace.kernel import child, kernelfs
+from klptrace.kernel.wedge import Wedge
 from klptrace.scenario import kernel_name
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -27,6 +27,8 @@ _SYS_FINIT_MODULE = 313  # x86_64
 _SYS_DELETE_MODULE = 176
 _O_NONBLOCK = os.O_NONBLOCK
 LIVEPATCH_SYSFS = Path("/sys/kernel/livepatch")
+MODULE_SYSFS = "/sys/module"
+PROC_MODULES = "/proc/modules"
 
 
 def load(path: str, params: str = "") -> int:
@@ -51,14 +53,14 @@ def unload(name: str) -> int:
 def is_loaded(name: str) -> bool:
     """Whether a module of that name is loaded (any state)."""
     name = kernel_name(name)
-    return os.path.exists(f"/sys/module/{name}/initstate") or os.path.exists(
-        f"/sys/module/{name}/refcnt")
+    return os.path.exists(f"{MODULE_SYSFS}/{name}/initstate") or os.path.exists(
+        f"{MODULE_SYSFS}/{name}/refcnt")
 
 
 def loaded_modules() -> list[str]:
     """Names of all loaded modules, from /proc/modules."""
     try:
-        with open("/proc/modules") as f:
+        with open(PROC_MODULES) as f:
             return [line.split()[0] for line in f if line.strip()]
     except OSError:
         return []
@@ -140,16 +142,14 @@ class Actor:
     not return is abandoned: the child stays behind in the kernel, klptrace
     goes on (a stuck thread of klptrace's own would keep it from exiting).
     The child is forked before bcc is loaded, so it holds no BPF program.
+    Its wedge is where klptrace keeps whether the kernel is wedged: a call
+    that never returned, or (noted by whoever sees it) an oops.
     """
 
     def __init__(self) -> None:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            os.close(req_w)
-            os.close(rep_r)
-            _serve(req_r, rep_w)
+        pid = child.fork(lambda: _serve(req_r, rep_w), keep=(req_r, rep_w))
         os.close(req_r)
         os.close(rep_w)
         self.pid = pid
@@ -157,7 +157,7 @@ class Actor:
         self._rep = rep_r
         self._seq = 0
         self._buf = b""
-        self.stuck: str = ""  # the call that never returned, once one did not
+        self.wedge = Wedge()
 
     def call(self, op: str, *args: str, timeout: float,
              idle: Callable[[], None] = lambda: None) -> int:
@@ -167,9 +167,9 @@ class Actor:
         meanwhile (it may raise to stop waiting); raises Abandoned when the
         call does not return in time or an earlier one never did.
         """
-        if self.stuck:
+        if self.wedge.stuck:
             raise Abandoned(f"`{_AS_COMMAND[op](*args)}` not tried: the kernel never returned "
-                            f"from {self.stuck}", "reboot this machine to clear it")
+                            f"from {self.wedge.stuck}", "reboot this machine to clear it")
         self._seq += 1
         seq = self._seq
         what = _AS_COMMAND[op](*args)
@@ -182,7 +182,7 @@ class Actor:
             try:
                 os.write(self._req, (json.dumps([seq, op, *args]) + "\n").encode())
             except OSError:
-                self.stuck = f"`{what}`"
+                self.wedge.never_returned(f"`{what}`")
                 raise Abandoned(f"`{what}`: klptrace's kernel actor (pid {self.pid}) is gone",
                                 "see the kernel log for an oops") from None
             return self._wait(seq, what, timeout, deadline, idle)
@@ -203,7 +203,7 @@ class Actor:
         except KeyboardInterrupt:  # Python's own Ctrl-C (no klptrace handler): not stuck
             raise
         except BaseException:
-            self.stuck = self.stuck or f"`{what}`"
+            self.wedge.never_returned(f"`{what}`")
             raise
 
     def _reply(self, seq: int, wait: float) -> int | None:
@@ -245,28 +245,15 @@ class Actor:
         for fd in (self._req, self._rep):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if not self.stuck:  # a child stuck in the kernel cannot be reaped
+        if not self.wedge.stuck:  # a child stuck in the kernel cannot be reaped
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
 
 
 def _serve(req: int, rep: int) -> None:
     """The actor child's loop: one JSON request a line, one [seq, errno] reply a line."""
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # klptrace itself decides what stops
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):  # so that a child stuck in the kernel holds no one's pipe
-            os.dup2(null, fd)
-        os.close(null)
-        for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
-            if fd > 2 and fd not in (req, rep):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        with os.fdopen(req, "rb") as requests:
-            for line in requests:
-                seq, op, *args = json.loads(line)
-                err = _OPS[op](*args)
-                os.write(rep, (json.dumps([seq, err]) + "\n").encode())
-    finally:
-        os._exit(0)
+    with os.fdopen(req, "rb") as requests:
+        for line in requests:
+            seq, op, *args = json.loads(line)
+            err = _OPS[op](*args)
+            os.write(rep, (json.dumps([seq, err]) + "\n").encode())

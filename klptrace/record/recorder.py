@@ -3,6 +3,7 @@ kernel's events; recording() hands out a results.Recording, plain data."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable
@@ -10,20 +11,25 @@ from typing import Any
 
 from klptrace.errors import check_interrupted, signals_deferred
 from klptrace.events import Event, EventKind
-from klptrace.results import Recording, read_probes
+from klptrace.kernel.wedge import Wedge
+from klptrace.results import Recording
 
 
 class Recorder:
     """Records kernel events with BPF, plus klptrace's own step markers."""
 
-    def __init__(self, livepatch_modules: Iterable[str] = (), build: Any = None) -> None:
-        """build: a probes.Build started earlier, to overlap the compile with other work."""
+    def __init__(self, livepatch_modules: Iterable[str] = (), build: Any = None,
+                 wedge: Wedge | None = None) -> None:
+        """build: a probes.Build started earlier, to overlap the compile with other work;
+        wedge: whether the kernel is wedged (the kernel actor's), read as the recorder
+        ends: the probes are then handed off."""
         from klptrace.record.probes import Probes
 
         self.probes = Probes(livepatch_modules, build)
         self.events: list[Event] = []
-        #: why the kernel is wedged ('' if it is not): the probes are then handed off
-        self.wedged = ""
+        self.wedge = wedge if wedge is not None else Wedge()
+        #: what could not be removed from the kernel, known once the recorder has ended
+        self.leftovers: list[str] = []
 
     def __enter__(self) -> Recorder:
         self.probes.open(self.events.append)
@@ -31,9 +37,9 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         with signals_deferred():
-            if self.wedged:
+            if self.wedge:
                 pid = self.probes.hand_off()
-                self.leftovers = [f"{self.wedged}, after which removing probes can hang in "
+                self.leftovers = [f"{self.wedge.reason}, after which removing probes can hang in "
                                   f"the kernel: pid {pid} removes them once klptrace has "
                                   "exited (it may never finish before a reboot)"]
             else:
@@ -67,6 +73,7 @@ class Recorder:
         self.drain()
         end = end_ns if end_ns is not None else time.monotonic_ns()
         evs = [e for e in self.events if start_ns <= e.ts_ns <= end]
-        status = [p.to_json() for p in self.probes.status]
-        return Recording(evs, self.probes.lost(), read_probes(status, "the probes"))
+        # copies: the probes' own go on changing as the kernel arms them
+        return Recording(evs, self.probes.lost(),
+                         [dataclasses.replace(p) for p in self.probes.status])
 

@@ -13,7 +13,7 @@ import pytest
 
 from klptrace import transcript
 from klptrace.kernel import kmod
-from klptrace.record import probes
+from klptrace.record import kprobes
 
 REPEAT = int(os.environ.get("KLPTRACE_RUN_REPEAT", "3"))
 
@@ -85,7 +85,7 @@ def test_busy_module_stalls_then_reverses(run: dict[str, Any]) -> None:
 def test_nothing_left_behind(run: dict[str, Any]) -> None:
     assert not [m for m in kmod.loaded_modules() if m.startswith("klptrace_")]
     assert not [p for p in kmod.patches() if p.startswith("klptrace_")]
-    assert not probes.leftover_events()
+    assert not kprobes.leftover_events()
 
 
 def test_busy_scenario_carries_the_stall_report(run: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from util import until
 
 from klptrace.kernel import kmod, kmsg
-from klptrace.record import probes
+from klptrace.record import kprobes, probes
 
 
 def _settings() -> dict[str, str]:
@@ -28,7 +28,7 @@ def _settings() -> dict[str, str]:
 def _ours_left() -> list[str]:
     return ([f"module {m}" for m in kmod.loaded_modules() if m.startswith("klptrace_")]
             + [f"patch {p}" for p in kmod.patches() if p.startswith("klptrace_")]
-            + [f"kprobe event {e}" for e in probes.leftover_events()])
+            + [f"kprobe event {e}" for e in kprobes.leftover_events()])
 
 
 

@@ -14,7 +14,7 @@ from util import until
 from klptrace import checker, results
 from klptrace.events import Event
 from klptrace.kernel import kmod, kmsg
-from klptrace.record import elf, probes
+from klptrace.record import elf, kprobes
 from klptrace.record.recorder import Recorder
 from klptrace.results import RunDocument, Status
 
@@ -110,7 +110,7 @@ def test_trace_meets_its_expectation_and_leaves_no_line_in_the_workloads_log(
     assert "klptrace: kernel log records were overwritten" not in log  # none were lost
     first = log.index(want[0])
     setup, workload = log[:first], log[first + 1:]
-    deferred = [m for m in setup if m.startswith(probes.DEFERRED_MESSAGE)]
+    deferred = [m for m in setup if m.startswith(kprobes.DEFERRED_MESSAGE)]
     n = len(elf.read_module(str(module_dir / "acme_lp.ko")).callback_candidates)
     assert len(deferred) == 2 * n  # an entry and a return probe on each candidate
     assert [m for m in workload if "trace_kprobe" in m] == []
