@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -111,14 +112,39 @@ def test_a_watch_s_summary_and_page(machine: Path) -> None:
     text = stall_cmd.render_summary(summary)
     assert "kworker/1:1:61 sleeping on function klptrace_busy_work_func -> switched after " \
            "2.5 s" in text
-    doc = stall_cmd.html_document(summary, watched, events, 4.5)
-    [sc] = doc.scenarios
-    assert sc.id == "stall klptrace_lp" and sc.status == "pass"
-    assert sc.stall is not None and sc.stall.timeline == summary.timeline
-    from klptrace import report
+    assert summary.report is rep and summary.recording.events == events
+    from klptrace import stall as analysis
+    from klptrace.report import html
 
-    page = report.render("html", doc)
+    page = html.watch(dataclasses.replace(summary, watched_s=4.5))
+    # one section, the watch's, passed: its timeline, its report with the watch's story
+    assert page.count("<section ") == 1
+    assert ('<section class="scenario pass" id="stall-klptrace_lp">'
+            '\n<h2><span class="badge pass">✓ PASS</span> <span class="mono">stall '
+            'klptrace_lp</span><span class="sub">4.50 s · 3 events</span></h2>') in page
     assert "stall klptrace_lp" in page and "<svg" in page and "klptrace_busy_work_func" in page
+    story = page[page.index("<summary>the transition's story</summary><pre>"):]
+    story = story[story.index("<pre>") + 5:story.index("</pre>")]
+    assert story == html._e("\n".join(analysis.timeline_line(i, tasks=True)
+                                      for i in summary.timeline))
+
+
+def test_a_watch_that_ended_in_transition_has_a_failed_page(machine: Path) -> None:
+    from klptrace.report import html
+
+    rep = stall.snapshot("klptrace_lp")
+    watched = stall_cmd.Watched()
+    watched.update(rep, 10.0)
+    events = [Event(EventKind.TRANSITION_START, 8 * 10**9, patch="klptrace_lp", state=1),
+              Event(EventKind.TRANSITION_TRY, 9 * 10**9, patch="klptrace_lp", state=1, ret=3)]
+    s = stall_cmd.summary("klptrace_lp", watched, events, 8 * 10**9, completed=False)
+    page = html.watch(s)
+    assert '<section class="scenario fail" id="stall-klptrace_lp">' in page
+    assert ('<div class="explain">klptrace_lp was still in transition when the watch '
+            "ended</div>") in page
+    assert "<b>klptrace_lp: patching transition, in transition for " in page
+    assert '<details class="transcripts" open>' in page  # what was recorded, at once
+    assert "starting patching transition" in page
 
 
 def test_a_watch_s_json_is_the_typed_answer_s(machine: Path) -> None:
@@ -141,14 +167,12 @@ def test_a_watch_s_json_is_the_typed_answer_s(machine: Path) -> None:
 
 def test_a_watch_that_never_saw_the_transition_in_progress(machine: Path) -> None:
     """The page still draws the transition: its report names the patch, not a direction."""
-    from klptrace import report
+    from klptrace.report import html
 
     watched = stall_cmd.Watched()
     watched.update(None, 1.0)
     events = [Event(EventKind.TRANSITION_DONE, 5, patch="klptrace_lp", state=1)]
     s = stall_cmd.summary("klptrace_lp", watched, events, 1, completed=True)
     assert s.direction is None and s.tasks == [] and s.result == "patched complete"
-    doc = stall_cmd.html_document(s, watched, events, 0.5)
-    [sc] = doc.scenarios
-    assert sc.stall is not None and (sc.stall.patch, sc.stall.direction) == ("klptrace_lp", "?")
-    assert "<b>klptrace_lp: ? transition</b>" in report.render("html", doc)
+    assert s.report is None
+    assert "<b>klptrace_lp: ? transition</b>" in html.watch(s)
