@@ -2,7 +2,8 @@
 
 It starts fast (a person waits for its first answer): nothing heavier than the
 stall report's own modules is imported before the answer, and BPF only with
---watch. The report itself is klptrace/stall.py.
+--watch. The report is klptrace/stall_report.py's, what it means klptrace/stall.py's,
+and a watch's page report/html.py's (watch()).
 """
 
 from __future__ import annotations
