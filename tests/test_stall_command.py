@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,72 @@ def test_a_watch_that_never_saw_the_transition_in_progress(machine: Path) -> Non
     assert s.direction is None and s.tasks == [] and s.result == "patched complete"
     assert s.report is None
     assert "<b>klptrace_lp: ? transition</b>" in html.watch(s)
+
+
+class _Recorder:
+    """Stands in for the BPF recorder of a watch: at its first poll the kernel tries and
+    finds the worker in klptrace_busy_work_func; at the next the worker has left, and the
+    transition completes."""
+
+    def __init__(self, machine: Path) -> None:
+        self.transition = machine / "livepatch" / "klptrace_lp" / "transition"
+        self.events: list[Event] = []
+
+    def __call__(self, _livepatch_modules: object) -> _Recorder:
+        return self
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def poll(self, _ms: int) -> None:
+        now = time.monotonic_ns()
+        if not self.events:
+            self.events += [
+                Event(EventKind.TRANSITION_TRY, now, patch="klptrace_lp", state=1, ret=0),
+                Event(EventKind.TASK_BLOCKED, now + 1, tid=61, comm="kworker/1:1", ret=-98,
+                      patch="klptrace_lp", object="klptrace_busy_work_func")]
+        else:
+            self.transition.write_text("0\n")
+            self.events.append(Event(EventKind.TRANSITION_DONE, now, patch="klptrace_lp",
+                                     state=1))
+
+    def drain(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "html"])
+def test_a_watch_follows_the_transition_to_its_end(machine: Path, fmt: str,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`klptrace stall --watch`, its BPF recorder faked: the watch ends when the
+    transition does, and says so in each format."""
+    from klptrace.record import recorder
+
+    monkeypatch.setattr(recorder, "Recorder", _Recorder(machine))
+    monkeypatch.setattr(kmod, "unsupported", lambda **_kw: None)
+    out = machine / f"watch.{fmt}"
+    assert cli.main(["stall", "--watch", "--format", fmt, "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Watching klptrace_lp (Ctrl-C to stop)." in err
+    assert "1 task(s) left: kworker/1:1:61 sleeping on function klptrace_busy_work_func" in err
+    text = out.read_text()
+    if fmt == "text":
+        assert text.startswith("klptrace_lp: transition complete\ntimeline:\n")
+        assert "kworker/1:1:61 sleeping on function klptrace_busy_work_func -> switched " \
+               "after " in text
+    elif fmt == "json":
+        doc = json.loads(text)
+        assert (doc["direction"], doc["completed"], doc["result"]) == (
+            "patching", True, "patched complete")
+        assert [i["what"] for i in doc["timeline"]] == [
+            "klptrace attached (the transition had started)", "try 1", "complete (patching)"]
+        [t] = doc["tasks"]
+        assert t["tid"] == 61 and t["switch_latency_s"] is not None
+    else:
+        assert '<section class="scenario pass" id="stall-klptrace_lp">' in text
+        assert "<b>klptrace_lp: patching transition, in transition for " in text
+        assert "try 1, 1 task(s) left: kworker/1:1:61 sleeping on function " \
+               "klptrace_busy_work_func" in text
