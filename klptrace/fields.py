@@ -7,10 +7,11 @@ RecordingError naming the place. Past them, the model can trust its types.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from klptrace.errors import KlptraceError
 from klptrace.events import Event
@@ -82,6 +83,18 @@ def text(d: Mapping[str, Any], key: str, where: str) -> str:
     if not isinstance(v, str):
         raise RecordingError(f"{where}: '{key}' must be a string")
     return v
+
+
+_Word = TypeVar("_Word", bound=enum.StrEnum)
+
+
+def choice(d: Mapping[str, Any], key: str, kind: type[_Word], where: str) -> _Word:
+    """d[key], one of the words of kind (an enum of the kernel's or klptrace's words)."""
+    v = d.get(key)
+    if not isinstance(v, str) or v not in kind.__members__.values():
+        raise RecordingError(f"{where}: '{key}' must be "
+                             + " or ".join(repr(str(w)) for w in kind))
+    return kind(v)
 
 
 def lines(d: Mapping[str, Any], key: str, where: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""The one result model: statuses, probes, recordings, verdicts, stall reports, scenario
-results, run documents and matrices, and the answers of `trace` and `stall --watch`.
+"""The one result model: statuses, probes, recordings, verdicts, scenario results, run
+documents and matrices, and the answers of `trace` and `stall --watch`; a stalling
+scenario's stall report is stall_report.py's.
 
 Everything klptrace reports is built here and written as JSON by to_json();
 `klptrace check` reads a saved document back with from_json(), which is where
@@ -16,8 +17,10 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from klptrace import fields as f
-from klptrace.events import Event, EventKind
+from klptrace.events import Direction, Event, EventKind, Reason
 from klptrace.fields import RecordingError as RecordingError  # what every from_json raises
+from klptrace.stall_report import StallReport as StallReport  # a stalling scenario's
+from klptrace.stall_report import StallStep as StallStep
 
 
 class Status(enum.StrEnum):
@@ -29,15 +32,8 @@ class Status(enum.StrEnum):
     ERROR = "error"
 
 
-# the fields of a probe's status and of a stall report: what each must be when present
+# the fields of a probe's status: what each must be when present
 _PROBE = {"name": "str", "target": "str", "ok": "bool", "reason": "str", "armed": "bool"}
-_STALL = {"patch": "str", "direction": "str", "in_transition": "bool",
-          "in_transition_s": "seconds?", "tries": "count?", "signals": "strs",
-          "forced": "bool", "timeline": "objects", "next_steps": "strs", "tasks": "objects"}
-_STALL_TASK = {"pid": "count", "tid": "count", "comm": "str", "reason": "str",
-               "function": "str", "kthread": "bool", "state": "str", "stack": "strs",
-               "blocking_s": "seconds?", "source": "str"}
-_STALL_STEP = {"t_s": "seconds", "what": "str", "tasks_left": "count", "tasks": "strs"}
 
 
 @dataclasses.dataclass
@@ -126,97 +122,6 @@ class Verdict:
 # a saved verdict carries its first divergence only as its explanation's lead, as judge
 # writes it ("line 15: ..."): the JSON document has no field of its own for it
 _LEAD = re.compile(r"line (\d{1,18}):")
-
-
-# --- a stall report ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class StallStep:
-    """One moment of a transition's story (stall.timeline): seconds from its start, what
-    happened, and for a try the tasks it left (with who they are, when BPF saw them)."""
-
-    t_s: float = 0.0
-    what: str = ""
-    tasks_left: int | None = None
-    tasks: list[str] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"t_s": self.t_s, "what": self.what}
-        if self.tasks_left is not None:
-            d["tasks_left"] = self.tasks_left
-        if self.tasks is not None:
-            d["tasks"] = self.tasks
-        return d
-
-    @classmethod
-    def from_json(cls, d: Any, where: str) -> StallStep:
-        s = f.shaped(d, _STALL_STEP, where)
-        return cls(s.get("t_s", 0.0), s.get("what", ""), s.get("tasks_left"), s.get("tasks"))
-
-
-@dataclasses.dataclass(frozen=True)
-class StallTask:
-    """A task that had not switched to the transition's target state, and why."""
-
-    pid: int = 0
-    tid: int = 0
-    comm: str = ""
-    reason: str = ""
-    function: str = ""
-    kthread: bool = False
-    state: str = ""
-    stack: list[str] = dataclasses.field(default_factory=list)
-    blocking_s: float | None = None
-    source: str = ""  # bpf (klp_check_and_switch_task's record) or proc
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # the fields in the order stall.Task writes them
-
-    @classmethod
-    def from_json(cls, d: Any, where: str) -> StallTask:
-        t = f.shaped(d, _STALL_TASK, where)
-        return cls(t.get("pid", 0), t.get("tid", 0), t.get("comm", ""), t.get("reason", ""),
-                   t.get("function", ""), t.get("kthread", False), t.get("state", ""),
-                   t.get("stack", []), t.get("blocking_s"), t.get("source", ""))
-
-
-@dataclasses.dataclass(frozen=True)
-class StallReport:
-    """`klptrace stall`'s report of one livepatch transition (stall.Report), as a result
-    of a stalling scenario keeps it: the tasks holding it, its story, what to do."""
-
-    patch: str = ""
-    direction: str = ""  # patching or unpatching
-    in_transition: bool = True
-    tasks: list[StallTask] = dataclasses.field(default_factory=list)
-    in_transition_s: float | None = None
-    tries: int | None = None
-    signals: list[str] = dataclasses.field(default_factory=list)
-    forced: bool = False
-    timeline: list[StallStep] = dataclasses.field(default_factory=list)
-    next_steps: list[str] = dataclasses.field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"patch": self.patch, "direction": self.direction,
-                "in_transition": self.in_transition,
-                "tasks": [t.to_json() for t in self.tasks],
-                "in_transition_s": self.in_transition_s, "tries": self.tries,
-                "signals": self.signals, "forced": self.forced,
-                "timeline": [s.to_json() for s in self.timeline],
-                "next_steps": self.next_steps}
-
-    @classmethod
-    def from_json(cls, d: Any, where: str) -> StallReport:
-        """A saved report, every field a formatter reads."""
-        s = f.shaped(d, _STALL, where)
-        tasks = [StallTask.from_json(t, f"{where}: tasks[{i}]")
-                 for i, t in enumerate(s.get("tasks", []))]
-        story = [StallStep.from_json(t, f"{where}: timeline[{i}]")
-                 for i, t in enumerate(s.get("timeline", []))]
-        return cls(s.get("patch", ""), s.get("direction", ""), s.get("in_transition", True),
-                   tasks, s.get("in_transition_s"), s.get("tries"), s.get("signals", []),
-                   s.get("forced", False), story, s.get("next_steps", []))
 
 
 # --- one scenario's result -------------------------------------------------------------
@@ -472,7 +377,7 @@ class WatchedTask:
     pid: int
     tid: int
     comm: str
-    reason: str
+    reason: Reason | str
     function: str
     switch_latency_s: float | None = None
 
@@ -483,14 +388,20 @@ class WatchedTask:
 @dataclasses.dataclass(frozen=True)
 class StallWatch:
     """`klptrace stall --watch`: the transition's direction, whether it completed, its
-    story while klptrace watched, and each task that held it."""
+    story while klptrace watched, and each task that held it; for its page (report/html.py)
+    also what was recorded, the last report while in transition (None: never seen in
+    progress), how long it watched and on which kernel, which its JSON does not carry."""
 
     patch: str
-    direction: str | None
+    direction: Direction | None
     completed: bool
     result: str  # "patched complete", "in transition"...
     timeline: list[StallStep]
     tasks: list[WatchedTask]
+    recording: Recording = dataclasses.field(default_factory=Recording)
+    report: StallReport | None = None
+    watched_s: float = 0.0
+    kernel: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"patch": self.patch, "direction": self.direction, "completed": self.completed,

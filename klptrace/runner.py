@@ -101,7 +101,7 @@ class Runner:
                  timeout_s: float,
                  log: Callable[[str], None] | None = None,
                  klog: KernelLog | None = None,
-                 snapshot: Callable[[str, list[Any]], stall.Report | None] = kernel_stall.snapshot,
+                 snapshot: Callable[[str, list[Any]], StallReport | None] = kernel_stall.snapshot,
                  ) -> None:
         """kernel: what does the syscalls that run livepatch code (kmod.Actor);
         watch: the kernel log, watched for an oops while the steps run;
@@ -117,7 +117,7 @@ class Runner:
         self.timeout_s = timeout_s
         self.log = log or (lambda _msg: None)
         self.loaded: list[str] = []  # modules this runner loaded and has not unloaded
-        self.stall_report: stall.Report | None = None  # of the scenario running
+        self.stall_report: StallReport | None = None  # of the scenario running
         self._start = 0
         self._step_start = 0
         self.livepatches: set[str] = set()  # modules seen registering a livepatch
@@ -292,11 +292,9 @@ class Runner:
         dmesg = witnessed(self.klog.read()) if self.klog else None
         verdict = checker.judge(sc.expect, rec, dmesg=dmesg, step_error=error, oops=oops,
                                 leftovers=left)
-        report = None
-        if self.stall_report is not None:
-            story = stall.timeline(rec.events, self.stall_report.patch)
-            report = StallReport.from_json({**self.stall_report.to_json(), "timeline": story},
-                                           f"{sc.id}: stall")
+        report = self.stall_report
+        if report is not None:  # with the story of the whole scenario
+            report.timeline = stall.timeline(rec.events, report.patch)
         return ScenarioResult(sc.id, verdict, rec, time.monotonic() - t0,
                               started.isoformat(timespec="milliseconds"), notes, dmesg, error,
                               oops, left, report)

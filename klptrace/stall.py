@@ -5,67 +5,22 @@ klptrace/kernel/stall.py reads the running kernel (/proc/<tid>/patch_state,
 says what that means: the reason each task has not switched (the way
 klp_check_and_switch_task() would see it, or its own verdict when BPF
 recorded it), the transition's story try by try (story.py), what a person
-can do next, and the report as text.
+can do next, and the report as text. The report itself is stall_report.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from klptrace import story
 from klptrace.events import REASONS, SIGNALS_TIMEOUT, Direction, Event, EventKind, Reason
+from klptrace.stall_report import Source, StallReport, StallStep
 
 #: a task whose stack was never read for sure is said to be so, never given a guessed reason
 UNSTABLE = Reason.UNSTABLE
 _FRAME = re.compile(r"^\[<[0-9a-f]+>\] ([\w.]+)\+0x[0-9a-f]+/0x[0-9a-f]+")
-
-
-class Source(enum.StrEnum):
-    """Where a task's reason comes from."""
-
-    PROC = "proc"  # its stack in /proc, classified by klptrace
-    BPF = "bpf"  # the kernel's own verdict, klp_check_and_switch_task()'s
-
-
-@dataclasses.dataclass
-class Task:
-    """A task that has not switched to the transition's target state."""
-
-    pid: int
-    tid: int
-    comm: str
-    reason: Reason | str  # str: "other (N)" for a code of the kernel's this one does not know
-    function: str
-    kthread: bool
-    state: str
-    stack: list[str]
-    blocking_s: float | None = None
-    source: Source = Source.PROC
-
-
-@dataclasses.dataclass
-class Report:
-    """The state of one livepatch transition."""
-
-    patch: str
-    direction: Direction
-    tasks: list[Task] = dataclasses.field(default_factory=list)
-    in_transition_s: float | None = None
-    tries: int | None = None
-    signals: list[str] = dataclasses.field(default_factory=list)
-    forced: bool = False
-    timeline: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    next_steps: list[str] = dataclasses.field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        """The report as JSON; in_transition tells it from the no-transition answer."""
-        d = dataclasses.asdict(self)
-        return {"patch": d.pop("patch"), "direction": d.pop("direction"), "in_transition": True,
-                **d}
 
 
 def stack_functions(stack: Sequence[str]) -> list[str]:
@@ -104,7 +59,7 @@ def log_facts(patch: str, records: Iterable[tuple[float, str]]) -> LogFacts:
     return facts
 
 
-def merge_bpf(rep: Report, events: Sequence[Event], now_ns: int) -> None:
+def merge_bpf(rep: StallReport, events: Sequence[Event], now_ns: int) -> None:
     """Add what BPF saw until now_ns (CLOCK_MONOTONIC, the events' clock): the kernel's own
     reason per task, tries, the timeline."""
     if not events:
@@ -128,19 +83,19 @@ def merge_bpf(rep: Report, events: Sequence[Event], now_ns: int) -> None:
 
 
 def timeline(events: Sequence[Event], patch: str,
-             attached_ns: int | None = None) -> list[dict[str, Any]]:
+             attached_ns: int | None = None) -> list[StallStep]:
     """The transition's story: start, each try with the tasks left, signals, the end.
 
     Times are from the start; when klptrace attached after the start
     (attached_ns), from that moment instead, which the first entry says.
     """
     moments = story.of(events).moments.get(patch, ())
-    out: list[dict[str, Any]] = []
+    out: list[StallStep] = []
     t0: int | None = None
     if attached_ns is not None and not any(
             m.event.kind == EventKind.TRANSITION_START for m in moments):
         t0 = attached_ns
-        out.append({"t_s": 0.0, "what": "klptrace attached (the transition had started)"})
+        out.append(StallStep(0.0, "klptrace attached (the transition had started)"))
     for m in moments:
         e = m.event
         if e.kind in (EventKind.TRANSITION_START, EventKind.TRANSITION_REVERSED):
@@ -149,36 +104,31 @@ def timeline(events: Sequence[Event], patch: str,
             continue
         t = round((e.ts_ns - t0) / 1e9, 3)
         if e.kind == EventKind.TRANSITION_START:
-            out.append({"t_s": t, "what": f"start ({'patching' if e.state else 'unpatching'})"})
+            out.append(StallStep(t, f"start ({'patching' if e.state else 'unpatching'})"))
         elif m.tried is not None:
-            item: dict[str, Any] = {"t_s": t, "what": f"try {m.tried.number}",
-                                    "tasks_left": len(m.tried.blocked)}
-            if m.tried.blocked:
-                item["tasks"] = [f"{b.comm}:{b.tid} {REASONS.get(b.ret or 0, 'other')}"
-                                 + (f" {b.object}" if b.object else "") for b in m.tried.blocked]
-            out.append(item)
+            blocked = m.tried.blocked
+            out.append(StallStep(t, f"try {m.tried.number}", len(blocked), [
+                f"{b.comm}:{b.tid} {REASONS.get(b.ret or 0, 'other')}"
+                + (f" {b.object}" if b.object else "") for b in blocked] if blocked else None))
             if m.tried.signals:
-                out.append({"t_s": t, "what": "fake signals to the remaining tasks"})
+                out.append(StallStep(t, "fake signals to the remaining tasks"))
         elif e.kind == EventKind.TRANSITION_REVERSE:
-            out.append({"t_s": t, "what": "reversed"})
+            out.append(StallStep(t, "reversed"))
         elif e.kind == EventKind.TRANSITION_FORCE:
-            out.append({"t_s": t, "what": "forced"})
+            out.append(StallStep(t, "forced"))
         elif e.kind == EventKind.TRANSITION_DONE:
-            out.append({"t_s": t, "what": f"complete ({'patching' if e.state else 'unpatching'})"})
+            out.append(StallStep(t, f"complete ({'patching' if e.state else 'unpatching'})"))
     return out
 
 
-def timeline_line(item: Mapping[str, Any], tasks: bool = False) -> str:
-    """One entry of a transition's timeline as text (tasks: with the tasks left, named)."""
-    left = f", {item['tasks_left']} task(s) left" if "tasks_left" in item else ""
-    who = f": {'; '.join(map(str, item['tasks']))}" if tasks and item.get("tasks") else ""
-    t_s = item.get("t_s", 0)
-    if not isinstance(t_s, (int, float)):  # a saved report `check` was not asked to read
-        return f"{item.get('what', '')}"
-    return f"{t_s:8.3f} s  {item.get('what', '')}{left}{who}"
+def timeline_line(step: StallStep, tasks: bool = False) -> str:
+    """One moment of a transition's story as text (tasks: with the tasks left, named)."""
+    left = f", {step.tasks_left} task(s) left" if step.tasks_left is not None else ""
+    who = f": {'; '.join(step.tasks)}" if tasks and step.tasks else ""
+    return f"{step.t_s:8.3f} s  {step.what}{left}{who}"
 
 
-def next_steps(rep: Report) -> list[str]:
+def next_steps(rep: StallReport) -> list[str]:
     """What a person can do about each kind of blocker."""
     steps = []
     p = rep.patch
@@ -210,7 +160,7 @@ def next_steps(rep: Report) -> list[str]:
     return steps
 
 
-def render_text(rep: Report | None) -> str:
+def render_text(rep: StallReport | None) -> str:
     """A report as lines for a person."""
     if rep is None:
         return "no livepatch transition in progress\n"

@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from util import REPO, saved_run, skip_or_fail
 
 from klptrace import cli, results, stall, story
-from klptrace.events import Event, EventKind
+from klptrace.events import Direction, Event, EventKind, Reason
 from klptrace.report import html, render
 from klptrace.report import timeline as tl
+from klptrace.stall_report import Source, StallReport, StallTask
 
 RUN = saved_run()
 IDS = [s["id"] for s in RUN["scenarios"]]
@@ -39,11 +40,20 @@ def _events(sd: dict[str, Any]) -> list[Event]:
     return [Event.from_json(e) for e in sd["events"]]
 
 
+def _stall_of(sd: dict[str, Any]) -> StallReport | None:
+    """A scenario's saved stall report, as the result model reads it."""
+    return StallReport.from_json(sd["stall"], "stall") if sd.get("stall") else None
+
+
+def _result(sd: dict[str, Any]) -> results.ScenarioResult:
+    return results.ScenarioResult.from_json(sd, str(sd["id"]))
+
+
 def _with_stall(run: dict[str, Any], blocked: bool = True) -> dict[str, Any]:
     """The saved run, with busy-target-module as a recording with the klp_check_and_switch_task
     probe would have it (the saved one predates that probe): its worker not switched at the
     patching transition's one try, and the stall report that `klptrace run` attaches
-    (stall.Report, stall.timeline). blocked=False: the report alone, from /proc."""
+    (StallReport, stall.timeline). blocked=False: the report alone, from /proc."""
     run = copy.deepcopy(run)
     sd = _sd(run, "busy-target-module")
     evs = _events(sd)
@@ -53,10 +63,11 @@ def _with_stall(run: dict[str, Any], blocked: bool = True) -> dict[str, Any]:
             EventKind.TASK_BLOCKED, first_try.ts_ns + 40_000, 61, 61, "kworker/0:2",
             "klptrace_lp", "klptrace_busy_work_func", state=1, ret=-98))
     sd["events"] = [e.to_json() for e in evs]
-    task = stall.Task(61, 61, "kworker/0:2", "sleeping on function", "klptrace_busy_work_func",
-                      True, "I", ["[<0>] klptrace_busy_work_func+0x2a/0x50 [klptrace_busy]"],
-                      0.11, "bpf" if blocked else "proc")
-    rep = stall.Report("klptrace_lp", "patching", [task], 0.11, 1)
+    task = StallTask(61, 61, "kworker/0:2", Reason.SLEEPING_ON_FUNCTION,
+                     "klptrace_busy_work_func", True, "I",
+                     ["[<0>] klptrace_busy_work_func+0x2a/0x50 [klptrace_busy]"], 0.11,
+                     Source.BPF if blocked else Source.PROC)
+    rep = StallReport("klptrace_lp", Direction.PATCHING, [task], 0.11, 1)
     rep.timeline = stall.timeline(evs, "klptrace_lp")
     rep.next_steps = stall.next_steps(rep)
     sd["stall"] = rep.to_json()
@@ -82,11 +93,11 @@ def _failing(tmp_path: Path) -> tuple[Path, Path]:
 # ---- layout ----
 
 def _layouts() -> list[tuple[str, tl.Layout]]:
-    out = [(sid, tl.layout(_events(_sd(RUN, sid)), _sd(RUN, sid).get("stall")))
-           for sid in IDS]
+    out = [(sid, tl.layout(_events(_sd(RUN, sid)), _stall_of(_sd(RUN, sid)))) for sid in IDS]
     for blocked in (True, False):
         sd = _sd(_with_stall(RUN, blocked), "busy-target-module")
-        out.append((f"busy-target-module+stall({blocked})", tl.layout(_events(sd), sd["stall"])))
+        out.append((f"busy-target-module+stall({blocked})",
+                    tl.layout(_events(sd), _stall_of(sd))))
     return out
 
 
@@ -96,7 +107,7 @@ def test_no_two_labels_or_marks_overlap(sid: str, width: float) -> None:
     docs = ([(s, _sd(RUN, s)) for s in [sid]] if sid != "stall" else
             [(sid, _sd(_with_stall(RUN, b), "busy-target-module")) for b in (True, False)])
     for _name, sd in docs:
-        lay = tl.layout(_events(sd), sd.get("stall"), width=width)
+        lay = tl.layout(_events(sd), _stall_of(sd), width=width)
         assert len(lay.labels) > 10
         assert tl.overlaps(lay) == []
 
@@ -210,7 +221,7 @@ def test_modules_are_loaded_from_coming_to_free() -> None:
 def test_stall_tasks_held_the_transition() -> None:
     sd = _sd(_with_stall(RUN), "busy-target-module")
     evs = _events(sd)
-    lay = tl.layout(evs, sd["stall"])
+    lay = tl.layout(evs, _stall_of(sd))
     lane = next(la for la in lay.lanes if la.kind == "task")
     assert (lane.group, lane.name) == ("tasks not switched (klptrace_lp)", "kworker/0:2:61")
     bar = next(b for b in lay.bars if b.cls == "blocked")
@@ -223,7 +234,7 @@ def test_stall_tasks_held_the_transition() -> None:
                for lb in lay.labels)
     # the report alone (no BPF verdict): from the start, for blocking_s
     sd = _sd(_with_stall(RUN, blocked=False), "busy-target-module")
-    lay = tl.layout(_events(sd), sd["stall"])
+    lay = tl.layout(_events(sd), _stall_of(sd))
     bar = next(b for b in lay.bars if b.cls == "blocked")
     assert (bar.x1 - bar.x0) * lay.ns_per_px == pytest.approx(0.11e9, rel=1e-3)
     assert any("in the stall report · not switched for 0.1 s" in lb.text for lb in lay.labels)
@@ -311,7 +322,7 @@ def test_error_shows_its_problems_and_oops() -> None:
               problems=["3 events were lost (the BPF ring buffer was full)"],
               oops=["BUG: kernel NULL pointer dereference, address: 0000000000000008",
                     "RIP: 0010:klp_complete_transition+0x4f/0x230"])
-    section = html.scenario(sd)
+    section = html.scenario(_result(sd))
     assert '<ul class="problems"><li>3 events were lost' in section
     assert "<pre class=\"oops\">BUG: kernel NULL pointer dereference" in section
     assert "RIP: 0010:klp_complete_transition+0x4f/0x230" in section
@@ -319,7 +330,7 @@ def test_error_shows_its_problems_and_oops() -> None:
 
 def test_stall_report_is_shown() -> None:
     sd = _sd(_with_stall(RUN), "busy-target-module")
-    section = html.scenario(sd)
+    section = html.scenario(_result(sd))
     assert "<b>klptrace_lp: patching transition, in transition for 0.1 s, 1 try</b>" in section
     assert '<td class="mono">kworker/0:2:61</td><td>kernel thread</td>' in section
     assert "klptrace_busy_work_func+0x2a/0x50 [klptrace_busy]" in section
@@ -413,8 +424,7 @@ def test_report_in_chromium(chromium: Any, tmp_path: Path) -> None:
                 d = drawn[f"{prefix}{sd['id']}-timeline"]
                 # the page's sections carry each verdict's first divergence
                 div = results.ScenarioResult.from_json(sd, where).verdict.divergence
-                lay = tl.layout(_events(sd), sd.get("stall"),
-                                flags=html._flags({**sd, "divergence": div}, _events(sd)))
+                lay = tl.layout(_events(sd), _stall_of(sd), flags=html._flags(div, _events(sd)))
                 assert d["w"] > 800 and d["h"] == pytest.approx(
                     lay.height * d["w"] / lay.width, abs=1), where
                 assert [t["text"] for t in d["texts"]] == [lb.text for lb in lay.labels], where
@@ -463,10 +473,10 @@ def test_real_stall_is_drawn() -> None:
     evs = _events(sd)
     blocked = [e for e in evs if e.kind == EventKind.TASK_BLOCKED]
     assert blocked and {e.object for e in blocked} == {"klptrace_busy_work_func"}  # its function
-    lay = tl.layout(evs, sd["stall"])
+    lay = tl.layout(evs, _stall_of(sd))
     bar = next(b for b in lay.bars if b.cls == "blocked")
     reverse = next(e for e in evs if e.kind == EventKind.TRANSITION_REVERSE)
     assert bar.x0 == pytest.approx(_x(lay, blocked[0].ts_ns))
     assert bar.x1 == pytest.approx(_x(lay, reverse.ts_ns))
-    section = html.scenario(sd)
+    section = html.scenario(_result(sd))
     assert "<h3>Stall report</h3>" in section and "klptrace_busy_work_func" in section

@@ -257,6 +257,11 @@ def test_the_largest_clock_still_renders(tmp_path: Path,
     (lambda sc: sc["stall"]["timeline"][1].update(tasks=3),
      "stall: timeline[1]: 'tasks' must be a list of strings"),
     (lambda sc: sc["stall"].update(tries="1"), "stall: 'tries' must be a non-negative integer"),
+    (lambda sc: sc["stall"].update(direction="sideways"),
+     "scenarios[0]: stall: 'direction' must be 'patching' or 'unpatching'"),
+    (lambda sc: sc["stall"].pop("direction"), "stall: 'direction' must be 'patching' or"),
+    (lambda sc: sc["stall"]["tasks"][0].update(source="guess"),
+     "stall: tasks[0]: 'source' must be 'proc' or 'bpf'"),
     (lambda sc: sc.update(stall=[]), "scenarios[0]: stall: expected a JSON object"),
     (lambda sc: sc.update(start_time="yesterday"), "'start_time' must be a date and time"),
     (lambda sc: sc.update(start_time="2025-13-01T10:00:00.250+00:00"),
@@ -268,6 +273,26 @@ def test_a_malformed_scenario_field_is_refused(
     doc = _doc(BUSY)
     change(doc["scenarios"][0])
     _refused(capsys, _write(tmp_path, doc), says)
+
+
+def test_a_saved_stall_report_reads_back_in_the_kernel_s_words() -> None:
+    """The report a stalling scenario saved is the model's again: its words are enums, and it
+    writes the same JSON back."""
+    from klptrace.events import Direction, Reason
+    from klptrace.stall_report import Source
+
+    saved = _doc(BUSY)["scenarios"][0]
+    sc = results.ScenarioResult.from_json(saved, "busy")
+    assert sc.stall is not None
+    [task] = sc.stall.tasks
+    assert sc.stall.direction is Direction.PATCHING
+    assert (task.reason, task.source) == (Reason.SLEEPING_ON_FUNCTION, Source.BPF)
+    assert isinstance(task.reason, Reason) and isinstance(task.source, Source)
+    assert json.loads(json.dumps(sc.stall.to_json())) == saved["stall"]
+    # a reason the kernel gave as a code klptrace does not know stays as it was written
+    saved["stall"]["tasks"][0]["reason"] = "other (-5)"
+    again = results.ScenarioResult.from_json(saved, "busy").stall
+    assert again is not None and again.tasks[0].reason == "other (-5)"
 
 
 @pytest.mark.parametrize(("change", "says"), [

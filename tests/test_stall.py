@@ -5,6 +5,7 @@ import json
 from klptrace import stall
 from klptrace.events import Event, EventKind
 from klptrace.kernel import stall as live
+from klptrace.stall_report import StallReport, StallStep, StallTask
 
 STACK = [
     "[<0>] msleep+0x2d/0x40",
@@ -53,20 +54,30 @@ def test_timeline_counts_tasks_per_try_and_signals() -> None:
         _ev(EventKind.TRANSITION_DONE, 17 * s, state=0),
     ]
     tl = stall.timeline(evs, "p")
-    assert [i["what"] for i in tl] == ["start (patching)", "try 1", "try 16",
-                                       "fake signals to the remaining tasks", "reversed",
-                                       "complete (unpatching)"]
-    assert tl[1]["tasks_left"] == 2 and tl[2]["tasks_left"] == 1
-    assert tl[1]["tasks"][0] == "kworker/0:1:7 sleeping on function klptrace_busy_work_func"
-    assert tl[-1]["t_s"] == 17.0
+    assert [i.what for i in tl] == ["start (patching)", "try 1", "try 16",
+                                    "fake signals to the remaining tasks", "reversed",
+                                    "complete (unpatching)"]
+    assert tl[1].tasks_left == 2 and tl[2].tasks_left == 1
+    assert tl[1].tasks is not None
+    assert tl[1].tasks[0] == "kworker/0:1:7 sleeping on function klptrace_busy_work_func"
+    assert tl[-1].t_s == 17.0
+    # a try that left no task names none; the other moments carry no count
+    assert (tl[0].tasks_left, tl[0].tasks) == (None, None)
+    assert tl[1].to_json()["tasks_left"] == 2 and "tasks" not in tl[0].to_json()
+    assert stall.timeline_line(tl[1]) == "   0.000 s  try 1, 2 task(s) left"
+    assert stall.timeline_line(tl[2], tasks=True) == (
+        "  15.000 s  try 16, 1 task(s) left: kworker/0:1:7 sleeping on function "
+        "klptrace_busy_work_func")
+    assert stall.timeline_line(StallStep(1.5, "try 2", 0, None), tasks=True) == (
+        "   1.500 s  try 2, 0 task(s) left")
 
 
 def test_timeline_when_attached_late() -> None:
     evs = [_ev(EventKind.TRANSITION_TRY, 3_000_000_000, ret=4),
            _ev(EventKind.TRANSITION_DONE, 4_000_000_000, state=1)]
     tl = stall.timeline(evs, "p", attached_ns=2_000_000_000)
-    assert tl[0]["what"].startswith("klptrace attached")
-    assert [i["t_s"] for i in tl] == [0.0, 1.0, 2.0]
+    assert tl[0].what.startswith("klptrace attached")
+    assert [i.t_s for i in tl] == [0.0, 1.0, 2.0]
 
 
 def test_merge_bpf_takes_the_kernel_s_verdict() -> None:
@@ -76,10 +87,10 @@ def test_merge_bpf_takes_the_kernel_s_verdict() -> None:
            _ev(EventKind.TASK_BLOCKED, s + 1, tid=7, comm="kworker/0:1", ret=-98, object="g"),
            _ev(EventKind.TASK_BLOCKED, 2 * s, tid=8, comm="sh", ret=-5),
            _ev(EventKind.TRANSITION_FORCE, 3 * s, state=1)]
-    rep = stall.Report("p", stall.Direction.PATCHING, [
-        stall.Task(1, 7, "kworker/0:1", stall.Reason.OTHER, "f", True, "D", STACK),
-        stall.Task(2, 8, "sh", stall.Reason.RUNNING, "", False, "R", [], blocking_s=9.0),
-        stall.Task(3, 9, "cat", stall.Reason.RUNNING, "", False, "R", [])])
+    rep = StallReport("p", stall.Direction.PATCHING, [
+        StallTask(1, 7, "kworker/0:1", stall.Reason.OTHER, "f", True, "D", STACK),
+        StallTask(2, 8, "sh", stall.Reason.RUNNING, "", False, "R", [], blocking_s=9.0),
+        StallTask(3, 9, "cat", stall.Reason.RUNNING, "", False, "R", [])])
     stall.merge_bpf(rep, evs, now_ns=4 * s)
     worker, sh, cat = rep.tasks
     assert (worker.reason, worker.function, worker.source) == ("sleeping on function", "g",
@@ -88,13 +99,13 @@ def test_merge_bpf_takes_the_kernel_s_verdict() -> None:
     assert (sh.reason, sh.source, sh.blocking_s) == ("other (-5)", "bpf", 9.0)
     assert (cat.reason, cat.source, cat.blocking_s) == ("running", "proc", None)
     assert rep.tries == 3 and rep.forced
-    assert [i["what"] for i in rep.timeline] == ["start (patching)", "try 3", "forced"]
+    assert [i.what for i in rep.timeline] == ["start (patching)", "try 3", "forced"]
     assert json.loads(json.dumps(rep.to_json()))["tasks"][1]["source"] == "bpf"
 
 
 def test_next_steps_for_a_kthread_never_suggest_signals_help() -> None:
-    rep = stall.Report("p", "patching", [stall.Task(
-        1, 7, "kworker/0:1", "sleeping on function", "f", True, "D", STACK)])
+    rep = StallReport("p", stall.Direction.PATCHING, [StallTask(
+        1, 7, "kworker/0:1", stall.Reason.SLEEPING_ON_FUNCTION, "f", True, "D", STACK)])
     steps = stall.next_steps(rep)
     assert "kernel thread" in steps[0] and "will go back to sleep" in steps[0]
     assert any("echo 0 > /sys/kernel/livepatch/p/enabled" in s for s in steps)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -111,14 +113,39 @@ def test_a_watch_s_summary_and_page(machine: Path) -> None:
     text = stall_cmd.render_summary(summary)
     assert "kworker/1:1:61 sleeping on function klptrace_busy_work_func -> switched after " \
            "2.5 s" in text
-    doc = stall_cmd.html_document(summary, watched, events, 4.5)
-    [sc] = doc.scenarios
-    assert sc.id == "stall klptrace_lp" and sc.status == "pass"
-    assert sc.stall is not None and sc.stall.timeline == summary.timeline
-    from klptrace import report
+    assert summary.report is rep and summary.recording.events == events
+    from klptrace import stall as analysis
+    from klptrace.report import html
 
-    page = report.render("html", doc)
+    page = html.watch(dataclasses.replace(summary, watched_s=4.5))
+    # one section, the watch's, passed: its timeline, its report with the watch's story
+    assert page.count("<section ") == 1
+    assert ('<section class="scenario pass" id="stall-klptrace_lp">'
+            '\n<h2><span class="badge pass">✓ PASS</span> <span class="mono">stall '
+            'klptrace_lp</span><span class="sub">4.50 s · 3 events</span></h2>') in page
     assert "stall klptrace_lp" in page and "<svg" in page and "klptrace_busy_work_func" in page
+    story = page[page.index("<summary>the transition's story</summary><pre>"):]
+    story = story[story.index("<pre>") + 5:story.index("</pre>")]
+    assert story == html._e("\n".join(analysis.timeline_line(i, tasks=True)
+                                      for i in summary.timeline))
+
+
+def test_a_watch_that_ended_in_transition_has_a_failed_page(machine: Path) -> None:
+    from klptrace.report import html
+
+    rep = stall.snapshot("klptrace_lp")
+    watched = stall_cmd.Watched()
+    watched.update(rep, 10.0)
+    events = [Event(EventKind.TRANSITION_START, 8 * 10**9, patch="klptrace_lp", state=1),
+              Event(EventKind.TRANSITION_TRY, 9 * 10**9, patch="klptrace_lp", state=1, ret=3)]
+    s = stall_cmd.summary("klptrace_lp", watched, events, 8 * 10**9, completed=False)
+    page = html.watch(s)
+    assert '<section class="scenario fail" id="stall-klptrace_lp">' in page
+    assert ('<div class="explain">klptrace_lp was still in transition when the watch '
+            "ended</div>") in page
+    assert "<b>klptrace_lp: patching transition, in transition for " in page
+    assert '<details class="transcripts" open>' in page  # what was recorded, at once
+    assert "starting patching transition" in page
 
 
 def test_a_watch_s_json_is_the_typed_answer_s(machine: Path) -> None:
@@ -141,14 +168,81 @@ def test_a_watch_s_json_is_the_typed_answer_s(machine: Path) -> None:
 
 def test_a_watch_that_never_saw_the_transition_in_progress(machine: Path) -> None:
     """The page still draws the transition: its report names the patch, not a direction."""
-    from klptrace import report
+    from klptrace.report import html
 
     watched = stall_cmd.Watched()
     watched.update(None, 1.0)
     events = [Event(EventKind.TRANSITION_DONE, 5, patch="klptrace_lp", state=1)]
     s = stall_cmd.summary("klptrace_lp", watched, events, 1, completed=True)
     assert s.direction is None and s.tasks == [] and s.result == "patched complete"
-    doc = stall_cmd.html_document(s, watched, events, 0.5)
-    [sc] = doc.scenarios
-    assert sc.stall is not None and (sc.stall.patch, sc.stall.direction) == ("klptrace_lp", "?")
-    assert "<b>klptrace_lp: ? transition</b>" in report.render("html", doc)
+    assert s.report is None
+    assert "<b>klptrace_lp: ? transition</b>" in html.watch(s)
+
+
+class _Recorder:
+    """Stands in for the BPF recorder of a watch: at its first poll the kernel tries and
+    finds the worker in klptrace_busy_work_func; at the next the worker has left, and the
+    transition completes."""
+
+    def __init__(self, machine: Path) -> None:
+        self.transition = machine / "livepatch" / "klptrace_lp" / "transition"
+        self.events: list[Event] = []
+
+    def __call__(self, _livepatch_modules: object) -> _Recorder:
+        return self
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def poll(self, _ms: int) -> None:
+        now = time.monotonic_ns()
+        if not self.events:
+            self.events += [
+                Event(EventKind.TRANSITION_TRY, now, patch="klptrace_lp", state=1, ret=0),
+                Event(EventKind.TASK_BLOCKED, now + 1, tid=61, comm="kworker/1:1", ret=-98,
+                      patch="klptrace_lp", object="klptrace_busy_work_func")]
+        else:
+            self.transition.write_text("0\n")
+            self.events.append(Event(EventKind.TRANSITION_DONE, now, patch="klptrace_lp",
+                                     state=1))
+
+    def drain(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "html"])
+def test_a_watch_follows_the_transition_to_its_end(machine: Path, fmt: str,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`klptrace stall --watch`, its BPF recorder faked: the watch ends when the
+    transition does, and says so in each format."""
+    from klptrace.record import recorder
+
+    monkeypatch.setattr(recorder, "Recorder", _Recorder(machine))
+    monkeypatch.setattr(kmod, "unsupported", lambda **_kw: None)
+    out = machine / f"watch.{fmt}"
+    assert cli.main(["stall", "--watch", "--format", fmt, "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Watching klptrace_lp (Ctrl-C to stop)." in err
+    assert "1 task(s) left: kworker/1:1:61 sleeping on function klptrace_busy_work_func" in err
+    text = out.read_text()
+    if fmt == "text":
+        assert text.startswith("klptrace_lp: transition complete\ntimeline:\n")
+        assert "kworker/1:1:61 sleeping on function klptrace_busy_work_func -> switched " \
+               "after " in text
+    elif fmt == "json":
+        doc = json.loads(text)
+        assert (doc["direction"], doc["completed"], doc["result"]) == (
+            "patching", True, "patched complete")
+        assert [i["what"] for i in doc["timeline"]] == [
+            "klptrace attached (the transition had started)", "try 1", "complete (patching)"]
+        [t] = doc["tasks"]
+        assert t["tid"] == 61 and t["switch_latency_s"] is not None
+    else:
+        assert '<section class="scenario pass" id="stall-klptrace_lp">' in text
+        assert "<b>klptrace_lp: patching transition, in transition for " in text
+        assert "try 1, 1 task(s) left: kworker/1:1:61 sleeping on function " \
+               "klptrace_busy_work_func" in text

@@ -2,7 +2,8 @@
 
 It starts fast (a person waits for its first answer): nothing heavier than the
 stall report's own modules is imported before the answer, and BPF only with
---watch. The report itself is klptrace/stall.py.
+--watch. The report is klptrace/stall_report.py's, what it means klptrace/stall.py's,
+and a watch's page report/html.py's (watch()).
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Sequence
 
 from klptrace import files
 from klptrace.commands import STALL_TIMEOUT_S, line, signals_unwind
 from klptrace.errors import KlptraceError, UsageError, signals_checked
+from klptrace.events import Event
 from klptrace.kernel import kmod
 from klptrace.report.markup import terminal
-from klptrace.results import RunDocument, StallReport, StallStep, StallWatch, WatchedTask
+from klptrace.results import Recording, StallWatch, WatchedTask
+from klptrace.stall_report import StallReport, StallTask
 
 
 @dataclasses.dataclass
@@ -62,7 +65,7 @@ def run(opts: StallOptions) -> int:
             return _watch(opts, patch, deadline)
     rep = live.snapshot(patch)
     if opts.format == "json":
-        doc = _typed(rep).to_json() if rep else {"patch": patch, "in_transition": False}
+        doc = rep.to_json() if rep else {"patch": patch, "in_transition": False}
         _write(opts, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     else:
         _write(opts, terminal(st.render_text(rep)))  # a task's comm is its own to choose
@@ -80,11 +83,11 @@ def _write(opts: StallOptions, text: str) -> None:
 class Watched:
     """What a watch saw: each task first seen pending, when it switched, the last report."""
 
-    seen: dict[int, tuple[Any, float]] = dataclasses.field(default_factory=dict)
+    seen: dict[int, tuple[StallTask, float]] = dataclasses.field(default_factory=dict)
     latency: dict[int, float] = dataclasses.field(default_factory=dict)
-    last: Any = None  # stall.Report
+    last: StallReport | None = None
 
-    def update(self, rep: Any, now: float) -> None:
+    def update(self, rep: StallReport | None, now: float) -> None:
         """Fold in a snapshot (None once the transition is over) taken at now."""
         pending = {t.tid for t in rep.tasks} if rep else set()
         for t in rep.tasks if rep else []:
@@ -96,27 +99,25 @@ class Watched:
             self.last = rep
 
 
-def _typed(rep: Any) -> StallReport:
-    """A stall.Report as the result model keeps it."""
-    return StallReport.from_json(rep.to_json(), f"{rep.patch}'s stall report")
-
-
-def summary(patch: str, watched: Watched, events: list[Any], attached_ns: int,
-            completed: bool) -> StallWatch:
-    """The watch's answer: the direction, whether it completed, the timeline, each task."""
+def summary(patch: str, watched: Watched, events: Sequence[Event], attached_ns: int,
+            completed: bool, watched_s: float = 0.0) -> StallWatch:
+    """The watch's answer: the direction, whether it completed, the timeline, each task;
+    and for its page, what was recorded, the last report, watched_s (how long it watched)."""
     from klptrace import stall as st
-    from klptrace.events import EventKind
+    from klptrace.events import KLP_PATCHED, EventKind
 
-    done = [e for e in events if e.kind == EventKind.TRANSITION_DONE and e.patch == patch]
-    story = [StallStep.from_json(x, f"{patch}'s timeline")
-             for x in st.timeline(events, patch, attached_ns=attached_ns)]
+    done = [e.state for e in events if e.kind == EventKind.TRANSITION_DONE and e.patch == patch]
+    target = ("?" if not done or done[-1] is None else
+              "patched" if done[-1] == KLP_PATCHED else "unpatched")
+    last = watched.last
     return StallWatch(
-        patch, watched.last.direction if watched.last else None, completed,
-        (f"{done[-1].to_json().get('target', '?')} complete" if done
-         else "in transition" if not completed else "complete"), story,
+        patch, last.direction if last else None, completed,
+        (f"{target} complete" if done else "in transition" if not completed else "complete"),
+        st.timeline(events, patch, attached_ns=attached_ns),
         [WatchedTask(t.pid, t.tid, t.comm, t.reason, t.function,
                      round(watched.latency[tid], 3) if tid in watched.latency else None)
-         for tid, (t, _s) in watched.seen.items()])
+         for tid, (t, _s) in watched.seen.items()],
+        Recording(list(events)), last, watched_s, os.uname().release)
 
 
 def render_summary(s: StallWatch) -> str:
@@ -125,30 +126,12 @@ def render_summary(s: StallWatch) -> str:
 
     lines = [f"{s.patch}: transition {'complete' if s.completed else 'still in progress'}",
              "timeline:"]
-    lines += [f"  {timeline_line(i.to_json())}" for i in s.timeline]
+    lines += [f"  {timeline_line(i)}" for i in s.timeline]
     lines.append("tasks:")
     lines += [f"  {t.comm}:{t.tid} {t.reason} {t.function} -> switched after "
               + (f"{t.switch_latency_s:.1f} s" if t.switch_latency_s is not None
                  else "(not switched)") for t in s.tasks]
     return "\n".join(lines) + "\n"
-
-
-def html_document(s: StallWatch, watched: Watched, events: list[Any],
-                  duration_s: float) -> RunDocument:
-    """The watch as a run of one scenario, for the HTML report's timeline."""
-    from klptrace.results import Recording, ScenarioResult, Status, Verdict
-    from klptrace.transcript import render
-
-    # a transition the watch never saw in progress: the page says "?" of its direction
-    report = _typed(watched.last) if watched.last else StallReport(s.patch, "?")
-    report = dataclasses.replace(report, timeline=s.timeline)
-    status = Status.PASS if s.completed else Status.FAIL
-    why = "" if s.completed else f"{s.patch} was still in transition when the watch ended"
-    verdict = Verdict(status, [], render(events), why)
-    result = ScenarioResult(f"stall {s.patch}", verdict, Recording(list(events)),
-                            duration_s, notes=["a watch of a transition: nothing was expected, "
-                                               "this is what the kernel did"], stall=report)
-    return RunDocument(os.uname().release, [result])
 
 
 def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
@@ -191,14 +174,14 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
         rec.drain()
         events = list(rec.events)
     completed = kmod.patch_attr(patch, "transition") != "1"
-    s = summary(patch, watched, events, int(t_attach * 1e9), completed)
+    s = summary(patch, watched, events, int(t_attach * 1e9), completed,
+                time.monotonic() - t_attach)
     if opts.format == "json":
         _write(opts, json.dumps(s.to_json(), indent=1, allow_nan=False) + "\n")
     elif opts.format == "html":
-        from klptrace import report
+        from klptrace.report import html
 
-        _write(opts, report.render("html", html_document(s, watched, events,
-                                                         time.monotonic() - t_attach)))
+        _write(opts, html.watch(s))
     else:
         _write(opts, terminal(render_summary(s)))
     if stopped is not None:

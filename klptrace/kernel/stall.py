@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from klptrace import stall
 from klptrace.events import KLP_PATCHED, KLP_UNPATCHED, SIGNALS_TIMEOUT, Direction, Event
 from klptrace.kernel import kmod, kmsg, proc
+from klptrace.stall_report import StallReport, StallTask
 
 #: where the tasks are read (a directory of the same shape in tests)
 PROC = "/proc"
@@ -130,7 +131,7 @@ def read_stack(base: str, read: Callable[[str], str] = _read,
     return last
 
 
-def task_info(pid: int, tid: int, funcs: set[str]) -> stall.Task:
+def task_info(pid: int, tid: int, funcs: set[str]) -> StallTask:
     """What /proc says of one pending task."""
     base = f"{PROC}/{pid}/task/{tid}"
     try:
@@ -141,8 +142,8 @@ def task_info(pid: int, tid: int, funcs: set[str]) -> stall.Task:
     got = read_stack(base)
     reason, fn = (stall.classify(got.stack, got.state, funcs) if got.stable
                   else (stall.UNSTABLE, ""))
-    return stall.Task(pid, tid, comm, reason, fn, bool(flags & PF_KTHREAD), got.state,
-                      got.stack)
+    return StallTask(pid, tid, comm, reason, fn, bool(flags & PF_KTHREAD), got.state,
+                     got.stack)
 
 
 def kernel_log() -> list[tuple[float, str]]:
@@ -157,7 +158,7 @@ def kernel_log() -> list[tuple[float, str]]:
         log.close()
 
 
-def snapshot(patch: str | None = None, events: Sequence[Event] = ()) -> stall.Report | None:
+def snapshot(patch: str | None = None, events: Sequence[Event] = ()) -> StallReport | None:
     """The transition's state now, or None when no transition is in progress."""
     patch = patch or transition_patch()
     if not patch or kmod.patch_attr(patch, "transition") != "1":
@@ -168,7 +169,7 @@ def snapshot(patch: str | None = None, events: Sequence[Event] = ()) -> stall.Re
     tasks = [task_info(pid, tid, funcs) for pid, tid in pending_tasks(target)]
     facts = stall.log_facts(patch, kernel_log())
     now = time.clock_gettime(time.CLOCK_MONOTONIC)
-    rep = stall.Report(patch, Direction.PATCHING if enabled else Direction.UNPATCHING, tasks)
+    rep = StallReport(patch, Direction.PATCHING if enabled else Direction.UNPATCHING, tasks)
     if facts.started_at is not None:
         rep.in_transition_s = round(now - facts.started_at, 3)
         for t in tasks:  # not switched since the start: blocking all along

@@ -4,6 +4,7 @@ The result table (a scenario x kernel table for a matrix); per scenario its
 timeline (report/timeline.py lays it out, report/svg.py draws it), the
 expected and recorded transcripts side by side with the first divergence
 marked, and for a failure its problems, diff and oops; a stall's report.
+A watched transition (`klptrace stall --watch`) is a page of its own (watch()).
 Everything that comes from a recording is escaped.
 """
 
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from klptrace.events import Event
 from klptrace.report import svg
 from klptrace.report import timeline as tl
-from klptrace.results import Matrix, RunDocument, Status
+from klptrace.results import Matrix, Probe, RunDocument, ScenarioResult, StallWatch, Status
 from klptrace.stall import timeline_line
+from klptrace.stall_report import StallReport, StallStep
+from klptrace.transcript import render as transcript
 from klptrace.transcript import render_pairs
 
 STATUS: dict[str, tuple[str, str]] = {  # word, sign
@@ -113,42 +115,22 @@ def _badge(status: str) -> str:
 
 # ---- HTML ----
 
-def _divergence(sd: Mapping[str, Any]) -> int | None:
-    """The verdict's first divergence (results.Verdict.divergence, which render() puts in
-    each scenario's section), 1-based."""
-    div = sd.get("divergence")
-    return div if isinstance(div, int) else None
-
-
-def _flags(sd: Mapping[str, Any], events: Sequence[Event]) -> list[tuple[int, str]]:
-    """The first divergence on the timeline: at the event of that recorded line (or the
-    last event, when the recording stopped short of it)."""
-    div = _divergence(sd)
-    if not div or not events:
+def _flags(divergence: int | None, events: Sequence[Event]) -> list[tuple[int, str]]:
+    """The verdict's first divergence (1-based) on the timeline: at the event of that
+    recorded line (or the last event, when the recording stopped short of it)."""
+    if not divergence or not events:
         return []
     pairs = render_pairs(events)
-    ts = pairs[div - 1][1].ts_ns if div <= len(pairs) else events[-1].ts_ns
-    return [(ts, f"first divergence (line {div})")]
+    ts = pairs[divergence - 1][1].ts_ns if divergence <= len(pairs) else events[-1].ts_ns
+    return [(ts, f"first divergence (line {divergence})")]
 
 
-def _events(sd: Mapping[str, Any]) -> list[Event]:
-    out = []
-    for d in sd.get("events") or []:
-        try:
-            out.append(Event.from_json(d))
-        except (KeyError, TypeError, ValueError):
-            continue  # a formatter draws what it can read; `check` says what is wrong
-    return out
-
-
-def _transcripts(sd: Mapping[str, Any], events: Sequence[Event]) -> str:
-    expected = [str(x) for x in sd.get("expected") or []]
-    recorded = [str(x) for x in sd.get("recorded") or []]
+def _transcripts(expected: Sequence[str], recorded: Sequence[str], events: Sequence[Event],
+                 div: int | None, opened: bool) -> str:
     pairs = render_pairs(events)
     t0 = events[0].ts_ns if events else 0
     times = ([f"+{(ev.ts_ns - t0) / 1e9:.3f} s" for _line, ev in pairs]
-             if [line for line, _ev in pairs] == recorded else [""] * len(recorded))
-    div = _divergence(sd)
+             if [line for line, _ev in pairs] == list(recorded) else [""] * len(recorded))
     rows = []
     for i in range(max(len(expected), len(recorded))):
         n = i + 1
@@ -162,109 +144,112 @@ def _transcripts(sd: Mapping[str, Any], events: Sequence[Event]) -> str:
     if div:
         head = (f"Transcripts: the first divergence is line {div} (marked ▶); "
                 f"{len(expected)} lines expected, {len(recorded)} recorded")
-    elif expected == recorded:
+    elif list(expected) == list(recorded):
         head = f"Transcripts: recorded as expected, {len(recorded)} lines"
     else:
         head = f"Transcripts: {len(expected)} lines expected, {len(recorded)} recorded"
-    opened = " open" if sd.get("status") in (Status.FAIL, Status.ERROR) else ""
-    return (f"<details class=\"transcripts\"{opened}><summary>{_e(head)}</summary>"
-            '<table class="transcript"><colgroup><col class="n"><col><col class="t"><col>'
-            "</colgroup><thead><tr><th>#</th><th>expected</th><th>at</th><th>recorded</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
+    return (f"<details class=\"transcripts\"{' open' if opened else ''}><summary>{_e(head)}"
+            '</summary><table class="transcript"><colgroup><col class="n"><col>'
+            '<col class="t"><col></colgroup><thead><tr><th>#</th><th>expected</th><th>at</th>'
+            f"<th>recorded</th></tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
 
 
 def _diff(lines: Sequence[str]) -> str:
     out = []
-    for line in lines:
-        s = str(line)
+    for s in lines:
         cls = ("hunk" if s.startswith(("@@", "--- ", "+++ ")) else "add" if s.startswith("+")
                else "del" if s.startswith("-") else "")
         out.append(f'<span class="{cls}">{_e(s)}</span>' if cls else _e(s))
     return '<pre class="diff">' + "\n".join(out) + "</pre>"
 
 
-def _stall(st: Mapping[str, Any]) -> str:
-    head = (f"{st.get('patch', '?')}: {st.get('direction', '?')} transition"
-            + (f", in transition for {st['in_transition_s']:.1f} s"
-               if isinstance(st.get("in_transition_s"), (int, float)) else "")
-            + (f", {st['tries']} {'try' if st['tries'] == 1 else 'tries'}"
-               if isinstance(st.get("tries"), int) else "")
-            + (", FORCED" if st.get("forced") else ""))
+def _stall(patch: str, direction: str, rep: StallReport | None,
+           story: Sequence[StallStep]) -> str:
+    """A stall report (rep: None when no report was taken: a watch that never saw the
+    transition in progress), with the transition's story."""
+    head = (f"{patch}: {direction} transition"
+            + (f", in transition for {rep.in_transition_s:.1f} s"
+               if rep and rep.in_transition_s is not None else "")
+            + (f", {rep.tries} {'try' if rep.tries == 1 else 'tries'}"
+               if rep and rep.tries is not None else "")
+            + (", FORCED" if rep and rep.forced else ""))
     out = [f"<h3>Stall report</h3><p><b>{_e(head)}</b></p>"]
-    out += [f"<p>{_e(s)}</p>" for s in st.get("signals") or []]
-    tasks = [t for t in st.get("tasks") or [] if isinstance(t, Mapping)]
+    out += [f"<p>{_e(s)}</p>" for s in rep.signals] if rep else []
+    tasks = rep.tasks if rep else []
     if tasks:
         rows = []
         for t in tasks:
-            held = t.get("blocking_s")
+            held = "" if t.blocking_s is None else f"{t.blocking_s:.1f} s"
             rows.append(
-                f"<tr><td class=\"mono\">{_e(t.get('comm', '?'))}:{_e(t.get('tid', '?'))}</td>"
-                f"<td>{'kernel thread' if t.get('kthread') else 'task'}</td>"
-                f"<td>{_e(t.get('reason', ''))}</td>"
-                f"<td class=\"mono\">{_e(t.get('function', ''))}</td>"
-                f"<td>{_e(f'{held:.1f} s' if isinstance(held, (int, float)) else '')}</td>"
-                f"<td>{_e(t.get('source', ''))}</td></tr>")
+                f"<tr><td class=\"mono\">{_e(t.comm)}:{_e(t.tid)}</td>"
+                f"<td>{'kernel thread' if t.kthread else 'task'}</td>"
+                f"<td>{_e(t.reason)}</td><td class=\"mono\">{_e(t.function)}</td>"
+                f"<td>{_e(held)}</td><td>{_e(t.source)}</td></tr>")
         out.append('<table class="stall"><thead><tr><th>task</th><th>kind</th><th>reason</th>'
                    "<th>function</th><th>blocking</th><th>from</th></tr></thead>"
                    f"<tbody>{''.join(rows)}</tbody></table>")
-        for t in tasks:
-            if t.get("stack"):
-                out.append(f"<details><summary>stack of {_e(t.get('comm', '?'))}:"
-                           f"{_e(t.get('tid', '?'))}</summary><pre>"
-                           + _e("\n".join(map(str, t["stack"]))) + "</pre></details>")
-    story = [i for i in st.get("timeline") or [] if isinstance(i, Mapping)]
+        out += [f"<details><summary>stack of {_e(t.comm)}:{_e(t.tid)}</summary><pre>"
+                + _e("\n".join(t.stack)) + "</pre></details>" for t in tasks if t.stack]
     if story:
-        lines = [timeline_line(item, tasks=True) for item in story]
+        lines = [timeline_line(step, tasks=True) for step in story]
         out.append("<details><summary>the transition's story</summary><pre>"
                    + _e("\n".join(lines)) + "</pre></details>")
-    steps = st.get("next_steps") or []
-    if steps:
+    if rep and rep.next_steps:
         out.append("<details><summary>next steps</summary><ul>"
-                   + "".join(f"<li>{_e(s)}</li>" for s in steps) + "</ul></details>")
+                   + "".join(f"<li>{_e(s)}</li>" for s in rep.next_steps) + "</ul></details>")
     return "".join(out)
 
 
-def scenario(sd: Mapping[str, Any], prefix: str = "") -> str:
-    """One scenario's section."""
-    sid, status = str(sd.get("id", "?")), str(sd.get("status", "?"))
-    events = _events(sd)
-    dur = sd.get("duration_s")
-    sub = [f"{dur:.2f} s" if isinstance(dur, (int, float)) else "",
-           f"{len(events)} events", str(sd.get("start_time", "") or "")]
-    out = [f'<section class="scenario {_e(status)}" id="{_e(_anchor(prefix, sid))}">',
-           f"<h2>{_badge(status)} <span class=\"mono\">{_e(sid)}</span>"
+def _section_head(anchor: str, name: str, status: Status, seconds: float, events: int,
+                  start_time: str, explanation: str, problems: Sequence[str],
+                  notes: Sequence[str]) -> list[str]:
+    """A section's title line and what it says before its timeline."""
+    sub = [f"{seconds:.2f} s", f"{events} events", start_time]
+    out = [f'<section class="scenario {_e(status)}" id="{_e(anchor)}">',
+           f"<h2>{_badge(status)} <span class=\"mono\">{_e(name)}</span>"
            f"<span class=\"sub\">{_e(' · '.join(s for s in sub if s))}</span></h2>"]
-    if sd.get("explanation"):
-        out.append(f'<div class="explain">{_e(sd["explanation"])}</div>')
-    if sd.get("problems"):
+    if explanation:
+        out.append(f'<div class="explain">{_e(explanation)}</div>')
+    if problems:
         out.append('<ul class="problems">'
-                   + "".join(f"<li>{_e(p)}</li>" for p in sd["problems"]) + "</ul>")
-    if sd.get("notes"):
-        out.append("<ul>" + "".join(f"<li>note: {_e(n)}</li>" for n in sd["notes"]) + "</ul>")
-    stall = sd.get("stall") if isinstance(sd.get("stall"), Mapping) else None
-    if events:
-        lay = tl.layout(events, stall, flags=_flags(sd, events))
-        out.append(f'<div class="timeline" id="{_e(_anchor(prefix, sid))}-timeline">'
-                   + svg.svg(lay, f"timeline of {sid}") + "</div>")
-    else:
-        out.append("<p class=\"sub\">nothing was recorded</p>")
-    if stall:
-        out.append(_stall(stall))
-    if sd.get("expected") or sd.get("recorded"):
-        out.append(_transcripts(sd, events))
-    if sd.get("diff"):
-        out.append("<h3>Diff</h3>" + _diff(sd["diff"]))
-    if sd.get("oops"):
-        out.append("<h3>Oops</h3><pre class=\"oops\">"
-                   + _e("\n".join(map(str, sd["oops"]))) + "</pre>")
-    if sd.get("dmesg"):
+                   + "".join(f"<li>{_e(p)}</li>" for p in problems) + "</ul>")
+    if notes:
+        out.append("<ul>" + "".join(f"<li>note: {_e(n)}</li>" for n in notes) + "</ul>")
+    return out
+
+
+def _timeline(anchor: str, name: str, events: Sequence[Event], stall: StallReport | None,
+              flags: Sequence[tuple[int, str]] = ()) -> str:
+    if not events:
+        return "<p class=\"sub\">nothing was recorded</p>"
+    lay = tl.layout(events, stall, flags=flags)
+    return (f'<div class="timeline" id="{_e(anchor)}-timeline">'
+            + svg.svg(lay, f"timeline of {name}") + "</div>")
+
+
+def scenario(sc: ScenarioResult, prefix: str = "") -> str:
+    """One scenario's section."""
+    v, events, anchor = sc.verdict, sc.recording.events, _anchor(prefix, sc.id)
+    out = _section_head(anchor, sc.id, sc.status, sc.seconds, len(events), sc.start_time,
+                        v.explanation, v.problems, sc.notes)
+    out.append(_timeline(anchor, sc.id, events, sc.stall, _flags(v.divergence, events)))
+    if sc.stall:
+        out.append(_stall(sc.stall.patch, sc.stall.direction, sc.stall, sc.stall.timeline))
+    if v.expected or v.recorded:
+        out.append(_transcripts(v.expected, v.recorded, events, v.divergence,
+                                sc.status in (Status.FAIL, Status.ERROR)))
+    if v.diff:
+        out.append("<h3>Diff</h3>" + _diff(v.diff))
+    if sc.oops:
+        out.append("<h3>Oops</h3><pre class=\"oops\">" + _e("\n".join(sc.oops)) + "</pre>")
+    if sc.dmesg:
         out.append("<details><summary>kernel log (livepatch lines)</summary><pre>"
-                   + _e("\n".join(map(str, sd["dmesg"]))) + "</pre></details>")
+                   + _e("\n".join(sc.dmesg)) + "</pre></details>")
     out.append("</section>")
     return "\n".join(out)
 
 
-def _totals(t: Mapping[str, Any]) -> str:
+def _totals(t: Mapping[Status, int]) -> str:
     parts = []
     for k in (Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP):
         n = t.get(k, 0)
@@ -274,94 +259,92 @@ def _totals(t: Mapping[str, Any]) -> str:
     return '<div class="totals">' + "".join(parts) + "</div>"
 
 
-def _why(sd: Mapping[str, Any]) -> str:
-    if sd.get("status") == Status.PASS:
-        notes = sd.get("notes") or []
+def _why(status: Status, explanation: str, problems: Sequence[str],
+         notes: Sequence[str]) -> str:
+    if status == Status.PASS:
         return "as expected" + (f"; note: {notes[0]}" if notes else "")
-    return str(sd.get("explanation") or "; ".join(map(str, sd.get("problems") or [])))
+    return explanation or "; ".join(problems)
 
 
-def _results_table(run: Mapping[str, Any], prefix: str) -> str:
-    rows = []
-    for i, sd in enumerate(run.get("scenarios") or [], 1):
-        sid = str(sd.get("id", "?"))
-        dur = sd.get("duration_s")
-        rows.append(
-            f'<tr><td class="num">{i}</td><td><a class="mono" href="#{_e(_anchor(prefix, sid))}">'
-            f"{_e(sid)}</a></td><td>{_badge(str(sd.get('status', '?')))}</td>"
-            f"<td class=\"num\">{len(sd.get('events') or [])}</td>"
-            f"<td class=\"num\">{_e(f'{dur:.2f}' if isinstance(dur, (int, float)) else '')}</td>"
-            f'<td class="why">{_e(_why(sd))}</td></tr>')
+def _row(i: int, anchor: str, name: str, status: Status, events: int, seconds: float,
+         why: str) -> str:
+    """One row of the results table, linked to its section."""
+    return (f'<tr><td class="num">{i}</td><td><a class="mono" href="#{_e(anchor)}">'
+            f"{_e(name)}</a></td><td>{_badge(status)}</td>"
+            f"<td class=\"num\">{events}</td><td class=\"num\">{_e(f'{seconds:.2f}')}</td>"
+            f'<td class="why">{_e(why)}</td></tr>')
+
+
+def _results_table(rows: Sequence[str]) -> str:
     return ('<table class="results"><thead><tr><th class="num">#</th><th>scenario</th>'
             '<th>result</th><th class="num">events</th><th class="num">seconds</th>'
             "<th>what happened</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def _run_meta(run: Mapping[str, Any]) -> str:
-    probes = [p for p in run.get("probes") or [] if isinstance(p, Mapping)]
-    ok = sum(1 for p in probes if p.get("ok"))
-    parts = [f"kernel <b>{_e(run.get('kernel', '?'))}</b>",
-             f"lost events <b>{_e(run.get('lost_events', '?'))}</b>",
+def _meta(kernel: str, lost: int, probes: Sequence[Probe],
+          more: Sequence[tuple[str, object]] = (), leftovers: Sequence[str] = ()) -> str:
+    """What ran where: the kernel, lost events, the probes (and each that failed), more
+    facts (name, value), what was left in the kernel."""
+    ok = sum(1 for p in probes if p.ok)
+    parts = [f"kernel <b>{_e(kernel)}</b>", f"lost events <b>{_e(lost)}</b>",
              f"probes attached <b>{ok}/{len(probes)}</b>"]
-    timing = run.get("timing")
-    if isinstance(timing, Mapping):
-        parts += [f"{_e(k.removesuffix('_s'))} <b>{_e(v)} s</b>" for k, v in timing.items()]
-    info = run.get("kernel_info")
-    if isinstance(info, Mapping):
-        parts += [f"{_e(k)} <b>{_e(v)}</b>" for k, v in info.items()]
+    parts += [f"{_e(k)} <b>{_e(v)}</b>" for k, v in more]
     out = ['<p class="meta">' + " · ".join(parts) + "</p>"]
-    failed = [p for p in probes if not p.get("ok")]
+    failed = [p for p in probes if not p.ok]
     if failed:
         out.append('<ul class="problems">' + "".join(
-            f"<li>probe {_e(p.get('name', '?'))} did not attach: {_e(p.get('reason', ''))}</li>"
+            f"<li>probe {_e(p.name)} did not attach: {_e(p.reason)}</li>"
             for p in failed) + "</ul>")
-    if run.get("leftovers"):
+    if leftovers:
         out.append('<ul class="problems">' + "".join(
-            f"<li>left in the kernel: {_e(x)}</li>" for x in run["leftovers"]) + "</ul>")
+            f"<li>left in the kernel: {_e(x)}</li>" for x in leftovers) + "</ul>")
     return "".join(out)
 
 
-def _run_body(run: Mapping[str, Any], prefix: str) -> str:
-    out = [_run_meta(run), _totals(run.get("totals") or {}), _results_table(run, prefix),
+def _run_body(run: RunDocument, prefix: str) -> str:
+    more = [(k.removesuffix("_s"), f"{v} s") for k, v in (run.timing or {}).items()]
+    more += list((run.kernel_info or {}).items())
+    rows = [_row(i, _anchor(prefix, sc.id), sc.id, sc.status, len(sc.recording.events),
+                 sc.seconds, _why(sc.status, sc.verdict.explanation, sc.verdict.problems,
+                                  sc.notes))
+            for i, sc in enumerate(run.scenarios, 1)]
+    out = [_meta(run.kernel, run.lost_events, run.probes, more, run.leftovers or ()),
+           _totals(run.totals), _results_table(rows),
            f'<div class="legend">{svg.legend()}</div>']
-    out += [scenario(sd, prefix) for sd in run.get("scenarios") or []]
+    out += [scenario(sc, prefix) for sc in run.scenarios]
     return "\n".join(out)
 
 
-def _matrix(doc: Mapping[str, Any]) -> str:
-    runs = [r for r in doc.get("runs") or [] if isinstance(r, Mapping)]
-    ids: dict[str, None] = {}
-    for r in runs:
-        for sd in r.get("scenarios") or []:
-            ids.setdefault(str(sd.get("id", "?")), None)
-    head = "".join(f'<th class="k">{_e(r.get("kernel", "?"))}</th>' for r in runs)
+def _matrix(m: Matrix) -> str:
+    ids = dict.fromkeys(sc.id for r in m.runs for sc in r.scenarios)
+    head = "".join(f'<th class="k">{_e(r.kernel)}</th>' for r in m.runs)
     rows = []
     for sid in ids:
         cells = []
-        for k, r in enumerate(runs):
-            sd = next((s for s in r.get("scenarios") or [] if str(s.get("id")) == sid), None)
-            cells.append("<td>–</td>" if sd is None else
+        for k, r in enumerate(m.runs):
+            sc = next((s for s in r.scenarios if s.id == sid), None)
+            cells.append("<td>–</td>" if sc is None else
                          f'<td><a href="#{_e(_anchor(f"k{k}-", sid))}">'
-                         f"{_badge(str(sd.get('status', '?')))}</a></td>")
+                         f"{_badge(sc.status)}</a></td>")
         rows.append(f'<tr><td class="mono">{_e(sid)}</td>{"".join(cells)}</tr>')
-    out = [_totals(doc.get("totals") or {}),
+    out = [_totals(m.totals),
            f'<table class="matrix results"><thead><tr><th>scenario</th>{head}</tr></thead>'
            f"<tbody>{''.join(rows)}</tbody></table>"]
-    for k, r in enumerate(runs):
+    for k, r in enumerate(m.runs):
         out.append(f'<h1 id="k{k}" style="margin-top:34px">kernel '
-                   f'<span class="mono">{_e(r.get("kernel", "?"))}</span></h1>')
+                   f'<span class="mono">{_e(r.kernel)}</span></h1>')
         out.append(_run_body(r, f"k{k}-"))
     return "\n".join(out)
 
 
-def _run(run: RunDocument) -> dict[str, Any]:
-    """A run as the sections above read it: its JSON, each scenario with its verdict's
-    first divergence."""
-    d = run.to_json()
-    d["scenarios"] = [{**s.to_json(), "divergence": s.verdict.divergence}
-                      for s in run.scenarios]
-    return d
+def _page(title: str, body: str) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_e(title)}</title><style>{_CSS}{_SVG_CSS}</style></head><body>"
+            f"{_DEFS}<main id=\"report\">{body}<footer>Written by klptrace from a recording of the "
+            "livepatch core (BPF). Times are from each scenario's first event "
+            "(CLOCK_MONOTONIC).</footer></main></body></html>\n")
 
 
 def render(m: Matrix) -> str:
@@ -369,14 +352,38 @@ def render(m: Matrix) -> str:
     if m.run is None:
         kernels = ", ".join(r.kernel for r in m.runs)
         title = f"klptrace: {len(m.runs)} kernels"
-        doc = {"runs": [_run(r) for r in m.runs], "totals": m.totals}
-        body = f"<h1>{_e(title)}</h1><p class=\"meta\">{_e(kernels)}</p>" + _matrix(doc)
+        body = f"<h1>{_e(title)}</h1><p class=\"meta\">{_e(kernels)}</p>" + _matrix(m)
     else:
         title = f"klptrace on {m.run.kernel}"
-        body = f"<h1>{_e(title)}</h1>" + _run_body(_run(m.run), "")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_e(title)}</title><style>{_CSS}{_SVG_CSS}</style></head><body>"
-            f"{_DEFS}<main id=\"report\">{body}<footer>Written by klptrace from a recording of the "
-            "livepatch core (BPF). Times are from each scenario's first event "
-            "(CLOCK_MONOTONIC).</footer></main></body></html>\n")
+        body = f"<h1>{_e(title)}</h1>" + _run_body(m.run, "")
+    return _page(title, body)
+
+
+#: what a watch's page says of it: nothing was expected of a watch
+_WATCH_NOTE = "a watch of a transition: nothing was expected, this is what the kernel did"
+
+
+def watch(w: StallWatch) -> str:
+    """A watched transition (`klptrace stall --watch`) as one HTML page: laid out as a run
+    of one section, the watch, with its timeline, its stall report and what was recorded."""
+    name, rec = f"stall {w.patch}", w.recording
+    anchor = _anchor("", name)
+    status = Status.PASS if w.completed else Status.FAIL  # as the command's exit status says
+    why = "" if w.completed else f"{w.patch} was still in transition when the watch ended"
+    recorded = transcript(rec.events)
+    seconds = round(w.watched_s, 3)
+    section = _section_head(anchor, name, status, seconds, len(rec.events), "", why, (),
+                            [_WATCH_NOTE])
+    section.append(_timeline(anchor, name, rec.events, w.report))
+    section.append(_stall(w.patch, w.direction or "?", w.report, w.timeline))
+    if recorded:
+        section.append(_transcripts([], recorded, rec.events, None, not w.completed))
+    section.append("</section>")
+    title = f"klptrace on {w.kernel}"
+    body = "\n".join([
+        f"<h1>{_e(title)}</h1>" + _meta(w.kernel, rec.lost, rec.probes),
+        _totals({status: 1}),
+        _results_table([_row(1, anchor, name, status, len(rec.events), seconds,
+                             _why(status, why, (), [_WATCH_NOTE]))]),
+        f'<div class="legend">{svg.legend()}</div>', "\n".join(section)])
+    return _page(title, body)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from klptrace import story
 from klptrace.events import REASONS, Callback, Event, EventKind
+from klptrace.stall_report import StallReport
 from klptrace.transcript import callback_line
 
 
@@ -165,12 +165,8 @@ def _reason(ret: int | None, unknown: object) -> object:
     return REASONS.get(ret or 0, unknown)
 
 
-def _task_lanes(sto: story.Story, stall: Mapping[str, Any] | None) -> list[LaneSpec]:
-    reported: dict[int, Mapping[str, Any]] = {}
-    if stall:
-        for t in stall.get("tasks") or []:
-            if isinstance(t, Mapping) and isinstance(t.get("tid"), int):
-                reported[t["tid"]] = t
+def _task_lanes(sto: story.Story, stall: StallReport | None) -> list[LaneSpec]:
+    reported = {t.tid: t for t in stall.tasks} if stall else {}
     lanes = []
     for task in sto.stalled:
         e0, evs = task.last, task.events
@@ -193,28 +189,27 @@ def _task_lanes(sto: story.Story, stall: Mapping[str, Any] | None) -> list[LaneS
         lanes.append(lane)
     # tasks the stall report names (from /proc) that BPF did not see at a try:
     # not switched since the transition started, for blocking_s at the report
-    patch = str(stall.get("patch", "")) if stall else ""
+    patch = stall.patch if stall else ""
     start = sto.started(patch)
     seen = {task.tid for task in sto.stalled}
     for tid, t in reported.items():
         if tid in seen:
             continue
-        lane = LaneSpec(f"tasks not switched ({patch})", f"{t.get('comm', '?')}:{tid}", "task")
-        fn = f" {t['function']}()" if t.get("function") else ""
-        held = t.get("blocking_s")
-        text = f"{t.get('reason', '?')}{fn} · in the stall report"
-        if isinstance(held, (int, float)) and start is not None:
-            text += f" · not switched for {held:.1f} s"
-            end_ns = start + int(held * 1e9)
+        lane = LaneSpec(f"tasks not switched ({patch})", f"{t.comm}:{tid}", "task")
+        fn = f" {t.function}()" if t.function else ""
+        text = f"{t.reason}{fn} · in the stall report"
+        if t.blocking_s is not None and start is not None:
+            text += f" · not switched for {t.blocking_s:.1f} s"
+            end_ns = start + int(t.blocking_s * 1e9)
             lane.spans.append(Span(start, min(sto.last, end_ns), "blocked", text,
-                                    open_end=end_ns > sto.last))
+                                   open_end=end_ns > sto.last))
         lane.items.append(Item(start if start is not None else sto.last, text, "task",
-                                "blocked", text))
+                               "blocked", text))
         lanes.append(lane)
     return lanes
 
 
-def lanes_of(events: Sequence[Event], stall: Mapping[str, Any] | None = None,
+def lanes_of(events: Sequence[Event], stall: StallReport | None = None,
              flags: Sequence[tuple[int, str]] = ()) -> list[LaneSpec]:
     """What each lane holds, in time: steps (and flags: (ts, text) such as the first
     divergence), modules, each patch, the tasks."""

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import unicodedata
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from klptrace.events import Event
 from klptrace.report.lanes import lanes_of
+from klptrace.stall_report import StallReport
 
 WIDTH = 1120  # px, the whole SVG (drawn at up to this width, scaled down to fit)
 GUTTER = 200  # px left of the plot, for the lane names
@@ -227,7 +227,7 @@ def pack(spans: Sequence[tuple[float, float]], gap: float = GAP) -> list[int]:
     return out
 
 
-def layout(events: Sequence[Event], stall: Mapping[str, Any] | None = None,
+def layout(events: Sequence[Event], stall: StallReport | None = None,
            width: float = WIDTH, flags: Sequence[tuple[int, str]] = ()) -> Layout:
     """The timeline of one scenario's events (and its stall report, and flags on the
     steps' lane), in pixels."""
