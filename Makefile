@@ -27,7 +27,7 @@ DEB_PACKAGES := qemu-system-x86 busybox-static udev kmod file \
 	python3-bpfcc bpfcc-tools python3-venv \
 	make gcc gcc-12 libc6-dev pahole mmdebstrap
 
-# What only `make test` needs: tests/test_html.py opens the HTML report in
+# What only `make test` needs: tests/report/test_html.py opens the HTML report in
 # headless Chromium, driven by selenium through Debian's chromium-driver.
 TEST_DEB_PACKAGES := chromium chromium-driver
 

@@ -1,6 +1,6 @@
 """Headless Chromium (Debian's chromium and chromium-driver) driven by selenium.
 
-For tests/test_html.py, and as a script for the README's screenshot:
+For tests/report/test_html.py, and as a script for the README's screenshot:
     .venv/bin/python tests/browser.py tests/data/run-6.1.json busy-target-module docs/x.png
 """
 

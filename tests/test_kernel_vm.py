@@ -1,4 +1,4 @@
-"""Boots the lab guest once per kernel and runs every kernel test (tests/kernel) inside it.
+"""Boots the lab guest once per kernel and runs every kernel test (tests/linux_kernel) inside it.
 
 KLPTRACE_TEST_KERNELS (space-separated --kernel values, default "6.1 latest")
 chooses the kernels; `make test` fetches and builds for each of them first.
@@ -72,7 +72,7 @@ class Suite:
         return self.rw / "run.json"
 
     def argv(self) -> list[str]:
-        """The `klptrace vm` that boots this kernel and runs tests/kernel in it."""
+        """The `klptrace vm` that boots this kernel and runs tests/linux_kernel in it."""
         share, layouts = btf.guest_layout_share(defaults.cache_dir())
         guest = [*share, "KLPTRACE_IN_GUEST=1", "KLPTRACE_REQUIRE_KERNEL=1",
                  f"KLPTRACE_SAVE_RUN={self.saved}", f"KLPTRACE_MODULES={self.modules}",
@@ -80,7 +80,7 @@ class Suite:
                  f"KLPTRACE_KERNEL_ONCE={1 if self.spec == ONCE_KERNEL else 0}",
                  sys.executable, "-m", "pytest", "-v", "--durations=12",
                  "-p", "no:cacheprovider", f"--junitxml={self.junit}", "--rootdir", str(REPO),
-                 str(REPO / "tests" / "kernel")]
+                 str(REPO / "tests" / "linux_kernel")]
         return [sys.executable, "-m", "klptrace", "vm", "--kernel", self.release,
                 "--timeout", str(SUITE_TIMEOUT_S), "--rwdir", str(self.rw),
                 "--rwdir", str(layouts), "--", *guest]

@@ -73,3 +73,12 @@ def test_the_package_is_grouped_by_what_it_needs() -> None:
     kernel = {p.name for p in (PACKAGE / "kernel").glob("*.py")}
     assert {"compiler.py", "kprobes.py", "probes.py", "recorder.py", "btf.py", "elf.py"} <= record
     assert {"kmod.py", "kmsg.py", "settings.py", "sysinfo.py", "kernelfs.py"} <= kernel
+
+
+def test_the_tests_mirror_the_package() -> None:
+    """tests/<pkg>/ for each subpackage klptrace/<pkg>/, and nothing else but the in-guest
+    tests (tests/linux_kernel, run against the guest's live kernel) and the data."""
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    tests = {p.name for p in (REPO / "tests").iterdir()
+             if p.is_dir() and p.name not in ("__pycache__",)}
+    assert tests == packages | {"linux_kernel", "data"}

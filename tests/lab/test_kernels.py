@@ -37,7 +37,7 @@ from klptrace.lab import defaults, kernels, specs, unpacked
     ],
 )
 def test_parse_spec(text: str | None, kind: str, value: str) -> None:
-    spec = specs.parse_spec(text)  # its flavour: tests/test_kernels_archive.py
+    spec = specs.parse_spec(text)  # its flavour: tests/lab/test_kernels_archive.py
     assert (spec.kind, spec.value) == (kind, value)
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import util
 
 from klptrace import cli
 from klptrace.errors import NotSupported
 from klptrace.lab import kconfig, kernels, vm, vng
 from klptrace.lab.accel import Accel, AccelName
 
-DATA = Path(__file__).parent / "data" / "kconfig"
+DATA = util.DATA / "kconfig"
 
 
 def _config(name: str) -> kconfig.Config:

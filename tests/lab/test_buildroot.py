@@ -13,11 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import util
 
 from klptrace.errors import KlptraceError
 from klptrace.lab import archive, build, buildroot, kernels
 
-DATA = Path(__file__).parent / "data" / "kbuild"
+DATA = util.DATA / "kbuild"
 
 COMPILERS = [
     # release, what kbuild calls, Debian package

@@ -20,12 +20,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import util
 
 from klptrace import cli
 from klptrace.errors import KlptraceError, UsageError
 from klptrace.lab import archive, kernels, specs, unpacked
 
-DATA = Path(__file__).parent / "data" / "apt"
+DATA = util.DATA / "apt"
 
 
 def _show(name: str) -> list[archive.Package]:
@@ -190,7 +191,7 @@ def test_default_elsewhere_is_stable() -> None:
 # --- the fetcher end to end, on the saved metadata ---------------------------------------
 
 #: what the fake packages ship as the kernel's config (the generic 7.3.4's lines)
-GOOD_CONFIG = (Path(__file__).parent / "data" / "kconfig" / "config-7.3.4+deb13-amd64").read_text()
+GOOD_CONFIG = (util.DATA / "kconfig" / "config-7.3.4+deb13-amd64").read_text()
 
 
 # Files each package puts in place, in Debian's two layouts (contents made up, paths real).
