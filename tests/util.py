@@ -23,6 +23,15 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def lab_kernel() -> Any:
+    """A lab kernel (klptrace.lab.kernels.Kernel) unpacked nowhere: for command lines."""
+    from klptrace.lab import kernels
+
+    root = Path("/c/kernels/6.1.0-9-amd64")
+    return kernels.Kernel("6.1.0-9-amd64", root / "boot/vmlinuz-6.1.0-9-amd64",
+                          root / "lib/modules/6.1.0-9-amd64", None, root)
+
+
 def saved_run() -> dict[str, Any]:
     """A real run of all 11 scenarios recorded in the lab guest (6.1)."""
     return json.loads((DATA / "run-6.1.json").read_text())

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from util import lab_kernel
 
 from klptrace import cli
 from klptrace.errors import KlptraceError
@@ -88,13 +89,6 @@ def test_early_end_names_why_no_status_came(tmp_path: Path) -> None:
 # --- the command line ----------------------------------------------------------------
 
 
-def _kernel() -> kernels.Kernel:
-    root = Path("/c/kernels/6.1.0-9-amd64")
-    return kernels.Kernel(
-        "6.1.0-9-amd64", root / "boot/vmlinuz-6.1.0-9-amd64",
-        root / "lib/modules/6.1.0-9-amd64", None, root,
-    )  # fmt: skip
-
 
 def test_cli_kernel_of_no_form_is_a_usage_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -117,7 +111,7 @@ def test_cli_vm_needs_a_command(
 
 def test_cli_vm_passes_options(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, object] = {}
-    k = _kernel()
+    k = lab_kernel()
     monkeypatch.setattr(vm, "check_host", lambda: "/usr/bin/qemu-system-x86_64")
     monkeypatch.setattr(kernels, "ensure", lambda spec, progress=None: seen.update(spec=spec) or k)
 

@@ -10,26 +10,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from util import skip_or_fail
+from util import lab_kernel, skip_or_fail
 
 from klptrace.errors import KlptraceError
-from klptrace.lab import kernels, vm, vng
+from klptrace.lab import vm, vng
 from klptrace.lab.accel import AccelName
 
 KVM, TCG = AccelName.KVM, AccelName.TCG
 
 
-def _kernel() -> kernels.Kernel:
-    root = Path("/c/kernels/6.1.0-9-amd64")
-    return kernels.Kernel(
-        "6.1.0-9-amd64", root / "boot/vmlinuz-6.1.0-9-amd64",
-        root / "lib/modules/6.1.0-9-amd64", None, root,
-    )  # fmt: skip
-
 
 def test_vng_argv_tcg() -> None:
     cmd = vng.vng_argv(
-        _kernel(), Path("/tmp/kv/command.sh"), accel=TCG,
+        lab_kernel(), Path("/tmp/kv/command.sh"), accel=TCG,
         cpus=2, memory_mib=4096, cwd=Path("/work/repo"), rwdirs=[Path("/work/repo/results")],
         qemu="/tmp/kv/qemu", vng="/venv/bin/vng",
     )  # fmt: skip
@@ -51,7 +44,7 @@ def test_vng_argv_tcg() -> None:
 
 def test_vng_argv_keeps_udev_from_loading_unneeded_drivers() -> None:
     cmd = vng.vng_argv(
-        _kernel(), Path("/tmp/kv/command.sh"), accel=TCG,
+        lab_kernel(), Path("/tmp/kv/command.sh"), accel=TCG,
         cpus=1, memory_mib=512, cwd=Path("/home/u/src"),
     )  # fmt: skip
     [append] = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--append"]
@@ -68,7 +61,7 @@ def test_vng_argv_keeps_udev_from_loading_unneeded_drivers() -> None:
 
 def test_vng_argv_kvm_and_overlaid_cwd() -> None:
     cmd = vng.vng_argv(
-        _kernel(), Path("/tmp/kv/command.sh"), accel=KVM,
+        lab_kernel(), Path("/tmp/kv/command.sh"), accel=KVM,
         cpus=1, memory_mib=512, cwd=Path("/home/u/src"),
     )  # fmt: skip
     assert "--disable-kvm" not in cmd
@@ -184,7 +177,7 @@ def test_find_vng_beside_python_then_on_path(tmp_path: Path,
 
 def test_vng_argv_over_virtiofs_lists_each_rwdir_once() -> None:
     cmd = vng.vng_argv(
-        _kernel(), Path("/tmp/kv/command.sh"), accel=TCG, cpus=1, memory_mib=1024,
+        lab_kernel(), Path("/tmp/kv/command.sh"), accel=TCG, cpus=1, memory_mib=1024,
         cwd=Path("/tmp/w"), rwdirs=[Path("/tmp/r1"), Path("/tmp/r2")], root="virtiofs",
     )  # fmt: skip
     assert "--force-9p" not in cmd
