@@ -124,7 +124,7 @@ class Probes:
                 # from before the first event: the kernel's reasons for not arming one
                 self._armed.read_log(kmsg.KernelLog())
             self._attach_callbacks()
-            self._bpf["events"].open_ring_buffer(self._on_event)
+            self._bpf[b"events"].open_ring_buffer(self._on_event)
         except BaseException:
             self.close()
             raise
@@ -139,12 +139,12 @@ class Probes:
                 name = f"{'kretprobe' if is_ret else 'kprobe'}:{sym}"
                 try:
                     if is_ret:
-                        b.attach_kretprobe(event=sym, fn_name=fn)
+                        b.attach_kretprobe(event=sym.encode(), fn_name=fn.encode())
                     else:
-                        b.attach_kprobe(event=sym, fn_name=fn)
+                        b.attach_kprobe(event=sym.encode(), fn_name=fn.encode())
                 except Exception as e:
                     reason = str(e)
-                    if self._BPF.ksymname(sym) < 0:
+                    if self._BPF.ksymname(sym.encode()) < 0:
                         reason = f"{sym} is not in this kernel's symbols (inlined or absent)"
                     self.status.append(Probe(name, sym, False, reason))
                 else:
@@ -161,8 +161,8 @@ class Probes:
         loaded yet: that happens here, before the workload starts.
         """
         b = self._bpf
-        b.load_func("callback_entry", self._BPF.KPROBE)
-        b.load_func("callback_return", self._BPF.KPROBE)
+        b.load_func(b"callback_entry", self._BPF.KPROBE)
+        b.load_func(b"callback_return", self._BPF.KPROBE)
         for i, ko in enumerate(self._ko):
             mod = elf.read_module(ko)
             for j, sym in enumerate(mod.callback_candidates):
@@ -172,7 +172,7 @@ class Probes:
                     name = f"{'kprobe' if kind == 'p' else 'kretprobe'}:{target}"
                     try:
                         self._write_event(f"{kind}:{GROUP}/{ev} {target}")
-                        b.attach_tracepoint(tp=f"{GROUP}:{ev}", fn_name=fn)
+                        b.attach_tracepoint(tp=f"{GROUP}:{ev}".encode(), fn_name=fn.encode())
                     except (OSError, Exception) as e:
                         self.status.append(Probe(name, target, False, _reason(e)))
                         continue
@@ -211,7 +211,7 @@ class Probes:
         """Events the BPF side could not send (ring buffer full)."""
         if self._bpf is None:
             return 0
-        return int(sum(v.value for v in self._bpf["lost"].values()))
+        return int(sum(v.value for v in self._bpf[b"lost"].values()))
 
     def close(self, expedite: bool = True) -> list[str]:
         """Detach everything; return what could not be removed, as commands that would."""

@@ -176,6 +176,12 @@ def test_the_detaching_child_keeps_only_probes() -> None:
 KO = str(DATA / "modules" / "acme_lp-7.3-gcc14.ko")  # acme_lp, six possible callbacks
 
 
+def _names(*names: bytes) -> list[str]:
+    """bcc's names are bytes: a str is deprecated (a DeprecationWarning per call)."""
+    assert all(isinstance(n, bytes) for n in names), f"not bytes, as bcc wants: {names}"
+    return [n.decode() for n in names]
+
+
 class _BPF:
     """bcc's BPF class as Probes uses it: ksymname(), KPROBE."""
 
@@ -183,8 +189,8 @@ class _BPF:
     ABSENT = frozenset({"klp_force_transition"})
 
     @staticmethod
-    def ksymname(sym: str) -> int:
-        return -1 if sym in _BPF.ABSENT else 0xffffffff81000000
+    def ksymname(sym: bytes) -> int:
+        return -1 if _names(sym)[0] in _BPF.ABSENT else 0xffffffff81000000
 
 
 class _Map:
@@ -209,26 +215,27 @@ class _Compiled:
         self.queue: list[bytes] = []
         self.cleaned = False
 
-    def _attach(self, how: str, target: str, fn: str) -> None:
+    def _attach(self, how: str, target_b: bytes, fn_b: bytes) -> None:
+        target, fn = _names(target_b, fn_b)
         if target in self.refuse:
             raise self.refuse[target]
         self.attached.append((how, target, fn))
 
-    def attach_kprobe(self, event: str, fn_name: str) -> None:
+    def attach_kprobe(self, event: bytes, fn_name: bytes) -> None:
         self._attach("kprobe", event, fn_name)
 
-    def attach_kretprobe(self, event: str, fn_name: str) -> None:
+    def attach_kretprobe(self, event: bytes, fn_name: bytes) -> None:
         self._attach("kretprobe", event, fn_name)
 
-    def attach_tracepoint(self, tp: str, fn_name: str) -> None:
+    def attach_tracepoint(self, tp: bytes, fn_name: bytes) -> None:
         self._attach("tracepoint", tp, fn_name)
 
-    def load_func(self, name: str, kind: int) -> None:
+    def load_func(self, name: bytes, kind: int) -> None:
         assert kind == _BPF.KPROBE
-        self.loaded.append(name)
+        self.loaded += _names(name)
 
-    def __getitem__(self, name: str) -> _Map:
-        return self.maps[name]
+    def __getitem__(self, name: bytes) -> _Map:
+        return self.maps[_names(name)[0]]
 
     def ring_buffer_consume(self) -> None:
         while self.queue:
