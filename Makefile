@@ -107,17 +107,20 @@ screenshot: venv test-deb-packages
 	$(VENV)/bin/python tests/browser.py tests/data/run-busy-6.1.json busy-target-module \
 		docs/busy-target-module.png
 
-# Lint (ruff), types (mypy --strict on the whole package) and every test that boots no
-# guest: what fails in minutes, run before anything is fetched or booted (.ci/run runs it
-# first). ruff and mypy come with the test extra.
+# Lint (ruff), types (mypy --strict on the whole package, and on the kernel tests, which
+# run only inside a guest: this is what checks them offline) and every test that boots
+# no guest: what fails in minutes, run before anything is fetched or booted (.ci/run
+# runs it first). ruff and mypy come with the test extra.
 check: deb-packages venv test-deb-packages
 	$(VENV)/bin/python -m ruff check klptrace tests
 	$(VENV)/bin/python -m mypy --strict klptrace
+	MYPYPATH=tests $(VENV)/bin/python -m mypy tests/linux_kernel
 	$(VENV)/bin/pytest -q -m "not vm"
 
 lint: venv
 	$(VENV)/bin/python -m ruff check klptrace tests
 	$(VENV)/bin/python -m mypy --strict klptrace
+	MYPYPATH=tests $(VENV)/bin/python -m mypy tests/linux_kernel
 
 # The offline tests' coverage of each module (what `make check` runs, measured);
 # the data stays out of the tree (.coverage is ignored).

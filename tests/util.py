@@ -34,7 +34,8 @@ def lab_kernel() -> Any:
 
 def saved_run() -> dict[str, Any]:
     """A real run of all 11 scenarios recorded in the lab guest (6.1)."""
-    return json.loads((DATA / "run-6.1.json").read_text())
+    doc: dict[str, Any] = json.loads((DATA / "run-6.1.json").read_text())
+    return doc
 
 
 def until(cond: Callable[[], object], timeout: float = 60.0) -> bool:

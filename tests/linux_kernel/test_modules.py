@@ -56,9 +56,9 @@ def test_atomic_replace_takes_over(clean_kernel: Path) -> None:
 
 
 def test_the_guest_loaded_no_driver_it_does_not_need() -> None:
-    """udev's coldplug loaded none of the drivers the lab keeps from it (vm.UNNEEDED_DRIVERS:
+    """udev's coldplug loaded none of the drivers the lab keeps from it (vng.UNNEEDED_DRIVERS:
     modprobe.blacklist= on the guest's command line), on this kernel's own module names."""
-    from klptrace.lab import vm
+    from klptrace.lab import vng
 
     assert "modprobe.blacklist=" in Path("/proc/cmdline").read_text()
-    assert not set(vm.UNNEEDED_DRIVERS) & set(kmod.loaded_modules())
+    assert not set(vng.UNNEEDED_DRIVERS) & set(kmod.loaded_modules())

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -180,7 +181,7 @@ expect = "% insmod klptrace_busy.ko block_transition=Y"
 
 #: where each hostile scenario file aims its name: the sentinel's path, reached
 #: through the module directory or sysfs
-_AIMS = {
+_AIMS: dict[str, Callable[[str], str]] = {
     "load": lambda rel: f'{{ load = "{rel}" }}',
     "set-param": lambda rel: f'{{ set = "klptrace_target", param = "{rel}", value = "x" }}',
     "set-module": lambda rel: f'{{ set = "{rel}", param = "p", value = "x" }}',

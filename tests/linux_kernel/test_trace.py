@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -197,10 +198,10 @@ def test_a_probe_the_kernel_does_not_arm_is_an_error(module_dir: Path,
 
 
 @pytest.fixture(autouse=True)
-def _clean() -> None:
+def _clean() -> Iterator[None]:
     yield
     for m in ("acme_lp", "klptrace_target"):
         if kmod.is_loaded(m):
             kmod.write(f"/sys/kernel/livepatch/{m}/enabled", "0")
-            until(lambda m=m: not os.path.exists(f"/sys/kernel/livepatch/{m}"))
+            until(lambda m=m: not os.path.exists(f"/sys/kernel/livepatch/{m}"))  # type: ignore[misc]
             subprocess.run(["rmmod", m], capture_output=True)
