@@ -115,12 +115,14 @@ check: deb-packages venv test-deb-packages
 	$(VENV)/bin/python -m ruff check klptrace tests
 	$(VENV)/bin/python -m mypy --strict klptrace
 	MYPYPATH=tests $(VENV)/bin/python -m mypy tests/linux_kernel
+	$(VENV)/bin/python -m mypy bench
 	$(VENV)/bin/pytest -q -m "not vm"
 
 lint: venv
 	$(VENV)/bin/python -m ruff check klptrace tests
 	$(VENV)/bin/python -m mypy --strict klptrace
 	MYPYPATH=tests $(VENV)/bin/python -m mypy tests/linux_kernel
+	$(VENV)/bin/python -m mypy bench
 
 # The offline tests' coverage of each module (what `make check` runs, measured);
 # the data stays out of the tree (.coverage is ignored).
