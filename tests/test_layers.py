@@ -80,5 +80,5 @@ def test_the_tests_mirror_the_package() -> None:
     tests (tests/linux_kernel, run against the guest's live kernel) and the data."""
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     tests = {p.name for p in (REPO / "tests").iterdir()
-             if p.is_dir() and p.name not in ("__pycache__",)}
+             if p.is_dir() and p.name != "__pycache__" and not p.name.startswith(".")}
     assert tests == packages | {"linux_kernel", "data"}
