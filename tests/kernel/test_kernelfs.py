@@ -19,7 +19,8 @@ def kroot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     under it (the same patterns, so they are what this tests)."""
     root = tmp_path / "k"
     for f in ("sys/module/m/parameters/p", "sys/kernel/livepatch/lp/enabled",
-              "sys/kernel/livepatch/lp/signal", "sys/kernel/tracing/kprobe_events", "sys/kernel/debug/dynamic_debug/control",
+              "sys/kernel/livepatch/lp/signal", "sys/kernel/tracing/kprobe_events",
+              "sys/kernel/debug/dynamic_debug/control",
               "proc/sys/kernel/printk_devkmsg", "sys/kernel/rcu_expedited"):
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         (root / f).write_text("0\n")
