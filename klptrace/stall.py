@@ -270,7 +270,7 @@ def _round(rep: StallReport) -> str:
     if rep.next_signal_try is None:
         return (f"the next signal round (every {SIGNALS_TIMEOUT} tries, a try about every "
                 f"second; which try is next is unknown without BPF: --watch counts them)")
-    when = (f", in about {rep.next_signal_in_s:.0f} s" if rep.next_signal_in_s is not None
+    when = (f" (in about {rep.next_signal_in_s:.0f} s)" if rep.next_signal_in_s is not None
             else "")
     return f"the signal round at the end of try {rep.next_signal_try}{when}"
 
@@ -308,12 +308,12 @@ def advise(t: StallTask, rep: StallReport) -> str:
                 f"klp_send_signals() in transition.c); {why}")
     if t.reason == Reason.SLEEPING_ON_FUNCTION and sleep == Sleep.INTERRUPTIBLE:
         if kind == Kind.KTHREAD:
-            return (f"{_round(rep)} wakes it (wake_up_state(task, TASK_INTERRUPTIBLE) in "
-                    f"klp_send_signals(), transition.c), but a kernel thread gets no fake "
-                    f"signal and never returns to user space: it switches only when a try "
-                    f"or the scheduler finds it outside the patched functions, so if its "
-                    f"loop sleeps in {fn}() again it stays. End what it loops on, or "
-                    f"reverse the transition.")
+            return (f"do not count on {_round(rep)}: it wakes the thread (wake_up_state(task, "
+                    f"TASK_INTERRUPTIBLE) in klp_send_signals(), transition.c), but a kernel "
+                    f"thread gets no fake signal and never returns to user space: it "
+                    f"switches only when a try or the scheduler finds it outside the "
+                    f"patched functions, so if its loop sleeps in {fn}() again it stays. "
+                    f"End what it loops on, or reverse the transition.")
         return (f"wait for {_round(rep)}, or run `klptrace stall --signal` now: the fake "
                 f"signal (set_notify_signal() in klp_send_signals(), transition.c) wakes its "
                 f"interruptible sleep, and if {fn}() gives up its wait on a pending signal "

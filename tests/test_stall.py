@@ -253,7 +253,7 @@ ON = "sleeping on function"
 @pytest.mark.parametrize(("kind", "state", "reason", "sched", "want", "never"), [
     # 1: a user task in an interruptible sleep: the round, or --signal now
     (Kind.USER, "S", ON, SchedPath.SCHEDULE,
-     ["wait for the signal round at the end of try 31, in about 14 s",
+     ["wait for the signal round at the end of try 31 (in about 14 s), or",
       "`klptrace stall --signal` now", "set_notify_signal()", "way back to user space"], []),
     # 2: uninterruptible, either kind: only the function returning
     (Kind.USER, "D", ON, SchedPath.SCHEDULE,
@@ -264,7 +264,8 @@ ON = "sleeping on function"
       "only klptrace_busy_work_func() returning"], ["--signal"]),
     # 3: a kernel thread in an interruptible sleep: woken, but it sleeps there again
     (Kind.KTHREAD, "S", ON, SchedPath.SCHEDULE,
-     ["the signal round at the end of try 31", "wake_up_state(task, TASK_INTERRUPTIBLE)",
+     ["do not count on the signal round at the end of try 31 (in about 14 s): it wakes",
+      "wake_up_state(task, TASK_INTERRUPTIBLE)",
       "gets no fake signal", "sleeps in klptrace_busy_work_func() again it stays"],
      ["--signal"]),
     # 4: running: where the scheduler switches it, on this kernel

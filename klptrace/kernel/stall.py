@@ -15,6 +15,7 @@ What it all means is klptrace/stall.py's (pure).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -153,8 +154,15 @@ def task_info(pid: int, tid: int, funcs: set[str]) -> StallTask:
 def sched_path() -> SchedPath:
     """Where this kernel's scheduler switches tasks (stall.sched_path_of()), from the
     names in /proc/kallsyms, which it shows without root (the addresses it hides)."""
+    return _sched_path(f"{PROC}/kallsyms")
+
+
+@functools.cache
+def _sched_path(kallsyms: str) -> SchedPath:
+    """sched_path() read once per process (a watch takes a snapshot every second, and the
+    kernel does not change under it)."""
     try:
-        with open(f"{PROC}/kallsyms") as f:
+        with open(kallsyms) as f:
             text = f.read()
     except OSError:
         return SchedPath.UNKNOWN
