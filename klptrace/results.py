@@ -19,6 +19,7 @@ from typing import Any
 from klptrace import fields as f
 from klptrace.events import Direction, Event, EventKind, Reason
 from klptrace.fields import RecordingError as RecordingError  # what every from_json raises
+from klptrace.stall_report import SignalRound as SignalRound  # a watch's
 from klptrace.stall_report import StallReport as StallReport  # a stalling scenario's
 from klptrace.stall_report import StallStep as StallStep
 
@@ -380,9 +381,13 @@ class WatchedTask:
     reason: Reason | str
     function: str
     switch_latency_s: float | None = None
+    after_round: int | None = None  # the signal round (its try) it switched after, if any
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.after_round is None:  # switched before any round, or not at all
+            del d["after_round"]
+        return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,8 +407,12 @@ class StallWatch:
     report: StallReport | None = None
     watched_s: float = 0.0
     kernel: str = ""
+    rounds: list[SignalRound] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"patch": self.patch, "direction": self.direction, "completed": self.completed,
-                "result": self.result, "timeline": [s.to_json() for s in self.timeline],
-                "tasks": [t.to_json() for t in self.tasks]}
+        d = {"patch": self.patch, "direction": self.direction, "completed": self.completed,
+             "result": self.result, "timeline": [s.to_json() for s in self.timeline],
+             "tasks": [t.to_json() for t in self.tasks]}
+        if self.rounds:  # a watch that saw no signal round reads as before
+            d["rounds"] = [r.to_json() for r in self.rounds]
+        return d

@@ -3,7 +3,8 @@
 It starts fast (a person waits for its first answer): nothing heavier than the
 stall report's own modules is imported before the answer, and BPF only with
 --watch. The report is klptrace/stall_report.py's, what it means klptrace/stall.py's,
-and a watch's page report/html.py's (watch()).
+and a watch's page report/html.py's (watch()). --signal writes the patch's signal
+attribute once, through kernelfs.write(); klptrace never writes force.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import time
 from collections.abc import Sequence
 
 from klptrace import files
-from klptrace.commands import STALL_TIMEOUT_S, line, signals_unwind
+from klptrace.commands import STALL_TIMEOUT_S, line, say, signals_unwind
 from klptrace.errors import KlptraceError, UsageError, signals_checked
 from klptrace.events import Event
 from klptrace.kernel import kmod
 from klptrace.report.markup import terminal
-from klptrace.results import Recording, StallWatch, WatchedTask
+from klptrace.results import Recording, SignalRound, StallWatch, WatchedTask
 from klptrace.stall_report import StallReport, StallTask
 
 
@@ -30,6 +31,7 @@ class StallOptions:
     patch: str | None = None  # default: the livepatch in transition
     watch: bool = False
     wait: bool = False
+    signal: bool = False  # write 1 to the patch's signal attribute once, first
     timeout: float = STALL_TIMEOUT_S
     format: str = "text"
     output: str | None = None
@@ -60,16 +62,40 @@ def run(opts: StallOptions) -> int:
             raise KlptraceError(f"no livepatch transition started within {opts.timeout:.0f} s")
         time.sleep(0.1)
         patch = opts.patch or live.transition_patch()
+    signalled = _signal(patch) if opts.signal else None
     if opts.watch:
         with signals_unwind():
-            return _watch(opts, patch, deadline)
+            return _watch(opts, patch, deadline, signalled)
     rep = live.snapshot(patch)
+    if rep is not None and signalled is not None:
+        rep.signals.append(f"klptrace wrote 1 to /sys/kernel/livepatch/{rep.patch}/signal "
+                           f"just now: fake signals sent to the remaining tasks")
     if opts.format == "json":
         doc = rep.to_json() if rep else {"patch": patch, "in_transition": False}
         _write(opts, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     else:
         _write(opts, terminal(st.render_text(rep)))  # a task's comm is its own to choose
     return 0
+
+
+def _signal(patch: str | None) -> float:
+    """Write 1 to the patch's signal attribute (the kernel's klp_send_signals() at once),
+    say so on stderr, and return when (CLOCK_MONOTONIC s)."""
+    from klptrace.kernel import stall as live
+
+    if patch is None or kmod.patch_attr(patch, "transition") != "1":
+        raise UsageError("--signal: no livepatch transition in progress, nothing to signal",
+                         "the kernel takes a patch's signal only while it is in transition; "
+                         "add --wait to signal the next one")
+    path = f"/sys/kernel/livepatch/{patch}/signal"
+    err = live.send_signals(patch)
+    if err:
+        raise KlptraceError(f"could not write 1 to {path}: {os.strerror(err)}",
+                            "EINVAL: the transition ended meanwhile (run `klptrace stall` "
+                            "again); EACCES or EPERM: run as root")
+    say(f"wrote 1 to {path}: the kernel sent fake signals to the remaining tasks "
+        f"(user tasks in an interruptible sleep wake up; kernel threads are only woken)")
+    return time.monotonic()
 
 
 def _write(opts: StallOptions, text: str) -> None:
@@ -86,6 +112,7 @@ class Watched:
     seen: dict[int, tuple[StallTask, float]] = dataclasses.field(default_factory=dict)
     latency: dict[int, float] = dataclasses.field(default_factory=dict)
     last: StallReport | None = None
+    signalled: float | None = None  # when klptrace wrote the signal attribute (--signal)
 
     def update(self, rep: StallReport | None, now: float) -> None:
         """Fold in a snapshot (None once the transition is over) taken at now."""
@@ -99,10 +126,43 @@ class Watched:
             self.last = rep
 
 
+def rounds(patch: str, watched: Watched, events: Sequence[Event],
+           attached_ns: int) -> tuple[list[SignalRound], dict[int, int]]:
+    """The signal rounds a watch saw (the kernel's, from the recorded tries, and the one
+    --signal wrote), and for each task that switched, the round it switched after.
+
+    A task switched after the last round before its switch: the try that no
+    longer found it (BPF), or else the snapshot that no longer showed it. The
+    kernel sends a round at the end of its try, after that try's stack checks.
+    """
+    from klptrace import stall as st
+    from klptrace.story import of
+
+    sent: list[tuple[int, int | None]] = [(ts, n) for n, ts in st.signal_rounds(events, patch)]
+    if watched.signalled is not None:
+        sent.append((int(watched.signalled * 1e9), None))
+    sent.sort(key=lambda r: r[0])
+    by_bpf = {s.tid: s.until for s in of(events).stalled if s.switched}
+    after: dict[int, int] = {}
+    for tid, (_t, since) in watched.seen.items():
+        if tid not in watched.latency:
+            continue
+        moment = by_bpf.get(tid, int((since + watched.latency[tid]) * 1e9))
+        before = [i for i, (ts, _n) in enumerate(sent) if ts < moment]
+        if before:
+            after[tid] = before[-1] + 1
+    out = [SignalRound(i, round((ts - attached_ns) / 1e9, 3), n,
+                       [f"{t.comm}:{tid}" for tid, (t, _s) in watched.seen.items()
+                        if after.get(tid) == i])
+           for i, (ts, n) in enumerate(sent, 1)]
+    return out, after
+
+
 def summary(patch: str, watched: Watched, events: Sequence[Event], attached_ns: int,
             completed: bool, watched_s: float = 0.0) -> StallWatch:
-    """The watch's answer: the direction, whether it completed, the timeline, each task;
-    and for its page, what was recorded, the last report, watched_s (how long it watched)."""
+    """The watch's answer: the direction, whether it completed, the timeline, each task
+    and the signal round it switched after; and for its page, what was recorded, the
+    last report, watched_s (how long it watched)."""
     from klptrace import stall as st
     from klptrace.events import KLP_PATCHED, EventKind
 
@@ -110,14 +170,16 @@ def summary(patch: str, watched: Watched, events: Sequence[Event], attached_ns: 
     target = ("?" if not done or done[-1] is None else
               "patched" if done[-1] == KLP_PATCHED else "unpatched")
     last = watched.last
+    sent, after = rounds(patch, watched, events, attached_ns)
     return StallWatch(
         patch, last.direction if last else None, completed,
         (f"{target} complete" if done else "in transition" if not completed else "complete"),
         st.timeline(events, patch, attached_ns=attached_ns),
         [WatchedTask(t.pid, t.tid, t.comm, t.reason, t.function,
-                     round(watched.latency[tid], 3) if tid in watched.latency else None)
+                     round(watched.latency[tid], 3) if tid in watched.latency else None,
+                     after.get(tid))
          for tid, (t, _s) in watched.seen.items()],
-        Recording(list(events)), last, watched_s, os.uname().release)
+        Recording(list(events)), last, watched_s, os.uname().release, sent)
 
 
 def render_summary(s: StallWatch) -> str:
@@ -130,11 +192,21 @@ def render_summary(s: StallWatch) -> str:
     lines.append("tasks:")
     lines += [f"  {t.comm}:{t.tid} {t.reason} {t.function} -> switched after "
               + (f"{t.switch_latency_s:.1f} s" if t.switch_latency_s is not None
-                 else "(not switched)") for t in s.tasks]
+                 else "(not switched)")
+              + (f", after signal round {t.after_round}" if t.after_round else "")
+              for t in s.tasks]
+    if s.rounds:
+        lines.append("signal rounds:")
+        lines += [f"  {r.number}: {r.t_s:8.3f} s  "
+                  + (f"at the end of try {r.try_number}" if r.try_number is not None
+                     else "klptrace --signal")
+                  + f"; switched after it: {', '.join(r.switched) or 'none'}"
+                  for r in s.rounds]
     return "\n".join(lines) + "\n"
 
 
-def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
+def _watch(opts: StallOptions, patch: str | None, deadline: float,
+           signalled: float | None = None) -> int:
     from klptrace import stall as st
     from klptrace.kernel import stall as live
     from klptrace.record.recorder import Recorder
@@ -144,7 +216,7 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
         return 0
     tty = sys.stdout.isatty() and not opts.output and opts.format == "text"
     line(f"Attaching BPF probes to watch {patch}'s transition...")
-    watched = Watched()
+    watched = Watched(signalled=signalled)
     stopped: KeyboardInterrupt | None = None
     with signals_checked(), Recorder([]) as rec:  # unwound at its polls (errors.py)
         t_attach = time.monotonic()

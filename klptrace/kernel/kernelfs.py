@@ -20,6 +20,10 @@ import stat
 #: on their directories, which a lookup crosses without following anything.
 WRITABLE: tuple[str, ...] = (
     "/sys/kernel/livepatch/*/enabled",  # disable steps, and disabling at cleanup (runner)
+    # `klptrace stall --signal`: the kernel's klp_send_signals() at once, as each 15th
+    # try does; harmless (a fake signal only wakes interruptible sleeps). Never force,
+    # which can break the consistency model: klptrace has no reason to write it.
+    "/sys/kernel/livepatch/*/signal",
     "/sys/module/*/parameters/*",  # set steps (runner)
     "/sys/kernel/tracing/kprobe_events",  # klptrace's own kprobe events (probes)
     "/sys/kernel/debug/dynamic_debug/control",  # the livepatch core's pr_debug (kmsg)

@@ -3,8 +3,10 @@
 The first answer comes from /proc and sysfs alone, in well under a second and
 with no BPF: /proc/<tid>/patch_state says which tasks have not switched,
 /proc/<tid>/stack where they are, /sys/kernel/livepatch/<patch>/<obj>/<func>
-which functions the patch changes, and the kernel log when the transition
-started, when remaining tasks were signalled and whether force was used.
+which functions the patch changes, /proc/<tid>/stat and status what kind of task
+each is and how it sleeps, /proc/kallsyms where this kernel's scheduler switches
+tasks, and the kernel log when the transition started, when remaining tasks were
+signalled and whether force was used.
 With BPF (--watch, and `klptrace run`), the kernel's own verdict on each task
 at each try is recorded too (klp_check_and_switch_task), and the timeline.
 What it all means is klptrace/stall.py's (pure).
@@ -13,14 +15,16 @@ What it all means is klptrace/stall.py's (pure).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
 
 from klptrace import stall
 from klptrace.events import KLP_PATCHED, KLP_UNPATCHED, SIGNALS_TIMEOUT, Direction, Event
-from klptrace.kernel import kmod, kmsg, proc
-from klptrace.stall_report import StallReport, StallTask
+from klptrace.kernel import kernelfs, kmod, kmsg, proc
+from klptrace.scenario import kernel_name
+from klptrace.stall_report import Kind, SchedPath, StallReport, StallTask
 
 #: where the tasks are read (a directory of the same shape in tests)
 PROC = "/proc"
@@ -142,8 +146,35 @@ def task_info(pid: int, tid: int, funcs: set[str]) -> StallTask:
     got = read_stack(base)
     reason, fn = (stall.classify(got.stack, got.state, funcs) if got.stable
                   else (stall.UNSTABLE, ""))
-    return StallTask(pid, tid, comm, reason, fn, bool(flags & PF_KTHREAD), got.state,
-                     got.stack)
+    kthread = bool(flags & PF_KTHREAD)
+    return StallTask(pid, tid, comm, reason, fn, kthread, got.state, got.stack,
+                     kind=Kind.KTHREAD if kthread else Kind.USER, sleep=stall.sleep_of(got.state))
+
+
+def sched_path() -> SchedPath:
+    """Where this kernel's scheduler switches tasks (stall.sched_path_of()), from the
+    names in /proc/kallsyms, which it shows without root (the addresses it hides)."""
+    return _sched_path(f"{PROC}/kallsyms")
+
+
+@functools.cache
+def _sched_path(kallsyms: str) -> SchedPath:
+    """sched_path() read once per process (a watch takes a snapshot every second, and the
+    kernel does not change under it)."""
+    try:
+        with open(kallsyms) as f:
+            text = f.read()
+    except OSError:
+        return SchedPath.UNKNOWN
+    # a name of vmlinux ends its line; a module's is followed by a tab and [module]
+    return stall.sched_path_of({n for n in stall.SCHED_SYMBOLS if f" {n}\n" in text})
+
+
+def send_signals(patch: str) -> int:
+    """Write 1 to the patch's signal attribute, once: the kernel's klp_send_signals() at
+    once (kernel/livepatch/core.c signal_store(); EINVAL when the patch is not the one in
+    transition). 0 or the errno. klptrace never writes force."""
+    return kernelfs.write(f"/sys/kernel/livepatch/{kernel_name(patch)}/signal", "1")
 
 
 def kernel_log() -> list[tuple[float, str]]:
@@ -179,6 +210,9 @@ def snapshot(patch: str | None = None, events: Sequence[Event] = ()) -> StallRep
                            f"{now - facts.signalled_at:.0f} s ago (the kernel does so every "
                            f"{SIGNALS_TIMEOUT} tries)")
     rep.forced = facts.forced
+    rep.sched = sched_path()
     stall.merge_bpf(rep, events, time.monotonic_ns())
+    for t in tasks:
+        t.next_step = stall.advise(t, rep)
     rep.next_steps = stall.next_steps(rep)
     return rep

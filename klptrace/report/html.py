@@ -17,8 +17,8 @@ from klptrace.events import Event
 from klptrace.report import svg
 from klptrace.report import timeline as tl
 from klptrace.results import Matrix, Probe, RunDocument, ScenarioResult, StallWatch, Status
-from klptrace.stall import timeline_line
-from klptrace.stall_report import StallReport, StallStep
+from klptrace.stall import next_signal_line, timeline_line
+from klptrace.stall_report import SignalRound, StallReport, StallStep
 from klptrace.transcript import render as transcript
 from klptrace.transcript import render_pairs
 
@@ -175,18 +175,26 @@ def _stall(patch: str, direction: str, rep: StallReport | None,
             + (", FORCED" if rep and rep.forced else ""))
     out = [f"<h3>Stall report</h3><p><b>{_e(head)}</b></p>"]
     out += [f"<p>{_e(s)}</p>" for s in rep.signals] if rep else []
+    if rep and rep.sched is not None:  # a report saved before klptrace told it has none
+        out.append(f"<p>{_e(next_signal_line(rep))}</p>")
     tasks = rep.tasks if rep else []
     if tasks:
+        # how each sleeps and its next step: columns only for a report that has them,
+        # so one saved before them is drawn as it was
+        advised = any(t.sleep is not None or t.next_step for t in tasks)
         rows = []
         for t in tasks:
             held = "" if t.blocking_s is None else f"{t.blocking_s:.1f} s"
+            more = (f"<td>{_e(t.sleep or '?')}</td><td>{_e(t.next_step)}</td>"
+                    if advised else "")
             rows.append(
                 f"<tr><td class=\"mono\">{_e(t.comm)}:{_e(t.tid)}</td>"
                 f"<td>{'kernel thread' if t.kthread else 'task'}</td>"
                 f"<td>{_e(t.reason)}</td><td class=\"mono\">{_e(t.function)}</td>"
-                f"<td>{_e(held)}</td><td>{_e(t.source)}</td></tr>")
+                f"<td>{_e(held)}</td><td>{_e(t.source)}</td>{more}</tr>")
+        head = "<th>sleep</th><th>next step</th>" if advised else ""
         out.append('<table class="stall"><thead><tr><th>task</th><th>kind</th><th>reason</th>'
-                   "<th>function</th><th>blocking</th><th>from</th></tr></thead>"
+                   f"<th>function</th><th>blocking</th><th>from</th>{head}</tr></thead>"
                    f"<tbody>{''.join(rows)}</tbody></table>")
         out += [f"<details><summary>stack of {_e(t.comm)}:{_e(t.tid)}</summary><pre>"
                 + _e("\n".join(t.stack)) + "</pre></details>" for t in tasks if t.stack]
@@ -359,6 +367,18 @@ def render(m: Matrix) -> str:
     return _page(title, body)
 
 
+def _rounds(rounds: Sequence[SignalRound]) -> str:
+    """The signal rounds a watch saw, and the tasks that switched after each."""
+    rows = [f"<tr><td>{r.number}</td><td>{r.t_s:.3f} s</td><td>"
+            + (f"end of try {r.try_number}" if r.try_number is not None
+               else "klptrace --signal")
+            + f"</td><td class=\"mono\">{_e(', '.join(r.switched) or 'none')}</td></tr>"
+            for r in rounds]
+    return ('<h3>Signal rounds</h3><table class="stall"><thead><tr><th>round</th><th>at</th>'
+            "<th>sent</th><th>switched after it</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
 #: what a watch's page says of it: nothing was expected of a watch
 _WATCH_NOTE = "a watch of a transition: nothing was expected, this is what the kernel did"
 
@@ -376,6 +396,8 @@ def watch(w: StallWatch) -> str:
                             [_WATCH_NOTE])
     section.append(_timeline(anchor, name, rec.events, w.report))
     section.append(_stall(w.patch, w.direction or "?", w.report, w.timeline))
+    if w.rounds:
+        section.append(_rounds(w.rounds))
     if recorded:
         section.append(_transcripts([], recorded, rec.events, None, not w.completed))
     section.append("</section>")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from klptrace import story
 from klptrace.events import REASONS, Callback, Event, EventKind
-from klptrace.stall_report import StallReport
+from klptrace.stall_report import StallReport, StallTask
 from klptrace.transcript import callback_line
 
 
@@ -165,6 +165,14 @@ def _reason(ret: int | None, unknown: object) -> object:
     return REASONS.get(ret or 0, unknown)
 
 
+def _how_it_sleeps(t: StallTask | None) -> str:
+    """What the stall report says of a task's kind and sleep ('' for a report saved
+    before it told them, so such a lane reads as it did)."""
+    if t is None or t.kind is None or t.sleep is None:
+        return ""
+    return f" · {t.kind}, {t.sleep}"
+
+
 def _task_lanes(sto: story.Story, stall: StallReport | None) -> list[LaneSpec]:
     reported = {t.tid: t for t in stall.tasks} if stall else {}
     lanes = []
@@ -181,7 +189,8 @@ def _task_lanes(sto: story.Story, stall: StallReport | None) -> list[LaneSpec]:
         n = len(evs)
         text = (f"{reason}{' ' + e0.object + '()' if e0.object else ''} · not switched at "
                 f"{n} {'try' if n == 1 else 'tries'} · held it "
-                f"{duration(task.until - evs[0].ts_ns)}" + (f" → {how}" if how else ""))
+                f"{duration(task.until - evs[0].ts_ns)}" + (f" → {how}" if how else "")
+                + _how_it_sleeps(reported.get(task.tid)))
         lane.spans.append(Span(evs[0].ts_ns, task.until, "blocked", text, open_end=still))
         lane.ticks += [(e.ts_ns, "task", f"not switched: {_reason(e.ret, e.ret)}")
                        for e in evs]
@@ -197,7 +206,7 @@ def _task_lanes(sto: story.Story, stall: StallReport | None) -> list[LaneSpec]:
             continue
         lane = LaneSpec(f"tasks not switched ({patch})", f"{t.comm}:{tid}", "task")
         fn = f" {t.function}()" if t.function else ""
-        text = f"{t.reason}{fn} · in the stall report"
+        text = f"{t.reason}{fn} · in the stall report" + _how_it_sleeps(t)
         if t.blocking_s is not None and start is not None:
             text += f" · not switched for {t.blocking_s:.1f} s"
             end_ns = start + int(t.blocking_s * 1e9)

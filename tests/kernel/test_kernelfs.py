@@ -19,7 +19,8 @@ def kroot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     under it (the same patterns, so they are what this tests)."""
     root = tmp_path / "k"
     for f in ("sys/module/m/parameters/p", "sys/kernel/livepatch/lp/enabled",
-              "sys/kernel/tracing/kprobe_events", "sys/kernel/debug/dynamic_debug/control",
+              "sys/kernel/livepatch/lp/signal", "sys/kernel/tracing/kprobe_events",
+              "sys/kernel/debug/dynamic_debug/control",
               "proc/sys/kernel/printk_devkmsg", "sys/kernel/rcu_expedited"):
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         (root / f).write_text("0\n")
@@ -65,7 +66,8 @@ def test_a_path_that_is_not_normalised_is_refused(kroot: Path, sentinel: Path,
 @pytest.mark.parametrize("path", [
     "sentinel",  # outside every root
     "k/sys/module/m/initstate",  # a module's file, but not a parameter
-    "k/sys/kernel/livepatch/lp/force",  # a livepatch's file, but not `enabled`
+    "k/sys/kernel/livepatch/lp/force",  # a livepatch's file, but not `enabled` or `signal`
+    "k/sys/kernel/livepatch/lp/transition",
     "k/sys/module/m/parameters/sub/p",  # one name too many for "*"
 ])
 def test_a_file_not_listed_is_refused(kroot: Path, sentinel: Path, path: str) -> None:
@@ -76,6 +78,15 @@ def test_a_file_not_listed_is_refused(kroot: Path, sentinel: Path, path: str) ->
         target.write_text("untouched\n")
     assert kernelfs.write(str(target), "x") == errno.EPERM
     assert target.read_text() == "untouched\n"
+
+
+def test_signal_is_written_and_force_never(kroot: Path) -> None:
+    """`klptrace stall --signal` writes the patch's signal attribute; no klptrace command
+    writes force, which marks tasks switched without checking their stacks."""
+    signal = kroot / "sys/kernel/livepatch/lp/signal"
+    assert kernelfs.write(str(signal), "1") == 0 and signal.read_text() == "1"
+    assert [w for w in kernelfs.WRITABLE if w.endswith("/force")] == []
+    assert kernelfs.write("/sys/kernel/livepatch/lp/force", "1") == errno.EPERM
 
 
 def test_the_real_list_refuses_traversal_before_opening_anything() -> None:
