@@ -1,5 +1,5 @@
 #!/bin/bash
-# The 11 scenarios of klptrace run the way the kernel's livepatch selftests run
+# The scenarios of klptrace run the way the kernel's livepatch selftests run
 # theirs (tools/testing/selftests/livepatch/functions.sh, test-callbacks.sh):
 # insmod, rmmod and sysfs writes, each followed by polling sysfs every 0.1 s
 # until the kernel is where the next step needs it. No tracing. This is the
@@ -146,6 +146,40 @@ set_pre_patch_ret() {
 		die "failed to set pre_patch_ret parameter for $mod module"
 }
 
+set_param() {
+	local mod="$1" param="$2" value="$3"
+	log "% echo $value > /sys/module/$mod/parameters/$param"
+	[[ $DRY_RUN == 1 ]] && return
+	echo "$value" > /sys/module/"$mod"/parameters/"$param"
+}
+
+wait_param() {
+	[[ $DRY_RUN == 1 ]] && return
+	loop_until '[[ $(cat "/sys/module/$1/parameters/$2") == "$3" ]]' ||
+		die "$1's $2 does not read $3"
+}
+
+wait_transition() {
+	[[ $DRY_RUN == 1 ]] && return
+	loop_until 'grep -q "^$2$" /sys/kernel/livepatch/$1/transition' ||
+		die "$1's transition does not read $2"
+}
+
+# a reader of one of klptrace_stall's debugfs files, asleep in its read
+spawn_reader() {
+	local path="/sys/kernel/debug/$STALL/$1"
+	log "% cat $path & reader=\$!"
+	[[ $DRY_RUN == 1 ]] && return
+	cat "$path" > /dev/null & READER=$!
+	wait_param $STALL sleepers 1
+}
+
+reap_reader() {
+	log "% wait \$reader"
+	[[ $DRY_RUN == 1 ]] && return
+	wait "$READER" || die "the reader exited with status $?"
+}
+
 start_test() {
 	echo "TEST: $1"
 	[[ $DRY_RUN == 1 ]] && return
@@ -168,6 +202,8 @@ LP=klptrace_lp
 LP2=klptrace_lp2
 TARGET=klptrace_target
 BUSY=klptrace_busy
+STALL=klptrace_stall
+STALL_LP=klptrace_stall_lp
 
 setup_config
 
@@ -263,6 +299,48 @@ load_lp $LP2 replace=1
 disable_lp $LP2
 unload_lp $LP2
 unload_lp $LP
+collect_result
+
+# The stalls: without tracing, the harness cannot see the tries that klptrace's
+# wait_blocked steps wait for; it waits for what sysfs and the kernel log show.
+start_test stall-reader-signal-round
+load_mod $STALL
+spawn_reader interruptible
+load_lp_nowait $STALL_LP
+wait_transition $STALL_LP 1
+wait_transition $STALL_LP 0	# the 16th try's fake signal moves the reader
+reap_reader
+disable_lp $STALL_LP
+unload_lp $STALL_LP
+unload_mod $STALL
+collect_result
+
+start_test stall-reader-uninterruptible
+load_mod $STALL
+spawn_reader uninterruptible
+load_lp_nowait $STALL_LP
+wait_transition $STALL_LP 1
+if [[ $DRY_RUN == 0 ]]; then	# after the signal round, which does not move it
+	loop_until 'dmesg | awk -v l="$LAST_DMESG" "p; \$0 == l { p=1 }" |
+		grep -q "signaling remaining tasks"' || die "no signal round"
+fi
+disable_lp $STALL_LP
+set_param $STALL hold_uninterruptible N
+reap_reader
+unload_lp $STALL_LP
+unload_mod $STALL
+collect_result
+
+start_test stall-sleeping-kthread
+load_mod $STALL kthread=Y
+load_lp_nowait $STALL_LP
+wait_transition $STALL_LP 1
+wait_param $STALL wakeups 1	# woken by the signal round, asleep there again
+set_param $STALL hold_kthread N
+wait_transition $STALL_LP 0
+disable_lp $STALL_LP
+unload_lp $STALL_LP
+unload_mod $STALL
 collect_result
 
 exit 0

@@ -11,6 +11,7 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 
+from klptrace import stall_expect
 from klptrace.oops import Oops
 from klptrace.results import Recording, RunDocument, ScenarioResult, Status, Verdict
 from klptrace.transcript import render, witnessed
@@ -42,6 +43,8 @@ _MEANINGS: list[tuple[re.Pattern[str], str]] = [
      "the kernel refusing to load {m} because {p} failed for it"),
     (re.compile(r"^insmod: ERROR"), "the module load failing"),
     (re.compile(r"^% (?P<c>.*)"), "the step `{c}`"),
+    (re.compile(r"^stall: (?P<t>[^:]+): "),
+     "how the transition's stall held {t} and ended (the scenario's [[stall]])"),
     (re.compile(r"^(?P<m>\S+): (?P=m)_init$"), "{m}'s init running"),
     (re.compile(r"^(?P<m>\S+): (?P=m)_exit$"), "{m}'s exit running"),
 ]
@@ -113,7 +116,8 @@ def judge(expected: Sequence[str], rec: Recording, *, dmesg: Sequence[str] | Non
     recording untrustworthy, a kernel log that disagrees with it (dmesg, when compared),
     a step that failed (step_error, with the oops's lines if the kernel oopsed), what
     cleanup could not remove (leftovers), or other problems make it an error."""
-    recorded = render(rec.events)
+    # a stall the scenario states is told as lines of its transcript (stall_expect.py)
+    recorded = render(rec.events) + stall_expect.recorded(expected, rec.events)
     diff = list(difflib.unified_diff(list(expected), recorded, "expected", "recorded", lineterm=""))
     found = integrity(rec) + list(problems)
     divergence = None  # set while the explanation leads with it

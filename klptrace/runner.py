@@ -9,13 +9,16 @@ from __future__ import annotations
 import datetime
 import errno
 import os
+import re
+import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from klptrace import checker, stall
 from klptrace.errors import KlptraceError, check_interrupted, signals_deferred
-from klptrace.events import EventKind
+from klptrace.events import Event, EventKind
 from klptrace.kernel import stall as kernel_stall
 from klptrace.kernel.kmsg import KernelLog, OopsWatch
 from klptrace.kernel.wedge import Wedge
@@ -68,6 +71,7 @@ class Kernel(Protocol):
     def is_loaded(self, name: str) -> bool: ...
     def is_patch(self, name: str) -> bool: ...
     def patch_attr(self, patch: str, attr: str) -> str | None: ...
+    def param(self, module: str, name: str) -> str | None: ...
 
     def load(self, path: str, params: str = "", **kw: Any) -> int: ...
     def unload(self, name: str, **kw: Any) -> int: ...
@@ -94,6 +98,34 @@ def param_file(module: str, param: str) -> str:
             f"{kernel_name(_component(param, True))}")
 
 
+#: a debugfs file's name, as scenario.py takes it (checked again: the path is read as root)
+_DEBUG_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def debug_file(read: str) -> str:
+    """A spawn step's file: /sys/kernel/debug/<module>/<file>."""
+    module, _, name = read.partition("/")
+    if not _DEBUG_FILE.fullmatch(name):
+        raise AssertionError(f"not a debugfs file name: {name!r}")
+    return f"/sys/kernel/debug/{kernel_name(_component(module))}/{name}"
+
+
+class Reader(Protocol):
+    """A background reader (subprocess.Popen, or a fake in tests)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def kill(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def spawn_reader(path: str) -> Reader:
+    """`cat path` in the background, its output discarded."""
+    return subprocess.Popen([shutil.which("cat") or "/bin/cat", path], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 class Runner:
     """Executes the steps of scenarios with modules from one directory."""
 
@@ -102,12 +134,15 @@ class Runner:
                  log: Callable[[str], None] | None = None,
                  klog: KernelLog | None = None,
                  snapshot: Callable[[str, list[Any]], StallReport | None] = kernel_stall.snapshot,
+                 spawn: Callable[[str], Reader] = spawn_reader,
                  ) -> None:
         """kernel: what does the syscalls that run livepatch code (kmod.Actor);
         watch: the kernel log, watched for an oops while the steps run;
         klog: the kernel log, compared with the recording when given;
         snapshot: `klptrace stall`'s report of a transition held on purpose."""
         self.snapshot = snapshot
+        self.spawn = spawn
+        self.readers: dict[str, Reader] = {}  # spawned by the scenario running, by name
         self.rec = rec
         self.kernel = kernel
         self.watch = watch
@@ -178,8 +213,58 @@ class Runner:
                 self.rec.poll(0)
                 evs = self.rec.recording(self._start).events
                 self.stall_report = self.snapshot(kernel_name(s.patch), evs)
+        elif s.kind == StepKind.SPAWN:
+            path = debug_file(s.read)
+            self._mark_step(f"cat {path} & {s.reader}=$!")
+            self.readers[s.reader] = self.spawn(path)
+        elif s.kind == StepKind.REAP:
+            self._mark_step(f"wait ${s.reader}")
+            self.reap(s.reader)
+        elif s.kind == StepKind.WAIT_PARAM:
+            self._wait_for(lambda: self.kernel.param(s.module, s.param) == s.value,
+                           f"/sys/module/{s.module}/parameters/{s.param} does not read {s.value}")
+        elif s.kind == StepKind.WAIT_BLOCKED:
+            since = self.rec.now()
+            at = f" at try {s.at_try} or later" if s.at_try else ""
+            self._wait_for(lambda: blocked(self.rec.recording(since).events, kernel_name(s.patch),
+                                           s.task, s.at_try),
+                           f"no try of {s.patch}'s transition found {s.task} not switched{at}")
         else:  # scenario.py validates kinds; this is a bug
             raise AssertionError(f"unknown step kind {s.kind}")
+
+    def _wait_for(self, done: Callable[[], bool], still: str) -> None:
+        """Until done(), watching the recording; StepTimeout saying what is still so."""
+        deadline = time.monotonic() + self.timeout_s
+        while not done():
+            if time.monotonic() > deadline:
+                raise StepTimeout(f"{still} after {self.timeout_s:.0f} s",
+                                  "see what the transition waits for with `klptrace stall`")
+            self.rec.poll(100)
+            self._idle()
+
+    def reap(self, name: str) -> None:
+        """Wait for a reader to exit; an error unless it exited with status 0."""
+        reader = self.readers[name]
+        self._wait_for(lambda: reader.poll() is not None,
+                       f"the reader ${name} (pid {reader.pid}) has not exited")
+        del self.readers[name]
+        status = reader.wait()
+        if status:
+            raise KlptraceError(f"the reader ${name} exited with status {status}",
+                                "a reader's read should end with what the module returns")
+
+    def _kill_readers(self) -> list[str]:
+        """SIGKILL the readers left running (their module's sleeps are all killable)."""
+        left = []
+        for name, reader in list(self.readers.items()):
+            reader.kill()
+            try:
+                reader.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                left.append(f"the reader ${name} (pid {reader.pid}) did not exit after SIGKILL")
+            else:
+                del self.readers[name]
+        return left
 
     def _waiting(self) -> dict[str, Any]:
         """How a call into the kernel waits: at most the timeout, watching for an oops."""
@@ -304,10 +389,10 @@ class Runner:
 
         On a wedged kernel nothing is tried: every such call would sleep forever.
         """
+        left = self._kill_readers()  # they hold their module
         if self.wedged:  # an oops, or a call abandoned (on the way here too, by a signal)
-            return [f"{m} is still loaded ({self.wedged}): reboot to clear it"
-                    for m in reversed(self.loaded) if self.kernel.is_loaded(m)]
-        left: list[str] = []
+            return left + [f"{m} is still loaded ({self.wedged}): reboot to clear it"
+                           for m in reversed(self.loaded) if self.kernel.is_loaded(m)]
         for module in reversed(list(self.loaded)):
             if not self.kernel.is_loaded(module):
                 self.loaded.remove(module)
@@ -343,3 +428,15 @@ class Runner:
             self.rec.poll(100)
             self._idle()
 
+
+def blocked(events: Sequence[Event], patch: str, task: str, at_try: int = 0) -> bool:
+    """Whether a try of the patch's transition (numbered at least at_try) recorded in events
+    found a task of that comm not switched."""
+    number = None
+    for e in events:
+        if e.kind == EventKind.TRANSITION_TRY and e.patch == patch:
+            number = (e.ret or 0) + 1
+        elif (e.kind == EventKind.TASK_BLOCKED and e.comm == task and number is not None
+              and number >= at_try):
+            return True
+    return False

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import re
 import tomllib
-import unicodedata
 from pathlib import Path
 from typing import Any
 
-from klptrace import files
+from klptrace import files, stall_expect
 from klptrace.errors import KlptraceError, UsageError
+from klptrace.events import Reason
+from klptrace.scenario_text import Where as _Where
+from klptrace.scenario_text import control as _control
+from klptrace.scenario_text import layout as _layout
+from klptrace.scenario_text import path_text as _path
+from klptrace.scenario_text import quoted as _quoted
+from klptrace.scenario_text import type_name as _type
+from klptrace.stall_expect import ExpectedStall
 from klptrace.transcript import parse_expectation
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -36,6 +42,10 @@ class StepKind(enum.StrEnum):
     DISABLE = "disable"
     SET = "set"
     WAIT_TRANSITION = "wait_transition"
+    SPAWN = "spawn"  # start a reader of a module's debugfs file in the background
+    REAP = "reap"  # wait for that reader to exit
+    WAIT_PARAM = "wait_param"  # until a module parameter reads a value
+    WAIT_BLOCKED = "wait_blocked"  # until a try finds a task not switched
 
 
 #: what one step may hold beside its action (the key naming its kind): key -> required
@@ -45,8 +55,21 @@ STEP_KINDS: dict[StepKind, dict[str, bool]] = {
     StepKind.DISABLE: {"wait": False},
     StepKind.SET: {"param": True, "value": True},
     StepKind.WAIT_TRANSITION: {"transition": True},
+    StepKind.SPAWN: {"read": True},
+    StepKind.REAP: {},
+    StepKind.WAIT_PARAM: {"param": True, "value": True},
+    StepKind.WAIT_BLOCKED: {"task": True, "try": False},
 }
-TOP_KEYS = ("id", "title", "doc", "livepatches", "replaces_all", "steps", "expect")
+#: the steps whose name is a module's, a reader's; the others name a livepatch
+_MODULE_STEPS = (StepKind.LOAD, StepKind.UNLOAD, StepKind.SET, StepKind.WAIT_PARAM)
+_READER_STEPS = (StepKind.SPAWN, StepKind.REAP)
+TOP_KEYS = ("id", "title", "doc", "livepatches", "replaces_all", "steps", "expect", "stall")
+MAX_STALLS = 64
+#: a reader's name: a shell variable's (the transcript says `reader=$!`)
+READER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+#: a debugfs file of a module: <module>/<file>, one name each
+_READ = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_-]*)/([A-Za-z0-9_][A-Za-z0-9_.-]{0,63})")
+_FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
 
 MAX_FILE_BYTES = 1 << 20
 #: a scenario nests two deep (steps = [{ ... }]); tomllib recurses, and fails near 500
@@ -111,6 +134,10 @@ class Step:
     value: str = ""
     wait: bool = True
     transition: int = 0
+    reader: str = ""  # spawn, reap: the reader's name
+    read: str = ""  # spawn: <module>/<file> under /sys/kernel/debug
+    task: str = ""  # wait_blocked: the task's comm
+    at_try: int = 0  # wait_blocked: a try numbered at least this (0: any try)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +153,8 @@ class Scenario:
     path: str = ""
     #: the scenario replaces every enabled livepatch (atomic replace)
     replaces_all: bool = False
+    #: the stalls it causes on purpose (their lines end expect)
+    stalls: tuple[ExpectedStall, ...] = ()
 
     @property
     def modules(self) -> list[str]:
@@ -135,131 +164,6 @@ class Scenario:
             if s.kind == StepKind.LOAD and s.module not in seen:
                 seen.append(s.module)
         return seen
-
-
-# --- where things are in the text ---------------------------------------------------------
-
-# One token of the text for _layout(): a newline (looking ahead at what starts the next
-# line: a [table] header or a key), a comment, a whole string, a bracket.
-_TOKEN = re.compile(
-    r"\n(?=[ \t]*(?:(?P<header>\[\[?)[ \t]*(?P<table>[^\]\n]*?)[ \t]*\]"
-    r"|(?:\"(?P<qkey>[^\"\\\n]*)\"|'(?P<lkey>[^'\n]*)'|(?P<key>[A-Za-z0-9_-]+))"
-    r"[ \t]*(?P<sep>[=.])))?"
-    r"|#[^\n]*"
-    r"|\"\"\"(?:[^\"\\]|\\.|\"(?!\"\"))*(?:\"{3,5})?"  # the alternatives of a string are
-    r"|'''(?:[^']|'(?!''))*(?:'{3,5})?"               # disjoint and its end optional: it
-    r"|\"(?:[^\"\\\n]|\\[^\n])*\"?"                    # never backtracks; one left open
-    r"|'[^'\n]*'?"                                     # ends its line (tomllib says why)
-    r"|[\[\]{}]",
-    re.S)
-
-
-@dataclasses.dataclass
-class _Layout:
-    """Where things are in a scenario file's text, found without parsing it."""
-
-    text: str
-    keys: dict[str, int] = dataclasses.field(default_factory=dict)  # top-level key: line
-    steps: list[int] = dataclasses.field(default_factory=list)  # the line each step starts on
-    depth: int = 0  # of [ and { outside strings and comments
-    deep_line: int = 0  # where depth went past MAX_DEPTH
-
-
-def _layout(text: str) -> _Layout:
-    """One pass over the text: its top-level keys, where each step starts, how deep it nests."""
-    out = _Layout(text)
-    stack: list[bool] = []  # an open [ or {: whether it is the steps array
-    table = ""  # the [table] the lines are in ('' at the top)
-    steps_next = False  # `steps =` was seen: its value's [ is the steps array
-    line = 0
-    for m in _TOKEN.finditer("\n" + text):  # a newline first: line 1 starts like the others
-        c = m.group()[0]
-        if c == "\n":
-            line += 1
-            if stack:
-                continue
-            steps_next = False
-            if m.group("header"):
-                table = m.group("table")
-                if m.group("header") == "[[" and table == "steps":
-                    out.steps.append(line)
-            elif m.group("sep") and not table:
-                key = m.group("qkey") or m.group("lkey") or m.group("key") or ""
-                out.keys.setdefault(key, line)
-                steps_next = key == "steps" and m.group("sep") == "="
-        elif c in "\"'":
-            line += m.group().count("\n")
-        elif c in "[{":
-            if len(stack) == 1 and stack[0]:
-                out.steps.append(line)
-            stack.append(steps_next and not stack)
-            steps_next = False
-            if len(stack) > out.depth:
-                out.depth = len(stack)
-                if out.depth > MAX_DEPTH:
-                    out.deep_line = line
-                    break
-        elif c in "]}" and stack:
-            stack.pop()
-    return out
-
-
-class _Where:
-    """The file:line prefix of an error about part of one file."""
-
-    def __init__(self, path: str, layout: _Layout) -> None:
-        self.path = _path(path)
-        self.layout = layout
-        self._lines: list[str] | None = None
-
-    def at(self, line: int | None) -> str:
-        return f"{self.path}:{line}" if line else self.path
-
-    def key(self, key: str) -> str:
-        """Where a top-level key is set."""
-        return self.at(self.layout.keys.get(key))
-
-    def step(self, i: int, key: str | None = None) -> str:
-        """Where step i begins, or the line of its key (a [[steps]] table spans lines)."""
-        steps = self.layout.steps
-        if i >= len(steps):
-            return self.key("steps")
-        line = steps[i]
-        if key is not None:
-            if self._lines is None:
-                self._lines = self.layout.text.splitlines()
-            # a step ends where the next begins; a [[steps]] table is a few lines at most
-            end = min(steps[i + 1] if i + 1 < len(steps) else line + 100, line + 100)
-            lines = self._lines[line - 1:end - 1]
-            pat = re.compile(rf"(^|[{{,\s]){re.escape(key)}\s*=")
-            line += next((n for n, text in enumerate(lines) if pat.search(text)), 0)
-        return self.at(line)
-
-
-def _path(path: str | Path) -> str:
-    """A file's name as an error line shows it: as it is, or quoted and escaped if it holds
-    a character that is not printable (a newline in a name must not end the line)."""
-    text = str(path)
-    return text if text.isprintable() else json.dumps(text)
-
-
-def _quoted(value: str) -> str:
-    """A value from the file in an error line: always quoted, escaped and cut."""
-    return json.dumps(value[:80] + ("..." if len(value) > 80 else ""))
-
-
-def _type(value: Any) -> str:
-    """The TOML name of a parsed value's type."""
-    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
-             list: "an array", dict: "a table"}
-    return names.get(type(value), "a date or time")
-
-
-def _control(text: str, allowed: str = "") -> str:
-    """The first control character in text (other than those allowed), or ''. U+2028 and
-    U+2029 count: they end a line for str.splitlines() as a newline does."""
-    return next((c for c in text
-                 if c not in allowed and unicodedata.category(c) in ("Cc", "Zl", "Zp")), "")
 
 
 # --- the schema -----------------------------------------------------------------------------
@@ -353,11 +257,28 @@ def _step(raw: Any, i: int, where: _Where) -> Step:
     if missing:
         raise ScenarioError(f"{at}: a {kind} step needs {', '.join(missing)}")
     fields: dict[str, Any] = {}
-    name = _name(raw[kind], kind, f"{where.step(i, kind)}: steps[{i}]")
-    fields["module" if kind in (StepKind.LOAD, StepKind.UNLOAD, StepKind.SET) else "patch"] = name
+    if kind in _READER_STEPS:
+        name = fields["reader"] = _pattern(raw[kind], READER, kind,
+                                           f"{where.step(i, kind)}: steps[{i}]",
+                                           "a reader's name is a shell variable's")
+    else:
+        name = _name(raw[kind], kind, f"{where.step(i, kind)}: steps[{i}]")
+        fields["module" if kind in _MODULE_STEPS else "patch"] = name
     for key, value in raw.items():
         here = f"{where.step(i, key)}: steps[{i}]"
-        if key == "params":
+        if key == "read":
+            fields[key] = _pattern(value, _READ, key, here,
+                                   "read names a debugfs file of a module the scenario loads: "
+                                   "<module>/<file>")
+        elif key == "task":
+            fields[key] = _pattern(value, stall_expect.TASK, key, here,
+                                   "a task is named by its comm: at most 15 letters, digits, "
+                                   "_, . and -")
+        elif key == "try":
+            if type(value) is not int or not 1 <= value <= 1_000_000:
+                raise ScenarioError(f"{here}: try must be an integer from 1 to 1000000")
+            fields["at_try"] = value
+        elif key == "params":
             fields[key] = _params(value, here)
         elif key == "param":
             if not isinstance(value, str) or not is_param_name(value):
@@ -383,9 +304,77 @@ def _step(raw: Any, i: int, where: _Where) -> Step:
     return Step(kind=kind, **fields)
 
 
+def _pattern(value: Any, rx: re.Pattern[str], what: str, where: str, hint: str) -> str:
+    """A string value that rx matches whole."""
+    if value is None:
+        raise ScenarioError(f"{where}: needs {what}", hint)
+    if not isinstance(value, str) or not rx.fullmatch(value):
+        shown = _quoted(value) if isinstance(value, str) else _type(value)
+        raise ScenarioError(f"{where}: {what} {shown} is not valid", hint)
+    return value
+
+
+def _stall(raw: Any, n: int, where: str) -> ExpectedStall:
+    """stall[n]: the stall a scenario causes, as it states it."""
+    at = f"{where}: stall[{n}]"
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{at}: must be a table, not {_type(raw)}")
+    keys = ("task", "reason", "function", "ended", "after_signal")
+    for key in raw:
+        if key not in keys:
+            raise ScenarioError(f"{at}: unknown key {_quoted(key)} (expected one of "
+                                f"{', '.join(keys)})")
+    task = _pattern(raw.get("task"), stall_expect.TASK, "task", at,
+                    "a task is named by its comm: at most 15 letters, digits, _, . and -")
+    reasons = [str(r) for r in stall_expect.REASONS]
+    reason = raw.get("reason")
+    if reason not in reasons:
+        raise ScenarioError(f"{at}: reason must be one of {', '.join(reasons)}")
+    ends = [str(e) for e in stall_expect.Ended if e != stall_expect.Ended.OPEN]
+    ended = raw.get("ended")
+    if ended not in ends:
+        raise ScenarioError(f"{at}: ended must be one of {', '.join(ends)}")
+    function = ""
+    if reason == Reason.SLEEPING_ON_FUNCTION:
+        function = _pattern(raw.get("function"), _FUNCTION, "function", at,
+                            "a task sleeping on a function names that function")
+    elif "function" in raw:
+        raise ScenarioError(f"{at}: only a task sleeping on a function names a function")
+    after = raw.get("after_signal")
+    if after is not None and not isinstance(after, bool):
+        raise ScenarioError(f"{at}: after_signal must be true or false, not {_type(after)}")
+    return ExpectedStall(task, Reason(reason), stall_expect.Ended(ended), function, after)
+
+
+def _stalls(d: dict[str, Any], where: str) -> tuple[ExpectedStall, ...]:
+    """The `[[stall]]` tables."""
+    raw = d.get("stall", [])
+    if not isinstance(raw, list) or len(raw) > MAX_STALLS:
+        raise ScenarioError(f"{where}: `stall` must be an array of at most {MAX_STALLS} "
+                            "tables ([[stall]])")
+    return tuple(_stall(s, n, where) for n, s in enumerate(raw))
+
+
+def _readers(steps: tuple[Step, ...], w: _Where) -> None:
+    """A reader reads a file of a module loaded before it, and is reaped once it was spawned."""
+    loaded: set[str] = set()
+    spawned: set[str] = set()
+    for i, s in enumerate(steps):
+        if s.kind == StepKind.LOAD:
+            loaded.add(kernel_name(s.module))
+        elif s.kind == StepKind.SPAWN:
+            if kernel_name(s.read.split("/")[0]) not in loaded:
+                raise ScenarioError(f"{w.step(i, 'read')}: steps[{i}]: read {_quoted(s.read)} "
+                                    "is not a file of a module an earlier step loads")
+            spawned.add(s.reader)
+        elif s.kind == StepKind.REAP and s.reader not in spawned:
+            raise ScenarioError(f"{w.step(i)}: steps[{i}]: reap {_quoted(s.reader)}: no "
+                                "earlier step spawns a reader of that name")
+
+
 def parse(text: str, where: str) -> Scenario:
     """A Scenario from TOML text; where (the file) names it in errors."""
-    layout = _layout(text)
+    layout = _layout(text, MAX_DEPTH)
     w = _Where(where, layout)
     if layout.deep_line:
         raise ScenarioError(f"{w.at(layout.deep_line)}: nested more than {MAX_DEPTH} deep "
@@ -424,6 +413,8 @@ def parse(text: str, where: str) -> Scenario:
     if len(raw_steps) > MAX_STEPS:
         raise ScenarioError(f"{w.key('steps')}: more than {MAX_STEPS} steps")
     steps = tuple(_step(s, i, w) for i, s in enumerate(raw_steps))
+    _readers(steps, w)
+    stalls = _stalls(d, w.key("stall"))
     lps = d.get("livepatches", [])
     if not isinstance(lps, list):
         raise ScenarioError(f"{w.key('livepatches')}: `livepatches` must be an array of "
@@ -437,8 +428,9 @@ def parse(text: str, where: str) -> Scenario:
         raise ScenarioError(f"{w.key('replaces_all')}: replaces_all must be true or false, "
                             f"not {_type(replaces_all)}")
     return Scenario(
-        id=sid, title=title.strip(), doc=doc.strip(), steps=steps, expect=tuple(expect),
-        livepatches=tuple(lps), path=where, replaces_all=replaces_all,
+        id=sid, title=title.strip(), doc=doc.strip(), steps=steps,
+        expect=(*expect, *(st.line() for st in stalls)), livepatches=tuple(lps), path=where,
+        replaces_all=replaces_all, stalls=stalls,
     )
 
 
@@ -456,9 +448,9 @@ def load_dir(directory: str | Path = BUILTIN_DIR) -> list[Scenario]:
         text = _read(f)
         sc = parse(text, str(f))
         if sc.id in first:
-            line = _layout(text).keys.get("id")
+            lay = _layout(text, MAX_DEPTH)
             raise ScenarioError(
-                f"{_Where(str(f), _layout(text)).at(line)}: id {_quoted(sc.id)} is also the "
+                f"{_Where(str(f), lay).at(lay.keys.get('id'))}: id {_quoted(sc.id)} is also the "
                 f"id of {_path(first[sc.id])}", "each scenario has an id of its own")
         first[sc.id] = f
         out.append(sc)

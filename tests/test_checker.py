@@ -1,27 +1,31 @@
-"""The checker on saved real recordings (tests/data/run-6.1.json, recorded in the
-lab guest on Debian's 6.1): it passes them as they are, and fails them when an
-event is dropped, two are swapped, or a value changes.
+"""The checker on saved real recordings (tests/data/run-6.1.json and, of the stall
+scenarios, run-stall-6.1.json, recorded in the lab guest on Debian's 6.1): it passes them
+as they are, and fails them when an event is dropped, two are swapped, or a value changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
-from util import saved_run
+from util import DATA, saved_run
 
-from klptrace import checker, scenario
+from klptrace import checker, scenario, stall_expect
 from klptrace.events import Callback, Event, EventKind
 from klptrace.results import Probe, Recording, Status, Verdict
 
 SCENARIOS = {s.id: s for s in scenario.load_dir()}
+_STALL_RUN = json.loads((DATA / "run-stall-6.1.json").read_text())
 
 
 def _recording(sid: str) -> Recording:
-    sd = next(s for s in saved_run()["scenarios"] if s["id"] == sid)
+    # the stall scenarios of issue 22 were recorded in a run of their own
+    run = next(r for r in (saved_run(), _STALL_RUN) if any(s["id"] == sid for s in r["scenarios"]))
+    sd = next(s for s in run["scenarios"] if s["id"] == sid)
     return Recording.from_json({"events": sd["events"], "lost_events": sd["lost_events"],
-                                "probes": saved_run()["probes"]})
+                                "probes": run["probes"]})
 
 
 def _check(sid: str, rec: Recording) -> Verdict:
@@ -171,3 +175,16 @@ def test_probe_the_kernel_did_not_arm_is_an_error() -> None:
     v = _check("target-module-not-present", rec)
     assert v.status == Status.ERROR
     assert "klptrace_lp_pre_patch was not armed" in v.explanation and "-22" in v.explanation
+
+
+@pytest.mark.parametrize("sid", ["stall-reader-signal-round", "stall-reader-uninterruptible",
+                                 "stall-sleeping-kthread"])
+def test_a_stall_that_ended_otherwise_fails(sid: str) -> None:
+    """The saved stall recordings, judged against a [[stall]] that says otherwise: the
+    stall line is where they diverge."""
+    sc = SCENARIOS[sid]
+    other = next(e for e in ("returned", "signal") if e != sc.stalls[0].ended)
+    wrong = dataclasses.replace(sc.stalls[0], ended=stall_expect.Ended(other)).line()
+    v = checker.judge([*sc.expect[:-1], wrong], _recording(sid))
+    assert v.status == Status.FAIL and v.divergence == len(sc.expect)
+    assert v.recorded[-1] == sc.expect[-1]

@@ -434,7 +434,7 @@ def _issue_examples() -> dict[str, tuple[dict[str, str], str]]:
         "unknown-step-key": (
             {"a.toml": good.replace(step, '{ lod = "klptrace_lp" },')},
             '/a.toml:12: steps[1]: unknown key "lod" (expected one of load, unload, disable, set, '
-            "wait_transition)"),
+            "wait_transition, spawn, reap, wait_param, wait_blocked)"),
         "one-id-two-files": (
             {"a.toml": good, "b.toml": good},
             '/b.toml:1: id "target-module-not-present" is also the id of {d}/a.toml'),

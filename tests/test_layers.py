@@ -13,7 +13,8 @@ PACKAGE = REPO / "klptrace"
 
 #: the pure core: what `klptrace check` and every formatter run on, offline
 CORE = ("errors", "events", "fields", "files", "jsontext", "oops", "results", "scenario",
-        "transcript", "checker", "story", "stall", "stall_report")
+        "scenario_text", "transcript", "checker", "story", "stall", "stall_report",
+        "stall_expect")
 
 
 #: what lab/ may import of klptrace: errors, and the /proc reader (processes, no livepatch)

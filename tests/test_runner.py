@@ -57,6 +57,7 @@ class FakeKernel:
         self.calls: list[str] = []
         self.wedge = Wedge()
         self.hang: str | None = None  # the call that never returns
+        self.params: dict[tuple[str, str], str] = {}  # (module, parameter) -> what it reads
 
     def _enter(self, what: str, idle: Callable[[], None] | None = None) -> None:
         self.calls.append(what)
@@ -106,6 +107,9 @@ class FakeKernel:
 
     def patch_attr(self, patch: str, attr: str) -> str | None:
         return self.patches.get(patch, {}).get(attr)
+
+    def param(self, module: str, name: str) -> str | None:
+        return self.params.get((module, name))
 
 
 class FakeWatch:
@@ -302,3 +306,107 @@ def test_a_livepatch_that_stays_registered_is_named_as_the_kernel_names_it() -> 
                     "livepatch-foo"]
     assert k.calls[0] == "echo 0 > /sys/kernel/livepatch/livepatch_foo/enabled"
     assert not run.wedged
+
+
+class FakeReader:
+    """A background reader: exits with status once `exits` is set (or when killed)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.pid, self.status, self.exits, self.killed = path, 4242, 0, False, False
+
+    def poll(self) -> int | None:
+        return self.status if self.exits else None
+
+    def kill(self) -> None:
+        self.killed, self.exits, self.status = True, True, -9
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.exits
+        return self.status
+
+
+def _spawning(kernel: FakeKernel, timeout: float = 5.0) -> tuple[runner.Runner, FakeRec,
+                                                                  list[FakeReader]]:
+    readers: list[FakeReader] = []
+
+    def spawn(path: str) -> FakeReader:
+        readers.append(FakeReader(path))
+        return readers[-1]
+
+    rec = FakeRec()
+    run = runner.Runner(rec, "/mods", kernel, FakeWatch(),  # type: ignore[arg-type]
+                        timeout_s=timeout, snapshot=lambda p, e: None,
+                        spawn=spawn)  # type: ignore[arg-type]
+    return run, rec, readers
+
+
+READER = ('{ load = "tgt" }, { spawn = "r", read = "tgt/file" }, '
+          '{ wait_param = "tgt", param = "sleepers", value = "1" }, { reap = "r" }, '
+          '{ unload = "tgt" }')
+READER_LINES = """
+% insmod tgt.ko
+% cat /sys/kernel/debug/tgt/file & r=$!
+% wait $r
+% rmmod tgt
+"""
+
+
+def test_a_reader_is_spawned_waited_for_and_reaped() -> None:
+    k = FakeKernel()
+    k.params[("tgt", "sleepers")] = "1"
+    run, _rec, readers = _spawning(k)
+    [sc] = [_sc(READER, READER_LINES)]
+    orig = run.reap
+
+    def reap(name: str) -> None:
+        readers[0].exits = True  # the module released it
+        orig(name)
+
+    run.reap = reap  # type: ignore[method-assign]
+    r = run.run(sc)
+    assert r.status == "pass", r.verdict.explanation
+    assert [x.path for x in readers] == ["/sys/kernel/debug/tgt/file"]
+    assert not readers[0].killed and not run.readers
+
+
+def test_a_reader_left_running_is_killed_before_its_module_goes() -> None:
+    k = FakeKernel()
+    run, _rec, readers = _spawning(k, timeout=0.2)
+    r = run.run(_sc('{ load = "tgt" }, { spawn = "r", read = "tgt/file" }, '
+                    '{ wait_param = "tgt", param = "sleepers", value = "1" }',
+                    "% insmod tgt.ko\n% cat /sys/kernel/debug/tgt/file & r=$!\n"))
+    assert r.status == "error"
+    assert "/sys/module/tgt/parameters/sleepers does not read 1 after 0 s" in r.step_error
+    assert readers[0].killed and not k.loaded and not run.readers
+
+
+def test_a_reader_that_fails_is_a_step_error() -> None:
+    k = FakeKernel()
+    k.params[("tgt", "sleepers")] = "1"
+    run, _rec, _readers = _spawning(k)
+    readers_exit = FakeReader.poll
+
+    def poll(self: FakeReader) -> int | None:
+        self.exits, self.status = True, 1
+        return readers_exit(self)
+
+    FakeReader.poll = poll  # type: ignore[method-assign]
+    try:
+        r = run.run(_sc(READER, READER_LINES))
+    finally:
+        FakeReader.poll = readers_exit  # type: ignore[method-assign]
+    assert r.status == "error" and "the reader $r exited with status 1" in r.step_error
+
+
+def test_wait_blocked_waits_for_a_try_that_finds_the_task() -> None:
+    blocked = [Event(EventKind.TRANSITION_TRY, 1, patch="p", ret=15),
+               Event(EventKind.TASK_BLOCKED, 2, comm="cat", patch="p", ret=-98)]
+    assert runner.blocked(blocked, "p", "cat") and runner.blocked(blocked, "p", "cat", 16)
+    assert not runner.blocked(blocked, "p", "cat", 17)
+    assert not runner.blocked(blocked, "p", "dd") and not runner.blocked(blocked, "q", "cat")
+    assert not runner.blocked(blocked[1:], "p", "cat")  # no try began after the step
+    k = FakeKernel()
+    run, rec = _runner(k, timeout=0.2)
+    r = run.run(_sc('{ wait_blocked = "p", task = "cat", try = 17 }', "% x"))
+    assert "no try of p's transition found cat not switched at try 17 or later" in r.step_error
+    assert rec.polls > 0

@@ -13,6 +13,8 @@ IDS = [
     "module-coming-and-going-notifiers", "target-module-not-present",
     "pre-patch-callback-enodev", "module-coming-pre-patch-callback-enodev",
     "multiple-target-modules", "busy-target-module", "multiple-livepatches", "atomic-replace",
+    # the stalls of issue 22, each ended the way the kernel promises
+    "stall-reader-signal-round", "stall-reader-uninterruptible", "stall-sleeping-kthread",
 ]
 
 
@@ -129,15 +131,15 @@ def _steps(*steps: str) -> str:
     # unknown keys: named, with the step and what was expected
     (_steps('{ load = "a" }', '{ lod = "a" }'),
      'f.toml:7: steps[1]: unknown key "lod" (expected one of load, unload, disable, set, '
-     "wait_transition)"),
+     "wait_transition, spawn, reap, wait_param, wait_blocked)"),
     (_steps('{ load = "a", unload = "a" }'),
      "f.toml:6: steps[0]: a step needs exactly one of the actions load, unload, disable, set, "
-     "wait_transition, not load and unload"),
+     "wait_transition, spawn, reap, wait_param, wait_blocked, not load and unload"),
     (_steps("{}"), "f.toml:6: steps[0]: a step needs exactly one of the actions load, unload, "
-     "disable, set, wait_transition, not none"),
+     "disable, set, wait_transition, spawn, reap, wait_param, wait_blocked, not none"),
     (HEAD + 'when = 1\nsteps = [{ load = "a" }]',
      'f.toml:5: unknown key "when" (expected one of id, title, doc, livepatches, replaces_all, '
-     "steps, expect)"),
+     "steps, expect, stall)"),
     (HEAD + '[[steps]]\nload = "a"\n\n[[steps]]\nunload = "a"\nwiat = true\n',
      'f.toml:10: steps[1]: unknown key "wiat" for a unload step (expected one of unload)'),
     # ids become arguments and test names: kebab-case, one line
@@ -200,7 +202,8 @@ def test_what_the_schema_accepts() -> None:
     assert [s.kind for s in sc.steps] == [K.LOAD] * 4 + [K.SET, K.WAIT_TRANSITION, K.DISABLE]
     assert all(type(s.kind) is K for s in sc.steps)
     # the enum's values are the files' keys: messages and JSON say them as before
-    assert [str(k) for k in K] == ["load", "unload", "disable", "set", "wait_transition"]
+    assert [str(k) for k in K] == ["load", "unload", "disable", "set", "wait_transition",
+                                   "spawn", "reap", "wait_param", "wait_blocked"]
     assert f"{K.WAIT_TRANSITION}" == "wait_transition" and K("set") is K.SET
 
 

@@ -108,6 +108,15 @@ def patch_attr(patch: str, attr: str) -> str | None:
         return None
 
 
+def param(module: str, name: str) -> str | None:
+    """/sys/module/<module>/parameters/<name>, or None if it is not there (or unreadable)."""
+    try:
+        return Path(MODULE_SYSFS, kernel_name(module), "parameters",
+                    kernel_name(name)).read_text().strip()
+    except OSError:
+        return None
+
+
 def write(path: str, value: str, append: bool = False) -> int:
     """Write value to a kernel file (sysfs, tracefs): 0 or the errno, from
     kernelfs.write(), which refuses any file klptrace has no reason to write."""
@@ -230,6 +239,7 @@ class Actor:
     is_loaded = staticmethod(is_loaded)
     is_patch = staticmethod(is_patch)
     patch_attr = staticmethod(patch_attr)
+    param = staticmethod(param)
 
     def load(self, path: str, params: str = "", **kw: Any) -> int:
         return self.call("load", path, params, **kw)

@@ -43,7 +43,7 @@ def module_dir() -> Path:
     try:
         return run_cmd.module_dir(os.environ.get("KLPTRACE_MODULES"),
                                    ["klptrace_target", "klptrace_busy", "klptrace_lp",
-                                    "klptrace_lp2"])
+                                    "klptrace_lp2", "klptrace_stall", "klptrace_stall_lp"])
     except NotSupported as e:
         skip_or_fail(str(e))
         raise

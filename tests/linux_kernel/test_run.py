@@ -1,4 +1,4 @@
-"""`klptrace run` of all 11 scenarios, REPEAT times in a row, in this kernel: one BPF compile."""
+"""`klptrace run` of all 14 scenarios, REPEAT times in a row, in this kernel: one BPF compile."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _scenario(doc: dict[str, Any], sid: str) -> dict[str, Any]:
 def test_all_scenarios_pass(run: dict[str, Any]) -> None:
     bad = {s["id"]: s["explanation"] for s in run["scenarios"] if s["status"] != "pass"}
     assert not bad
-    assert len(run["scenarios"]) == 11 * REPEAT
+    assert len(run["scenarios"]) == 14 * REPEAT
     assert run["_status"] == 0
     assert run["lost_events"] == 0
     assert all(p["ok"] for p in run["probes"])
