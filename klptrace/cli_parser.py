@@ -205,6 +205,11 @@ def _examples(*lines: str) -> str:
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
+#: why `stall` has no --signal, for whoever knows kernels before v5.1
+_NO_SIGNAL = ("no --signal: the kernel signals the remaining tasks itself at try 16 and "
+              "every 15 tries after (transition.c); the `signal` attribute was removed by "
+              "0b3d52790e1c (v5.1)\n\n")
+
 
 def _add_output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, default="text",
@@ -273,23 +278,19 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "it sits in, the kernel's reason, and the one next step that fits it on this kernel; "
         "and when the kernel's next round of fake signals comes. The first answer comes "
         "from /proc and sysfs, at once; --watch adds BPF and follows the transition to its "
-        "end, with each signal round and the tasks that switched after it. --signal writes "
-        "the patch's signal attribute once (klptrace never writes force). Exit status: 0 "
-        "answered (with --watch: the transition completed), 1 still in transition when "
-        "--watch timed out, or an error, 2 a usage error (--signal with no transition in "
-        "progress), 4 nothing could run here (no root, no livepatch, no kprobes).",
-        epilog=_examples("sudo klptrace stall", "sudo klptrace stall klptrace_lp --format json",
-                         "sudo klptrace stall --signal",
-                         "sudo klptrace stall --wait --watch --timeout 60"),
+        "end, with each signal round and the tasks that switched after it. klptrace never "
+        "writes force. Exit status: 0 answered (with --watch: the transition completed), 1 "
+        "still in transition when --watch timed out, or an error, 2 a usage error, 4 "
+        "nothing could run here (no root, no livepatch, no kprobes).",
+        epilog=_NO_SIGNAL + _examples("sudo klptrace stall",
+                                      "sudo klptrace stall klptrace_lp --format json",
+                                      "sudo klptrace stall --wait --watch --timeout 60"),
         formatter_class=_RAW)
     p.add_argument("patch", nargs="?", metavar="PATCH", type=_patch,
                    help="the livepatch (default: the one in transition)")
     p.add_argument("--watch", action="store_true", help="follow it live until it completes, "
                    "then print its timeline")
     p.add_argument("--wait", action="store_true", help="wait for a transition to start")
-    p.add_argument("--signal", action="store_true",
-                   help="first write 1 to the patch's signal attribute, once: the kernel "
-                   "sends the remaining tasks the fake signals it sends every 15 tries")
     p.add_argument("--timeout", type=_seconds, default=STALL_TIMEOUT_S, metavar="S",
                    help=f"give up waiting or watching after S seconds (default "
                    f"{STALL_TIMEOUT_S:g})")

@@ -303,8 +303,8 @@ def advise(t: StallTask, rep: StallReport) -> str:
                     f"kernel threads that sleep interruptibly: wake_up_state(task, "
                     f"TASK_INTERRUPTIBLE) in klp_send_signals(), transition.c), and if "
                     f"{fn}() loops it will go back to sleep there; {why}")
-        return (f"a user task sleeping uninterruptibly in {fn}(): signal rounds and --signal "
-                f"do nothing for it (set_notify_signal() wakes only TASK_INTERRUPTIBLE, "
+        return (f"a user task sleeping uninterruptibly in {fn}(): signal rounds do nothing "
+                f"for it (set_notify_signal() wakes only TASK_INTERRUPTIBLE, "
                 f"klp_send_signals() in transition.c); {why}")
     if t.reason == Reason.SLEEPING_ON_FUNCTION and sleep == Sleep.INTERRUPTIBLE:
         if kind == Kind.KTHREAD:
@@ -314,8 +314,8 @@ def advise(t: StallTask, rep: StallReport) -> str:
                     f"switches only when a try or the scheduler finds it outside the "
                     f"patched functions, so if its loop sleeps in {fn}() again it stays. "
                     f"End what it loops on, or reverse the transition.")
-        return (f"wait for {_round(rep)}, or run `klptrace stall --signal` now: the fake "
-                f"signal (set_notify_signal() in klp_send_signals(), transition.c) wakes its "
+        return (f"wait for {_round(rep)}, which the kernel sends itself: the fake signal "
+                f"(set_notify_signal() in klp_send_signals(), transition.c) wakes its "
                 f"interruptible sleep, and if {fn}() gives up its wait on a pending signal "
                 f"the task switches on its way back to user space (klp_update_patch_state()).")
     if t.reason == Reason.SLEEPING_ON_FUNCTION:

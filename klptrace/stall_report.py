@@ -188,13 +188,13 @@ class StallReport:
 @dataclasses.dataclass(frozen=True)
 class SignalRound:
     """A round of fake signals a watch saw (`klptrace stall --watch`): its number (from 1),
-    seconds from the watch's start, at the end of which try the kernel sent it (None:
-    klptrace's --signal wrote it), and the tasks (comm:tid) that switched after it,
-    before the next round."""
+    seconds from the watch's start, at the end of which try the kernel sent it (only
+    the kernel sends them: klp_try_complete_transition()), and the tasks (comm:tid) that
+    switched after it, before the next round."""
 
     number: int
     t_s: float
-    try_number: int | None
+    try_number: int
     switched: list[str]
 
     def to_json(self) -> dict[str, Any]:

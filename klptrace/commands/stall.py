@@ -3,8 +3,11 @@
 It starts fast (a person waits for its first answer): nothing heavier than the
 stall report's own modules is imported before the answer, and BPF only with
 --watch. The report is klptrace/stall_report.py's, what it means klptrace/stall.py's,
-and a watch's page report/html.py's (watch()). --signal writes the patch's signal
-attribute once, through kernelfs.write(); klptrace never writes force.
+and a watch's page report/html.py's (watch()). It never writes a patch's
+attributes: the kernel sends its signal rounds itself and nothing can ask for
+one sooner (since Linux kernel commit 0b3d52790e1c ("livepatch: Remove signal
+sysfs attribute") (in v5.1), klp_send_signals() is static in transition.c), and
+force can break the consistency model.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from collections.abc import Sequence
 
 from klptrace import files
-from klptrace.commands import STALL_TIMEOUT_S, line, say, signals_unwind
+from klptrace.commands import STALL_TIMEOUT_S, line, signals_unwind
 from klptrace.errors import KlptraceError, UsageError, signals_checked
 from klptrace.events import Event
 from klptrace.kernel import kmod
@@ -31,7 +34,6 @@ class StallOptions:
     patch: str | None = None  # default: the livepatch in transition
     watch: bool = False
     wait: bool = False
-    signal: bool = False  # write 1 to the patch's signal attribute once, first
     timeout: float = STALL_TIMEOUT_S
     format: str = "text"
     output: str | None = None
@@ -62,40 +64,16 @@ def run(opts: StallOptions) -> int:
             raise KlptraceError(f"no livepatch transition started within {opts.timeout:.0f} s")
         time.sleep(0.1)
         patch = opts.patch or live.transition_patch()
-    signalled = _signal(patch) if opts.signal else None
     if opts.watch:
         with signals_unwind():
-            return _watch(opts, patch, deadline, signalled)
+            return _watch(opts, patch, deadline)
     rep = live.snapshot(patch)
-    if rep is not None and signalled is not None:
-        rep.signals.append(f"klptrace wrote 1 to /sys/kernel/livepatch/{rep.patch}/signal "
-                           f"just now: fake signals sent to the remaining tasks")
     if opts.format == "json":
         doc = rep.to_json() if rep else {"patch": patch, "in_transition": False}
         _write(opts, json.dumps(doc, indent=1, allow_nan=False) + "\n")
     else:
         _write(opts, terminal(st.render_text(rep)))  # a task's comm is its own to choose
     return 0
-
-
-def _signal(patch: str | None) -> float:
-    """Write 1 to the patch's signal attribute (the kernel's klp_send_signals() at once),
-    say so on stderr, and return when (CLOCK_MONOTONIC s)."""
-    from klptrace.kernel import stall as live
-
-    if patch is None or kmod.patch_attr(patch, "transition") != "1":
-        raise UsageError("--signal: no livepatch transition in progress, nothing to signal",
-                         "the kernel takes a patch's signal only while it is in transition; "
-                         "add --wait to signal the next one")
-    path = f"/sys/kernel/livepatch/{patch}/signal"
-    err = live.send_signals(patch)
-    if err:
-        raise KlptraceError(f"could not write 1 to {path}: {os.strerror(err)}",
-                            "EINVAL: the transition ended meanwhile (run `klptrace stall` "
-                            "again); EACCES or EPERM: run as root")
-    say(f"wrote 1 to {path}: the kernel sent fake signals to the remaining tasks "
-        f"(user tasks in an interruptible sleep wake up; kernel threads are only woken)")
-    return time.monotonic()
 
 
 def _write(opts: StallOptions, text: str) -> None:
@@ -112,7 +90,6 @@ class Watched:
     seen: dict[int, tuple[StallTask, float]] = dataclasses.field(default_factory=dict)
     latency: dict[int, float] = dataclasses.field(default_factory=dict)
     last: StallReport | None = None
-    signalled: float | None = None  # when klptrace wrote the signal attribute (--signal)
 
     def update(self, rep: StallReport | None, now: float) -> None:
         """Fold in a snapshot (None once the transition is over) taken at now."""
@@ -128,8 +105,8 @@ class Watched:
 
 def rounds(patch: str, watched: Watched, events: Sequence[Event],
            attached_ns: int) -> tuple[list[SignalRound], dict[int, int]]:
-    """The signal rounds a watch saw (the kernel's, from the recorded tries, and the one
-    --signal wrote), and for each task that switched, the round it switched after.
+    """The signal rounds a watch saw (the kernel's, from the recorded tries), and for
+    each task that switched, the round it switched after.
 
     A task switched after the last round before its switch: the try that no
     longer found it (BPF), or else the snapshot that no longer showed it. The
@@ -138,10 +115,7 @@ def rounds(patch: str, watched: Watched, events: Sequence[Event],
     from klptrace import stall as st
     from klptrace.story import of
 
-    sent: list[tuple[int, int | None]] = [(ts, n) for n, ts in st.signal_rounds(events, patch)]
-    if watched.signalled is not None:
-        sent.append((int(watched.signalled * 1e9), None))
-    sent.sort(key=lambda r: r[0])
+    sent = [(ts, n) for n, ts in st.signal_rounds(events, patch)]
     by_bpf = {s.tid: s.until for s in of(events).stalled if s.switched}
     after: dict[int, int] = {}
     for tid, (_t, since) in watched.seen.items():
@@ -197,16 +171,12 @@ def render_summary(s: StallWatch) -> str:
               for t in s.tasks]
     if s.rounds:
         lines.append("signal rounds:")
-        lines += [f"  {r.number}: {r.t_s:8.3f} s  "
-                  + (f"at the end of try {r.try_number}" if r.try_number is not None
-                     else "klptrace --signal")
-                  + f"; switched after it: {', '.join(r.switched) or 'none'}"
-                  for r in s.rounds]
+        lines += [f"  {r.number}: {r.t_s:8.3f} s  at the end of try {r.try_number}; "
+                  f"switched after it: {', '.join(r.switched) or 'none'}" for r in s.rounds]
     return "\n".join(lines) + "\n"
 
 
-def _watch(opts: StallOptions, patch: str | None, deadline: float,
-           signalled: float | None = None) -> int:
+def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
     from klptrace import stall as st
     from klptrace.kernel import stall as live
     from klptrace.record.recorder import Recorder
@@ -216,7 +186,7 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float,
         return 0
     tty = sys.stdout.isatty() and not opts.output and opts.format == "text"
     line(f"Attaching BPF probes to watch {patch}'s transition...")
-    watched = Watched(signalled=signalled)
+    watched = Watched()
     stopped: KeyboardInterrupt | None = None
     with signals_checked(), Recorder([]) as rec:  # unwound at its polls (errors.py)
         t_attach = time.monotonic()

@@ -19,11 +19,10 @@ import stat
 #: elsewhere: holders/, drivers/, /sys/class), and debugfs and tracefs are mounted
 #: on their directories, which a lookup crosses without following anything.
 WRITABLE: tuple[str, ...] = (
+    # a patch's enabled only: never force, which can break the consistency model; and
+    # no kernel klptrace supports has a signal (removed by Linux kernel commit
+    # 0b3d52790e1c ("livepatch: Remove signal sysfs attribute") (in v5.1))
     "/sys/kernel/livepatch/*/enabled",  # disable steps, and disabling at cleanup (runner)
-    # `klptrace stall --signal`: the kernel's klp_send_signals() at once, as each 15th
-    # try does; harmless (a fake signal only wakes interruptible sleeps). Never force,
-    # which can break the consistency model: klptrace has no reason to write it.
-    "/sys/kernel/livepatch/*/signal",
     "/sys/module/*/parameters/*",  # set steps (runner)
     "/sys/kernel/tracing/kprobe_events",  # klptrace's own kprobe events (probes)
     "/sys/kernel/debug/dynamic_debug/control",  # the livepatch core's pr_debug (kmsg)

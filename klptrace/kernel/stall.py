@@ -22,8 +22,7 @@ from collections.abc import Callable, Sequence
 
 from klptrace import stall
 from klptrace.events import KLP_PATCHED, KLP_UNPATCHED, SIGNALS_TIMEOUT, Direction, Event
-from klptrace.kernel import kernelfs, kmod, kmsg, proc
-from klptrace.scenario import kernel_name
+from klptrace.kernel import kmod, kmsg, proc
 from klptrace.stall_report import Kind, SchedPath, StallReport, StallTask
 
 #: where the tasks are read (a directory of the same shape in tests)
@@ -168,13 +167,6 @@ def _sched_path(kallsyms: str) -> SchedPath:
         return SchedPath.UNKNOWN
     # a name of vmlinux ends its line; a module's is followed by a tab and [module]
     return stall.sched_path_of({n for n in stall.SCHED_SYMBOLS if f" {n}\n" in text})
-
-
-def send_signals(patch: str) -> int:
-    """Write 1 to the patch's signal attribute, once: the kernel's klp_send_signals() at
-    once (kernel/livepatch/core.c signal_store(); EINVAL when the patch is not the one in
-    transition). 0 or the errno. klptrace never writes force."""
-    return kernelfs.write(f"/sys/kernel/livepatch/{kernel_name(patch)}/signal", "1")
 
 
 def kernel_log() -> list[tuple[float, str]]:

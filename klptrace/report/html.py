@@ -369,10 +369,8 @@ def render(m: Matrix) -> str:
 
 def _rounds(rounds: Sequence[SignalRound]) -> str:
     """The signal rounds a watch saw, and the tasks that switched after each."""
-    rows = [f"<tr><td>{r.number}</td><td>{r.t_s:.3f} s</td><td>"
-            + (f"end of try {r.try_number}" if r.try_number is not None
-               else "klptrace --signal")
-            + f"</td><td class=\"mono\">{_e(', '.join(r.switched) or 'none')}</td></tr>"
+    rows = [f"<tr><td>{r.number}</td><td>{r.t_s:.3f} s</td><td>end of try {r.try_number}</td>"
+            f"<td class=\"mono\">{_e(', '.join(r.switched) or 'none')}</td></tr>"
             for r in rounds]
     return ('<h3>Signal rounds</h3><table class="stall"><thead><tr><th>round</th><th>at</th>'
             "<th>sent</th><th>switched after it</th></tr></thead>"

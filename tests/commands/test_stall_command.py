@@ -248,7 +248,7 @@ def test_a_watch_follows_the_transition_to_its_end(machine: Path, fmt: str,
                "klptrace_busy_work_func" in text
 
 
-# --- kinds, sleeps, next steps; --signal; signal rounds (issue 22) ------------------------
+# --- kinds, sleeps, next steps; the kernel's signal rounds (issue 22) ----------------------
 
 READER_STACK = ("[<0>] klptrace_block_read+0x3f/0x70 [klptrace_block]\n"
                 "[<0>] vfs_read+0x9d/0x190\n[<0>] ksys_read+0x5f/0xe0\n")
@@ -265,29 +265,6 @@ def two(machine: Path) -> Path:
     return machine
 
 
-def test_each_task_s_kind_sleep_and_next_step(two: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["stall", "--format", "json"]) == 0
-    rep = json.loads(capsys.readouterr().out)
-    assert (rep["sched"], rep["next_signal_try"], rep["next_signal_in_s"]) == (
-        "__schedule", None, None)  # no BPF: which try is next is not known
-    worker, cat = sorted(rep["tasks"], key=lambda t: t["tid"])
-    assert (worker["kind"], worker["sleep"], worker["function"], worker["reason"]) == (
-        "kthread", "uninterruptible", "klptrace_busy_work_func", "sleeping on function")
-    assert "only klptrace_busy_work_func() returning" in worker["next_step"]
-    assert "it waits in msleep() for a timer" in worker["next_step"]
-    assert (cat["kind"], cat["sleep"], cat["function"]) == ("user", "interruptible",
-                                                            "klptrace_block_read")
-    assert "`klptrace stall --signal` now" in cat["next_step"]
-    assert "unknown without BPF" in cat["next_step"]
-    assert cli.main(["stall"]) == 0
-    text = capsys.readouterr().out
-    assert "  next signal round: unknown without BPF" in text
-    cat_lines = text[text.index("cat:400 (task) sleeping on function klptrace_block_read(), "
-                                "blocking "):].splitlines()
-    assert cat_lines[1:3] == ["      interruptible (S)", "      next step: " + cat["next_step"]]
-
-
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """What klptrace writes to kernel files: the one writer, recorded instead."""
@@ -299,53 +276,62 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     return seen
 
 
-def test_signal_writes_the_attribute_once_says_so_and_reports(
+def test_each_task_s_kind_sleep_and_next_step(
         two: Path, writes: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["stall", "--signal", "--format", "json"]) == 0
-    assert writes == [("/sys/kernel/livepatch/klptrace_lp/signal", "1")]  # never force
-    out, err = capsys.readouterr()
-    assert "klptrace: wrote 1 to /sys/kernel/livepatch/klptrace_lp/signal: the kernel sent " \
-           "fake signals to the remaining tasks" in err
-    rep = json.loads(out)
-    assert rep["signals"] == ["klptrace wrote 1 to /sys/kernel/livepatch/klptrace_lp/signal "
-                              "just now: fake signals sent to the remaining tasks"]
-    assert len(rep["tasks"]) == 2
+    assert cli.main(["stall", "--format", "json"]) == 0
+    assert writes == []  # it only reads
+    rep = json.loads(capsys.readouterr().out)
+    assert (rep["sched"], rep["next_signal_try"], rep["next_signal_in_s"]) == (
+        "__schedule", None, None)  # no BPF: which try is next is not known
+    worker, cat = sorted(rep["tasks"], key=lambda t: t["tid"])
+    assert (worker["kind"], worker["sleep"], worker["function"], worker["reason"]) == (
+        "kthread", "uninterruptible", "klptrace_busy_work_func", "sleeping on function")
+    assert "only klptrace_busy_work_func() returning" in worker["next_step"]
+    assert "it waits in msleep() for a timer" in worker["next_step"]
+    assert (cat["kind"], cat["sleep"], cat["function"]) == ("user", "interruptible",
+                                                            "klptrace_block_read")
+    assert "which the kernel sends itself" in cat["next_step"]
+    assert "--signal" not in cat["next_step"]
+    assert "unknown without BPF" in cat["next_step"]
+    assert cli.main(["stall"]) == 0
+    text = capsys.readouterr().out
+    assert "  next signal round: unknown without BPF" in text
+    cat_lines = text[text.index("cat:400 (task) sleeping on function klptrace_block_read(), "
+                                "blocking "):].splitlines()
+    assert cat_lines[1:3] == ["      interruptible (S)", "      next step: " + cat["next_step"]]
 
 
-def test_signal_with_no_transition_is_a_usage_error(
-        two: Path, writes: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
-    (two / "livepatch" / "klptrace_lp" / "transition").write_text("0\n")
-    assert cli.main(["stall", "--signal"]) == 2
+@pytest.mark.parametrize("argv", [["stall", "--signal"],
+                                  ["stall", "--watch", "--signal", "--format", "json"]])
+def test_there_is_no_signal_option(two: Path, writes: list[tuple[str, str]],
+                                   capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    """The patch's signal attribute is gone since 0b3d52790e1c (v5.1): `--signal` is a
+    usage error like any unknown option, and --help says why there is none."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "klptrace: error: --signal: no livepatch transition in progress" in err
-    assert "hint: the kernel takes a patch's signal only while it is in transition" in err
-    assert writes == []
-    assert cli.main(["stall"]) == 0  # without --signal: answered, as before
-    assert capsys.readouterr().out == "no livepatch transition in progress\n"
-
-
-def test_signal_refused_by_the_kernel(two: Path, monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
-    import errno
-
-    from klptrace.kernel import kernelfs
-
-    monkeypatch.setattr(kernelfs, "write", lambda *_a, **_k: errno.EINVAL)
-    assert cli.main(["stall", "--signal"]) == 1
-    err = capsys.readouterr().err
-    assert "could not write 1 to /sys/kernel/livepatch/klptrace_lp/signal: Invalid argument" \
-           in err and "Traceback" not in err
+    assert err.startswith("klptrace: error: unrecognized arguments: --signal\n  hint: ")
+    assert "Traceback" not in err and writes == []
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["stall", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "\nno --signal: the kernel signals the remaining tasks itself at try 16 and every 15 " \
+           "tries after (transition.c); the `signal` attribute was removed by 0b3d52790e1c " \
+           "(v5.1)\n" in text
+    assert "  --signal" not in text  # no such option listed
 
 
 def test_a_watch_records_each_signal_round_and_who_switched_after_it(two: Path) -> None:
     rep = stall.snapshot("klptrace_lp")
     assert rep is not None
     s = 1_000_000_000
-    watched = stall_cmd.Watched(signalled=20.5)  # klptrace --signal, after try 17
+    watched = stall_cmd.Watched()
     watched.update(rep, 1.0)
-    watched.update(None, 21.0)  # both gone by then
+    watched.update(None, 32.0)  # both gone by then
     events = []
-    for n in range(1, 18):  # the worker and cat blocked at tries 1 to 17 (try n at n s)
+    for n in range(1, 32):  # the worker and cat blocked at tries 1 to 31 (try n at n s)
         events += [Event(EventKind.TRANSITION_TRY, n * s, patch="klptrace_lp", state=1,
                          ret=n - 1),
                    Event(EventKind.TASK_BLOCKED, n * s + 1, tid=400, comm="cat", ret=-98,
@@ -356,43 +342,26 @@ def test_a_watch_records_each_signal_round_and_who_switched_after_it(two: Path) 
                                 object="klptrace_busy_work_func"))
     summary = stall_cmd.summary("klptrace_lp", watched, events, 0, completed=True)
     assert [(r.number, r.t_s, r.try_number, r.switched) for r in summary.rounds] == [
-        (1, 16.0, 16, ["kworker/1:1:61"]), (2, 20.5, None, ["cat:400"])]
+        (1, 16.0, 16, ["kworker/1:1:61"]), (2, 31.0, 31, ["cat:400"])]
     by_tid = {t.tid: t for t in summary.tasks}
     assert (by_tid[61].after_round, by_tid[400].after_round) == (1, 2)
-    assert by_tid[400].switch_latency_s == 20.0
+    assert by_tid[400].switch_latency_s == 31.0
     doc = summary.to_json()
     assert doc["rounds"][0] == {"number": 1, "t_s": 16.0, "try_number": 16,
                                 "switched": ["kworker/1:1:61"]}
     assert {t["tid"]: t["after_round"] for t in doc["tasks"]} == {61: 1, 400: 2}
     text = stall_cmd.render_summary(summary)
     assert "kworker/1:1:61 sleeping on function klptrace_busy_work_func -> switched after " \
-           "20.0 s, after signal round 1" in text
+           "31.0 s, after signal round 1" in text
     assert "signal rounds:\n  1:   16.000 s  at the end of try 16; switched after it: " \
-           "kworker/1:1:61\n  2:   20.500 s  klptrace --signal; switched after it: cat:400" \
-           in text
+           "kworker/1:1:61\n  2:   31.000 s  at the end of try 31; switched after it: " \
+           "cat:400\n" in text
     from klptrace.report import html
 
     page = html.watch(summary)
-    assert "<h3>Signal rounds</h3>" in page and "<td>klptrace --signal</td>" in page
+    assert "<h3>Signal rounds</h3>" in page and "<td>end of try 31</td>" in page
+    assert "--signal" not in page
     assert "<th>sleep</th><th>next step</th>" in page and "<td>interruptible</td>" in page
     # each task's lane says its kind and sleep, from the report
-    assert "klptrace_block_read() · not switched at 17 tries" in page
+    assert "klptrace_block_read() · not switched at 31 tries" in page
     assert "· user, interruptible" in page and "· kthread, uninterruptible" in page
-
-
-def test_a_watch_with_signal(machine: Path, writes: list[tuple[str, str]],
-                             monkeypatch: pytest.MonkeyPatch,
-                             capsys: pytest.CaptureFixture[str]) -> None:
-    """`stall --watch --signal`: signalled once, then watched; the round is klptrace's."""
-    from klptrace.record import recorder
-
-    monkeypatch.setattr(recorder, "Recorder", _Recorder(machine))
-    monkeypatch.setattr(kmod, "unsupported", lambda **_kw: None)
-    out = machine / "watch.json"
-    assert cli.main(["stall", "--watch", "--signal", "--format", "json", "-o", str(out)]) == 0
-    assert writes == [("/sys/kernel/livepatch/klptrace_lp/signal", "1")]
-    doc = json.loads(out.read_text())
-    [r] = doc["rounds"]
-    assert (r["number"], r["try_number"], r["switched"]) == (1, None, ["kworker/1:1:61"])
-    assert doc["tasks"][0]["after_round"] == 1
-    assert "wrote 1 to /sys/kernel/livepatch/klptrace_lp/signal" in capsys.readouterr().err

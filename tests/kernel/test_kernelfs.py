@@ -66,7 +66,7 @@ def test_a_path_that_is_not_normalised_is_refused(kroot: Path, sentinel: Path,
 @pytest.mark.parametrize("path", [
     "sentinel",  # outside every root
     "k/sys/module/m/initstate",  # a module's file, but not a parameter
-    "k/sys/kernel/livepatch/lp/force",  # a livepatch's file, but not `enabled` or `signal`
+    "k/sys/kernel/livepatch/lp/force",  # a livepatch's file, but not `enabled`
     "k/sys/kernel/livepatch/lp/transition",
     "k/sys/module/m/parameters/sub/p",  # one name too many for "*"
 ])
@@ -80,13 +80,16 @@ def test_a_file_not_listed_is_refused(kroot: Path, sentinel: Path, path: str) ->
     assert target.read_text() == "untouched\n"
 
 
-def test_signal_is_written_and_force_never(kroot: Path) -> None:
-    """`klptrace stall --signal` writes the patch's signal attribute; no klptrace command
-    writes force, which marks tasks switched without checking their stacks."""
+def test_neither_signal_nor_force_is_written(kroot: Path) -> None:
+    """No klptrace command writes force, which marks tasks switched without checking
+    their stacks, or signal, which no supported kernel has (removed by Linux kernel
+    commit 0b3d52790e1c ("livepatch: Remove signal sysfs attribute") (in v5.1): the
+    kernel sends its signal rounds itself)."""
     signal = kroot / "sys/kernel/livepatch/lp/signal"
-    assert kernelfs.write(str(signal), "1") == 0 and signal.read_text() == "1"
-    assert [w for w in kernelfs.WRITABLE if w.endswith("/force")] == []
+    assert kernelfs.write(str(signal), "1") == errno.EPERM and signal.read_text() == "0\n"
+    assert [w for w in kernelfs.WRITABLE if w.endswith(("/force", "/signal"))] == []
     assert kernelfs.write("/sys/kernel/livepatch/lp/force", "1") == errno.EPERM
+    assert kernelfs.write("/sys/kernel/livepatch/lp/signal", "1") == errno.EPERM
 
 
 def test_the_real_list_refuses_traversal_before_opening_anything() -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from klptrace.kernel import kernelfs
 from klptrace.kernel import stall as live
 from klptrace.stall_report import SchedPath
 
@@ -54,11 +53,3 @@ def test_a_task_s_kind_and_sleep_from_proc(tmp_path: Path,
         "kthread", "interruptible", True, "sleeping on function", "f")
     assert (u.kind, u.sleep, u.kthread) == ("user", "uninterruptible", False)
 
-
-def test_send_signals_writes_the_signal_attribute_through_kernelfs(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    writes: list[tuple[str, str]] = []
-    monkeypatch.setattr(kernelfs, "write",
-                        lambda path, value, append=False: writes.append((path, value)) or 0)
-    assert live.send_signals("klptrace-lp") == 0
-    assert writes == [("/sys/kernel/livepatch/klptrace_lp/signal", "1")]  # the kernel's name
