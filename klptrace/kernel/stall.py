@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from klptrace import stall
 from klptrace.events import KLP_PATCHED, KLP_UNPATCHED, SIGNALS_TIMEOUT, Direction, Event
-from klptrace.kernel import kmod, kmsg, proc
+from klptrace.kernel import kallsyms, kmod, kmsg, proc
 from klptrace.stall_report import Kind, SchedPath, StallReport, StallTask
 
 #: where the tasks are read (a directory of the same shape in tests)
@@ -157,16 +157,14 @@ def sched_path() -> SchedPath:
 
 
 @functools.cache
-def _sched_path(kallsyms: str) -> SchedPath:
+def _sched_path(path: str) -> SchedPath:
     """sched_path() read once per process (a watch takes a snapshot every second, and the
     kernel does not change under it)."""
     try:
-        with open(kallsyms) as f:
-            text = f.read()
+        found = kallsyms.addresses(stall.SCHED_SYMBOLS, path)
     except OSError:
         return SchedPath.UNKNOWN
-    # a name of vmlinux ends its line; a module's is followed by a tab and [module]
-    return stall.sched_path_of({n for n in stall.SCHED_SYMBOLS if f" {n}\n" in text})
+    return stall.sched_path_of(set(found))
 
 
 def kernel_log() -> list[tuple[float, str]]:

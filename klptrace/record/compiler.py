@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from klptrace import assets
 from klptrace.errors import KlptraceError, NotSupported, check_interrupted
 from klptrace.kernel import kmod
+from klptrace.kernel.kallsyms import addresses
 from klptrace.lab import defaults
 from klptrace.record import btf
 
@@ -39,25 +39,6 @@ def check_kernel() -> None:
         raise problem
 
 
-def _kallsyms(names: Iterable[str], path: str = "/proc/kallsyms") -> dict[str, int]:
-    """Addresses of vmlinux symbols (not a module's, which have a [module] column)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    found: dict[str, int] = {}
-    for name in names:
-        # "ADDR TYPE NAME\n"; a module's lines end in "\t[MODULE]". bytes.find,
-        # not a multi-line regex: under emulation that took 1.6 s, this 10 ms.
-        needle = b" " + name.encode() + b"\n"
-        at = data.find(needle)
-        while at >= 0:
-            line = data[data.rfind(b"\n", 0, at) + 1:at].split()
-            if len(line) == 2 and len(line[1]) == 1:
-                found[name] = int(line[0], 16)
-                break
-            at = data.find(needle, at + 1)
-    return found
-
-
 def cflags(kallsyms: str = "/proc/kallsyms") -> list[str]:
     """-D and -I flags for this kernel: field offsets from BTF, globals from kallsyms."""
     # -g0: bcc compiles with -g to give the programs BTF, which klptrace does
@@ -70,7 +51,7 @@ def cflags(kallsyms: str = "/proc/kallsyms") -> list[str]:
     flags = [f"-I{BPF_DIR}", "-Wno-duplicate-decl-specifier", "-Wno-ignored-attributes", "-g0",
              "-Oz"]
     flags += [f"-D{k}={v}" for k, v in btf.cached_layout(defaults.cache_dir()).items()]
-    addrs = _kallsyms(GLOBALS.values(), kallsyms)
+    addrs = addresses(GLOBALS.values(), kallsyms)
     for define, sym in GLOBALS.items():
         if not addrs.get(sym):
             raise ProbeError(f"kernel symbol {sym} not found in /proc/kallsyms",
