@@ -35,6 +35,18 @@
 #define KLPT_TRANSITION_REVERSED	22
 #define KLPT_TASK_BLOCKED		23
 #define KLPT_KMSG_WRITE			24
+#define KLPT_STATE			25
+#define KLPT_SHADOW			26
+#define KLPT_STATE_DECLARED		27
+
+/* the op of a STATE or SHADOW event (klptrace/events.py OPS) */
+#define KLPT_OP_GET_STATE	1
+#define KLPT_OP_GET_PREV_STATE	2
+#define KLPT_OP_SHADOW_ALLOC	3
+#define KLPT_OP_SHADOW_GET_OR_ALLOC	4
+#define KLPT_OP_SHADOW_GET	5
+#define KLPT_OP_SHADOW_FREE	6
+#define KLPT_OP_SHADOW_FREE_ALL	7
 
 /* callback roles (klp_callbacks members) */
 #define KLPT_CB_PRE_PATCH	1

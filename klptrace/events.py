@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import errno
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,11 @@ class EventKind(enum.IntEnum):
     #                    reason (-EBUSY running, -EINVAL unreliable stack, -EADDRINUSE
     #                    sleeping on function `object`)
     KMSG_WRITE = 24  # a write to /dev/kmsg (its text is read back from the log)
+    STATE = 25  # klp_get_state() or klp_get_prev_state() returned: `op`, `state_id`, and the
+    #             `version` of the state found (None: none); `patch` is get's patch, or for
+    #             get_prev the patch in transition
+    SHADOW = 26  # a klp_shadow_*() call returned: `op`, `obj`, `shadow_id`, `size`, `addr`
+    STATE_DECLARED = 27  # a patch being enabled declares state `state_id` at `version`
     # Written by klptrace itself, never by BPF:
     STEP = 100  # a scenario step or traced command starts (text in `detail`)
     STEP_RESULT = 101  # that step failed with errno `ret`
@@ -64,6 +70,33 @@ def carries_ret(kind: EventKind, callback: int = 0) -> bool:
 def carries_state(kind: EventKind) -> bool:
     """Whether an event of this kind has a meaningful `state`."""
     return kind not in _WITHOUT_STATE
+
+
+class StateOp(enum.StrEnum):
+    """Which klp_*state() call a STATE event records (kernel/livepatch/state.c)."""
+
+    GET = "get"  # klp_get_state(patch, id)
+    GET_PREV = "get_prev"  # klp_get_prev_state(id)
+
+
+class ShadowOp(enum.StrEnum):
+    """Which klp_shadow_*() call a SHADOW event records (kernel/livepatch/shadow.c)."""
+
+    ALLOC = "alloc"
+    GET_OR_ALLOC = "get_or_alloc"
+    GET = "get"
+    FREE = "free"
+    FREE_ALL = "free_all"  # the only one without an obj
+
+
+#: the ops by the numbers bpf/klptrace.h gives them (KLPT_OP_<op>_STATE and
+#: KLPT_OP_SHADOW_<op>), in a STATE or SHADOW event's `op` field. (Keyed by number: as
+#: strings StateOp.GET and ShadowOp.GET are equal.)
+OPS: Mapping[int, StateOp | ShadowOp] = {
+    1: StateOp.GET, 2: StateOp.GET_PREV,
+    3: ShadowOp.ALLOC, 4: ShadowOp.GET_OR_ALLOC, 5: ShadowOp.GET, 6: ShadowOp.FREE,
+    7: ShadowOp.FREE_ALL,
+}
 
 
 class Callback(enum.IntEnum):
@@ -162,6 +195,16 @@ class Event:
     ret: int | None = None
     detail: str = ""
     livepatch: bool = False  # module events: the module is a livepatch
+    # STATE, STATE_DECLARED and SHADOW events (issue 21); `callback` (and `patch`, `object`
+    # of SHADOW) say which traced callback made the call, when one did
+    op: StateOp | ShadowOp | None = None
+    state_id: int | None = None
+    version: int | None = None  # the state's; None when klp_get_*state() found none
+    obj: int | None = None  # the shadow variable's object (an address); None for free_all
+    shadow_id: int | None = None
+    size: int | None = None  # alloc and get_or_alloc
+    addr: int | None = None  # what the call returned (the shadow data); None for NULL
+    caller: str = ""  # the module whose code made the call ("vmlinux" for the kernel's own)
 
     @property
     def module_state(self) -> ModuleState | None:
@@ -209,6 +252,27 @@ class Event:
             d["detail"] = self.detail
         if self.livepatch:
             d["livepatch"] = True
+        if self.kind in (EventKind.STATE, EventKind.STATE_DECLARED, EventKind.SHADOW):
+            d.update(self._klp_data_json())
+        return d
+
+    def _klp_data_json(self) -> dict[str, Any]:
+        """The fields of a STATE, STATE_DECLARED or SHADOW event (issue 21's names)."""
+        d: dict[str, Any] = {}
+        if self.op is not None:
+            d["op"] = self.op.value
+        if self.kind == EventKind.SHADOW:
+            if self.op != ShadowOp.FREE_ALL:
+                d["obj"] = _hex(self.obj)
+            d["shadow_id"] = self.shadow_id
+            if self.size is not None:
+                d["size"] = self.size
+            d["ret"] = _hex(self.addr)
+        else:
+            d["state_id"] = self.state_id
+            d["version"] = self.version
+        if self.caller:
+            d["caller"] = self.caller
         return d
 
     @classmethod
@@ -227,7 +291,9 @@ class Event:
             state = KLP_PATCHED if d["target"] == "patched" else KLP_UNPATCHED
         elif "state" in d:
             state = _int(d["state"], "state")
-        ret = d.get("ret")
+        klp = (_klp_data(kind, d) if kind in (EventKind.STATE, EventKind.STATE_DECLARED,
+                                              EventKind.SHADOW) else {})
+        ret = d.get("ret") if kind != EventKind.SHADOW else None
         return cls(
             kind=kind,
             ts_ns=_int(d["ts_ns"], "ts_ns"),
@@ -241,7 +307,41 @@ class Event:
             ret=_int(ret, "ret") if ret is not None else None,
             detail=_str(d.get("detail", ""), "detail"),
             livepatch=d.get("livepatch", False) is True,
+            **klp,
         )
+
+
+def _klp_data(kind: EventKind, d: dict[str, Any]) -> dict[str, Any]:
+    """Event fields of a STATE, STATE_DECLARED or SHADOW event's JSON object."""
+    out: dict[str, Any] = {"caller": _str(d.get("caller", ""), "caller")}
+    op = d.get("op")
+    if kind == EventKind.SHADOW:
+        out["op"] = ShadowOp(_str(op, "op"))
+        out["obj"] = _addr(d.get("obj"), "obj")
+        out["shadow_id"] = _int(d.get("shadow_id"), "shadow_id")
+        size = d.get("size")
+        out["size"] = _int(size, "size") if size is not None else None
+        out["addr"] = _addr(d.get("ret"), "ret")
+        return out
+    if op is not None:
+        out["op"] = StateOp(_str(op, "op"))
+    out["state_id"] = _int(d.get("state_id"), "state_id")
+    version = d.get("version")
+    out["version"] = _int(version, "version") if version is not None else None
+    return out
+
+
+def _hex(addr: int | None) -> str | None:
+    """An address as JSON: a hex string (JSON numbers lose 64-bit precision), or null."""
+    return None if addr is None else f"{addr:#x}"
+
+
+def _addr(v: Any, what: str) -> int | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not re.fullmatch(r"0x[0-9a-f]{1,16}", v):
+        raise ValueError(f"{what} must be an address like \"0xffff8880...\", not {v!r}")
+    return int(v, 16)
 
 
 def _int(v: Any, what: str) -> int:

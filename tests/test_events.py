@@ -2,9 +2,10 @@
 
 import re
 
+import pytest
 from util import REPO
 
-from klptrace.events import Callback, Event, EventKind, ModuleState
+from klptrace.events import OPS, Callback, Event, EventKind, ModuleState, ShadowOp, StateOp
 
 
 def _header_defines() -> dict[str, int]:
@@ -38,7 +39,7 @@ def test_every_header_kind_is_python_s() -> None:
     defs = _header_defines()
     roles = {f"CB_{c.name}" for c in Callback}
     kinds = {name for name in defs if name not in roles and name not in
-             ("NAME_LEN", "COMM_LEN", "F_LIVEPATCH")}
+             ("NAME_LEN", "COMM_LEN", "F_LIVEPATCH") and not name.startswith("OP_")}
     assert kinds == {k.name for k in EventKind if k < 100}
     assert {name for name in defs if name.startswith("CB_")} == roles
 
@@ -85,3 +86,42 @@ def test_decode_follows_the_header_s_struct() -> None:
                                                                        "insmod")
         assert got.ret in (None, -19) and got.state in (None, ModuleState.COMING), kind
         assert (got.patch, got.object) == ("klptrace_lp", "klptrace_target"), kind
+
+
+def test_header_ops_match_python() -> None:
+    defs = _header_defines()
+    header = {n: v for n, v in defs.items() if n.startswith("OP_")}
+    python = {(f"OP_{op.name}_STATE" if isinstance(op, StateOp) else f"OP_SHADOW_{op.name}"): n
+              for n, op in OPS.items()}
+    assert header == python
+    assert set(OPS.values()) >= set(StateOp) and len(OPS) == len(StateOp) + len(ShadowOp)
+
+
+def test_state_and_shadow_events_round_trip_json() -> None:
+    get = Event(EventKind.STATE, 5, pid=1, tid=1, comm="insmod", patch="lp2",
+                op=StateOp.GET_PREV, state_id=42, version=None, caller="klptrace_state_lp2",
+                callback=Callback.PRE_PATCH)
+    d = get.to_json()
+    assert (d["op"], d["state_id"], d["version"], d["caller"]) == ("get_prev", 42, None,
+                                                                   "klptrace_state_lp2")
+    assert Event.from_json(d) == get
+    alloc = Event(EventKind.SHADOW, 6, op=ShadowOp.ALLOC, obj=0xffff888003c1e000,
+                  shadow_id=7, size=8, addr=0xffff888004000010, caller="m")
+    d = alloc.to_json()
+    # 64-bit addresses are hex strings: JSON numbers are doubles in most readers
+    assert (d["obj"], d["ret"], d["size"]) == ("0xffff888003c1e000", "0xffff888004000010", 8)
+    assert Event.from_json(d) == alloc
+    free_all = Event(EventKind.SHADOW, 7, op=ShadowOp.FREE_ALL, shadow_id=7)
+    d = free_all.to_json()
+    assert "obj" not in d and d["ret"] is None and "size" not in d
+    assert Event.from_json(d) == free_all
+    declared = Event(EventKind.STATE_DECLARED, 8, patch="lp", state_id=42, version=2)
+    assert Event.from_json(declared.to_json()) == declared
+
+
+def test_a_bad_address_or_op_is_refused() -> None:
+    d = Event(EventKind.SHADOW, 6, op=ShadowOp.GET, obj=1, shadow_id=7).to_json()
+    for bad in ({"obj": 12}, {"obj": "0xZZ"}, {"obj": "0x" + "f" * 17}, {"op": "steal"},
+                {"shadow_id": "7"}):
+        with pytest.raises((ValueError, TypeError)):
+            Event.from_json({**d, **bad})
