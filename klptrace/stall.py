@@ -383,7 +383,8 @@ def _head(rep: StallReport) -> str:
     """A report's first line: the patch, its direction, for how long, how many tries."""
     return (f"{rep.patch}: {rep.direction} transition in progress"
             + (f" for {rep.in_transition_s:.1f} s" if rep.in_transition_s is not None else "")
-            + (f", {rep.tries} tries" if rep.tries is not None else "")
+            + (f", {rep.tries} {'try' if rep.tries == 1 else 'tries'}"
+               if rep.tries is not None else "")
             + (", FORCED" if rep.forced else ""))
 
 

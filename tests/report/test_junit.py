@@ -28,7 +28,7 @@ def test_the_stalling_scenario_and_no_other_says_its_stall_report() -> None:
     [out] = mine.findall("system-out")
     lines = (out.text or "").splitlines()
     assert lines[:3] == [
-        "stall report: klptrace_lp: patching transition in progress for 0.5 s, 1 tries",
+        "stall report: klptrace_lp: patching transition in progress for 0.5 s, 1 try",
         TASK_LINE, "next steps:"]
     assert "  - To give up, reverse the transition: echo 0 > /sys/kernel/livepatch/klptrace_lp/" \
         "enabled." in lines[4]

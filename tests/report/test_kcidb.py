@@ -187,7 +187,7 @@ def test_a_stalling_scenario_logs_its_stall_report_and_no_other_does() -> None:
     lines = mine["log_excerpt"].splitlines()
     # a pass: nothing went wrong, so the stall report is all the excerpt holds
     assert lines[:3] == [
-        "stall report: klptrace_lp: patching transition in progress for 0.5 s, 1 tries",
+        "stall report: klptrace_lp: patching transition in progress for 0.5 s, 1 try",
         stalled.TASK_LINE, "next steps:"]
     assert "log_excerpt" not in mine["misc"] and mine["status"] == "PASS"
     assert all("log_excerpt" not in t for t in others) and len(others) == 10

@@ -30,7 +30,7 @@ def test_the_stalling_scenario_and_no_other_carries_the_stall_report() -> None:
     assert len(blocks) == 11
     mine = blocks.pop(STALLED)
     assert mine[0] == ("stall report: klptrace_lp: patching transition in progress for 0.5 s, "
-                       "1 tries")
+                       "1 try")
     assert mine[1] == TASK_LINE and mine[2] == "next steps:"
     assert mine[3].startswith("  - kworker/1:0+events:22 is a kernel thread")
     assert any("/sys/kernel/livepatch/klptrace_lp/force" in line for line in mine)
