@@ -26,7 +26,7 @@ import itertools
 import re
 from collections.abc import Iterable, Sequence
 
-from klptrace import story
+from klptrace import stall_expect, story
 from klptrace.events import REASONS, SIGNALS_TIMEOUT, Direction, Event, EventKind, Reason
 from klptrace.stall_report import (
     Kind,
@@ -379,14 +379,20 @@ def next_signal_line(rep: StallReport) -> str:
             "--watch records them): every 15 tries, a try about every second")
 
 
+def _head(rep: StallReport) -> str:
+    """A report's first line: the patch, its direction, for how long, how many tries."""
+    return (f"{rep.patch}: {rep.direction} transition in progress"
+            + (f" for {rep.in_transition_s:.1f} s" if rep.in_transition_s is not None else "")
+            + (f", {rep.tries} {'try' if rep.tries == 1 else 'tries'}"
+               if rep.tries is not None else "")
+            + (", FORCED" if rep.forced else ""))
+
+
 def render_text(rep: StallReport | None) -> str:
     """A report as lines for a person."""
     if rep is None:
         return "no livepatch transition in progress\n"
-    out = [f"{rep.patch}: {rep.direction} transition in progress"
-           + (f" for {rep.in_transition_s:.1f} s" if rep.in_transition_s is not None else "")
-           + (f", {rep.tries} tries" if rep.tries is not None else "")
-           + (", FORCED" if rep.forced else "")]
+    out = [_head(rep)]
     out += [f"  {s}" for s in rep.signals]
     if rep.sched is not None:
         out.append(f"  {next_signal_line(rep)}")
@@ -407,3 +413,34 @@ def render_text(rep: StallReport | None) -> str:
     out.append("next steps:")
     out += [f"  - {s}" for s in rep.next_steps]
     return "\n".join(out) + "\n"
+
+
+def brief_lines(rep: StallReport | None, recorded: Sequence[str] = ()) -> list[str]:
+    """A stalling scenario's stall report as a short block of lines, the one that KTAP and
+    JUnit diagnostics and a KCIDB log excerpt carry: the transition, each task holding it
+    (who, what kind, how it sleeps, the kernel's reason, where), the next steps, and the
+    stall lines of its recorded transcript (recorded: the scenario's, stall_expect.py).
+    No stacks and no timeline: `klptrace stall` and the html lane show those.
+
+    Every line starts with words of klptrace's, never with a value from the kernel (a
+    comm is its task's own to choose), so a format that gives each line a prefix of its
+    own (KTAP's `# `) keeps every line what it says it is; line breaks in a value are
+    the format's to escape."""
+    out: list[str] = []
+    if rep is not None:
+        out.append(f"stall report: {_head(rep)}")
+        out += [f"  {s}" for s in rep.signals]
+        if rep.sched is not None:
+            out.append(f"  {next_signal_line(rep)}")
+        for t in rep.tasks:
+            kind = t.kind or (Kind.KTHREAD if t.kthread else Kind.USER)
+            sleep = t.sleep or sleep_of(t.state) or "not sleeping"
+            where = f" {t.function}()" if t.function else ""
+            since = f", blocking {t.blocking_s:.1f} s" if t.blocking_s is not None else ""
+            out.append(f"task {t.comm} (pid {t.pid}, tid {t.tid}): {kind}, {sleep}"
+                       f" ({t.state or '?'}); {t.reason}{where}{since}")
+        if rep.next_steps:
+            out.append("next steps:")
+            out += [f"  - {s}" for s in rep.next_steps]
+    out += [f"recorded {line}" for line in recorded if line.startswith(stall_expect.PREFIX)]
+    return out

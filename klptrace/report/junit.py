@@ -1,7 +1,13 @@
-"""junit: one testsuite, one testcase per scenario; a matrix is a testsuite per kernel."""
+"""junit: one testsuite, one testcase per scenario; a matrix is a testsuite per kernel.
+
+A stalling scenario's stall report (stall.brief_lines) goes in its failure's body when
+it failed, else in its testcase's <system-out>; like every text here it passes through
+markup.text, so a task's comm cannot end an element or break the file.
+"""
 
 from klptrace.report.markup import attr, text
 from klptrace.results import Matrix, RunDocument, Status
+from klptrace.stall import brief_lines
 
 _TAG = {Status.FAIL: "failure", Status.ERROR: "error"}
 
@@ -19,13 +25,18 @@ def _suite(run: RunDocument, name: str, indent: str) -> list[str]:
         v = s.verdict
         out.append(f'{indent}  <testcase classname="klptrace" name={attr(s.id)} '
                    f'time="{s.seconds:.3f}">')
-        body = text("\n".join([*v.problems, *v.diff]))
+        stall = brief_lines(s.stall, v.recorded)
         msg = attr(v.explanation)
         if s.status in _TAG:
             tag = _TAG[s.status]
+            body = text("\n".join([*v.problems, *v.diff, *stall]))
             out.append(f"{indent}    <{tag} message={msg}>{body}</{tag}>")
-        elif s.status == Status.SKIP:
-            out.append(f"{indent}    <skipped message={msg}/>")
+        else:
+            if s.status == Status.SKIP:
+                out.append(f"{indent}    <skipped message={msg}/>")
+            if stall:
+                said = text("\n".join(stall))
+                out.append(f"{indent}    <system-out>{said}</system-out>")
         out.append(f"{indent}  </testcase>")
     out.append(f"{indent}</testsuite>")
     return out

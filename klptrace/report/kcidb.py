@@ -3,6 +3,10 @@
 One checkout and one build per kernel, one test per scenario. Fields the run
 document does not carry (saved runs from before kernel_info and start_time) are
 left out, as the schema allows, and named in the object's misc.not_recorded.
+
+A test's text goes in its log_excerpt (the schema's "part of the test output ... most
+relevant to the test outcome", a string of at most 16384 characters and no NUL): what
+went wrong, and a stalling scenario's stall report, pass or fail.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import re
 from typing import Any
 
 from klptrace.results import Matrix, RunDocument, ScenarioResult, Status
+from klptrace.stall import brief_lines
 
 DEFAULT_ORIGIN = "klptrace"
 #: KCIDB's pattern for an origin (and the part of every id before the colon)
@@ -150,7 +155,8 @@ def _test(sc: ScenarioResult, index: int, build_id: str, digest: str,
 
 
 def log_excerpt(sc: ScenarioResult) -> str:
-    """The explanation, the problems, the first lines of the diff and of the oops."""
+    """The explanation, the problems, the first lines of the diff and of the oops, then a
+    stalling scenario's stall report (stall.brief_lines), all within the schema's limit."""
     v = sc.verdict
     lines = [v.explanation] if v.explanation else []
     lines += [f"problem: {p}" for p in v.problems]
@@ -160,6 +166,7 @@ def log_excerpt(sc: ScenarioResult) -> str:
             lines += part[:EXCERPT_LINES]
             if len(part) > EXCERPT_LINES:
                 lines.append(f"... ({len(part) - EXCERPT_LINES} more lines of the {what})")
+    lines += brief_lines(sc.stall, v.recorded)
     text = _clean("\n".join(lines) + "\n") if lines else ""
     if len(text) > EXCERPT_MAX:
         cut = "\n... (cut to the schema's limit)\n"

@@ -5,12 +5,18 @@ Every line is one line of KTAP whatever the recording holds: a line break or ano
 control character in a scenario id, a kernel name or a problem is written as an escape
 (\\x0a), so it cannot start a line of its own (an injected `ok`); a `#` in a test's
 description is escaped as KTAP asks (\\#), so it cannot start a directive (`# SKIP`).
+
+A stalling scenario's stall report (stall.brief_lines) is a block of diagnostics too,
+pass or fail. Diagnostics go before their test's result line, as
+Documentation/dev-tools/ktap.rst asks ("diagnostic lines regarding a test are directly
+before the test result line for that test").
 """
 
 from collections.abc import Mapping
 
 from klptrace.report.markup import one_line
 from klptrace.results import Matrix, RunDocument, Status
+from klptrace.stall import brief_lines
 
 
 def _description(text: str) -> str:
@@ -23,10 +29,10 @@ def _tests(run: RunDocument, indent: str = "") -> list[str]:
     out = [f"{indent}1..{len(scs)}"]
     for i, s in enumerate(scs, 1):
         v = s.verdict
-        if s.status != Status.PASS:
-            for line in [v.explanation, *v.problems, *v.diff]:
-                if line:
-                    out.append(f"{indent}# {one_line(line)}")
+        lines = [v.explanation, *v.problems, *v.diff] if s.status != Status.PASS else []
+        for line in [*lines, *brief_lines(s.stall, v.recorded)]:
+            if line:
+                out.append(f"{indent}# {one_line(line)}")
         ok = "ok" if s.status in (Status.PASS, Status.SKIP) else "not ok"
         skip = f" # SKIP {one_line(v.explanation)}" if s.status == Status.SKIP else ""
         out.append(f"{indent}{ok} {i} {_description(s.id)}{skip}")

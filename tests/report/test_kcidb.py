@@ -9,6 +9,7 @@ from typing import Any
 
 import kcidb_io
 import pytest
+import stalled
 from util import DATA, saved_run
 
 from klptrace import cli, report, results
@@ -167,3 +168,51 @@ def test_origin_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "lower-case letters, digits and _" in capsys.readouterr().err
     with pytest.raises(ValueError):
         kcidb.render(results.Matrix.of(results.load(saved_run(), "run")), origin="no:colons")
+
+
+def _stalled_tests(doc: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The KCIDB test of stalled.STALLED and the others, from the data validated."""
+    text = report.render("kcidb", results.load(doc, "doc"))
+    data = json.loads(text)
+    _validate(data)
+    assert json.loads(json.dumps(data)) == data
+    tests = data["tests"]
+    mine = [t for t in tests if t["misc"]["scenario"] == stalled.STALLED]
+    assert len(mine) == 1
+    return mine[0], [t for t in tests if t is not mine[0]]
+
+
+def test_a_stalling_scenario_logs_its_stall_report_and_no_other_does() -> None:
+    mine, others = _stalled_tests(stalled.run_doc())
+    lines = mine["log_excerpt"].splitlines()
+    # a pass: nothing went wrong, so the stall report is all the excerpt holds
+    assert lines[:3] == [
+        "stall report: klptrace_lp: patching transition in progress for 0.5 s, 1 try",
+        stalled.TASK_LINE, "next steps:"]
+    assert "log_excerpt" not in mine["misc"] and mine["status"] == "PASS"
+    assert all("log_excerpt" not in t for t in others) and len(others) == 10
+
+
+def test_a_failed_stalling_scenario_logs_what_went_wrong_then_the_stall() -> None:
+    stall = "stall: kworker: sleeping on function klptrace_busy_work_func(); ended: reversed"
+    mine, _ = _stalled_tests(stalled.run_doc(status="fail", recorded=[stall]))
+    lines = mine["log_excerpt"].splitlines()
+    assert lines[:5] == ["line 3: the story went another way", "problem: a problem", "diff:",
+                         "-expected", "+recorded"]
+    assert lines[5].startswith("stall report: ") and lines[-1] == f"recorded {stall}"
+
+
+def test_a_hostile_comm_round_trips_and_a_huge_report_fits_the_limit() -> None:
+    hostile = stalled.hostile_stall()
+    mine, _ = _stalled_tests(stalled.run_doc(hostile, status="error",
+                                             recorded=[f"stall: {stalled.HOSTILE}"]))
+    excerpt = mine["log_excerpt"]
+    # as written, but NUL, which the schema refuses
+    comm = stalled.HOSTILE.replace("\0", "\\0")
+    assert f"task {comm} (pid 22, tid 22)" in excerpt and "\0" not in excerpt
+    # a report of many tasks, each named at length: cut to the schema's limit, and said so
+    hostile["tasks"] *= 400
+    hostile["next_steps"] *= 100
+    mine, _ = _stalled_tests(stalled.run_doc(hostile))
+    assert len(mine["log_excerpt"]) == kcidb.EXCERPT_MAX
+    assert mine["log_excerpt"].endswith("\n... (cut to the schema's limit)\n")
