@@ -52,8 +52,11 @@ def patched_functions(patch: str) -> set[str]:
 
 
 def _read(path: str) -> str:
+    """A /proc or sysfs file's text; "" when it cannot be read. A task names itself
+    (prctl(PR_SET_NAME) takes any bytes), so its comm, which stat holds too, may not be
+    UTF-8: such bytes read as U+FFFD."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
     except OSError:
         return ""

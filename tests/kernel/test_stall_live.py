@@ -53,3 +53,14 @@ def test_a_task_s_kind_and_sleep_from_proc(tmp_path: Path,
         "kthread", "interruptible", True, "sleeping on function", "f")
     assert (u.kind, u.sleep, u.kthread) == ("user", "uninterruptible", False)
 
+
+
+def test_a_comm_that_is_not_utf8_is_read_not_raised(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _task(tmp_path, 42, "x", "S", 0)
+    d = tmp_path / "42" / "task" / "42"
+    for name in ("comm", "stat"):  # a task may name itself with any bytes
+        (d / name).write_bytes((d / name).read_bytes().replace(b"x", b"\xff\xfe"))
+    monkeypatch.setattr(live, "PROC", str(tmp_path))
+    t = live.task_info(42, 42, {"f"})
+    assert t.comm == "\ufffd\ufffd" and t.kind == "user" and t.function == "f"
