@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from klptrace.ledger import Ledger
 
@@ -63,3 +64,32 @@ def unexpected(expected: Sequence[str], ledger: Ledger) -> list[str]:
 def leak_lines(ledger: Ledger) -> list[str]:
     """The leak lines of a recording, one per id and module (what `trace` prints)."""
     return list(dict.fromkeys(line(k.shadow_id, k.allocated_by) for k in ledger.leaks))
+
+
+MAX_LEAKS = 64
+_KEYS = ("shadow_id", "allocated_by")
+
+
+def tables(raw: Any, where: str) -> tuple[ExpectedLeak, ...]:
+    """A scenario's `[[shadow_leak]]` tables, their types checked (scenario.py checks that
+    allocated_by is a module's name); ValueError says what is wrong."""
+    if not isinstance(raw, list) or len(raw) > MAX_LEAKS:
+        raise ValueError(f"{where}: `shadow_leak` must be an array of at most {MAX_LEAKS} "
+                         "tables ([[shadow_leak]])")
+    out = []
+    for n, t in enumerate(raw):
+        at = f"{where}: shadow_leak[{n}]"
+        if not isinstance(t, dict):
+            raise ValueError(f"{at}: must be a table, not {type(t).__name__}")
+        for key in t:
+            if key not in _KEYS:
+                raise ValueError(f"{at}: unknown key {key!r} (expected one of "
+                                 f"{', '.join(_KEYS)})")
+        sid, who = t.get("shadow_id"), t.get("allocated_by")
+        if type(sid) is not int or not 0 <= sid <= MAX_ID:
+            raise ValueError(f"{at}: shadow_id must be an integer from 0 to 2**64 - 1 (the "
+                             "kernel's unsigned long id)")
+        if not isinstance(who, str):
+            raise ValueError(f"{at}: allocated_by must be a string (a module name)")
+        out.append(ExpectedLeak(sid, who))
+    return tuple(out)
