@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 
-from klptrace import stall_expect
+from klptrace import leak_expect, ledger, stall_expect
 from klptrace.oops import Oops
 from klptrace.results import Recording, RunDocument, ScenarioResult, Status, Verdict
 from klptrace.transcript import render, witnessed
@@ -45,6 +45,15 @@ _MEANINGS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^% (?P<c>.*)"), "the step `{c}`"),
     (re.compile(r"^stall: (?P<t>[^:]+): "),
      "how the transition's stall held {t} and ended (the scenario's [[stall]])"),
+    (re.compile(r"^shadow leak: id (?P<i>\d+) allocated by (?P<m>\S+)"),
+     "shadow variables of id {i} that {m} allocated and left behind (the scenario's "
+     "[[shadow_leak]])"),
+    (re.compile(r"^shadow (?P<op>\w+) (?:<(?P<o>[^>]+)> )?id (?P<i>\d+) by (?P<m>\S+)"),
+     "klp_shadow_{op}() of id {i} by {m}"),
+    (re.compile(r"^state (?P<op>get|get_prev|declare) (?P<rest>.*?)(?::|$)"),
+     "the state call `state {op} {rest}`"),
+    (re.compile(r"^livepatch: Livepatch patch \((?P<p>[^)]+)\) is not compatible"),
+     "klp_enable_patch() refusing {p}: its states are older than the installed ones"),
     (re.compile(r"^(?P<m>\S+): (?P=m)_init$"), "{m}'s init running"),
     (re.compile(r"^(?P<m>\S+): (?P=m)_exit$"), "{m}'s exit running"),
 ]
@@ -115,9 +124,14 @@ def judge(expected: Sequence[str], rec: Recording, *, dmesg: Sequence[str] | Non
     """The final verdict on one scenario. Exact order is a pass; anything that makes the
     recording untrustworthy, a kernel log that disagrees with it (dmesg, when compared),
     a step that failed (step_error, with the oops's lines if the kernel oopsed), what
-    cleanup could not remove (leftovers), or other problems make it an error."""
-    # a stall the scenario states is told as lines of its transcript (stall_expect.py)
-    recorded = render(rec.events) + stall_expect.recorded(expected, rec.events)
+    cleanup could not remove (leftovers), a shadow variable misused or left behind
+    unexpected (ledger.py), or other problems make it an error."""
+    # a stall or a leak the scenario states is told as lines of its transcript
+    # (stall_expect.py, leak_expect.py)
+    klp = ledger.of(rec.events)
+    recorded = (render(rec.events) + stall_expect.recorded(expected, rec.events)
+                + leak_expect.recorded(expected, klp))
+    misused = [p.text for p in klp.problems] + leak_expect.unexpected(expected, klp)
     diff = list(difflib.unified_diff(list(expected), recorded, "expected", "recorded", lineterm=""))
     found = integrity(rec) + list(problems)
     divergence = None  # set while the explanation leads with it
@@ -128,6 +142,9 @@ def judge(expected: Sequence[str], rec: Recording, *, dmesg: Sequence[str] | Non
     else:
         status, why = Status.FAIL, explain(expected, recorded)
         divergence = first_divergence(expected, recorded)
+    if misused:
+        status, why = Status.ERROR, "; ".join(x for x in (why, *misused) if x)
+        found += misused
     if dmesg is not None and (problem := witness(recorded, dmesg)):
         status, why = Status.ERROR, "; ".join(x for x in (why, problem) if x)
         found.append(problem)
@@ -139,7 +156,8 @@ def judge(expected: Sequence[str], rec: Recording, *, dmesg: Sequence[str] | Non
         status = Status.ERROR
         found += leftovers
     return Verdict(status, list(expected), recorded, why,
-                   diff if status != Status.PASS else [], found, divergence)
+                   diff if status != Status.PASS else [], found, divergence,
+                   list(klp.leaks), list(klp.problems))
 
 
 def witness(recorded: Sequence[str], dmesg: Sequence[str]) -> str:

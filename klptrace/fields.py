@@ -30,7 +30,10 @@ class RecordingError(KlptraceError):
 MAX_SECONDS = 1e9
 # an event's integers: the kernel's u64 clock, a u32 pid, a long return value, an int state
 _EVENT_RANGES = {"ts_ns": (0, INT_MAX), "pid": (0, 2**32 - 1), "tid": (0, 2**32 - 1),
-                 "ret": (-2**63, 2**63 - 1), "state": (-2**31, 2**31 - 1)}
+                 "ret": (-2**63, 2**63 - 1), "state": (-2**31, 2**31 - 1),
+                 # issue 21: unsigned long ids and sizes, struct klp_state's unsigned version
+                 "shadow_id": (0, 2**64 - 1), "state_id": (0, 2**64 - 1),
+                 "size": (0, 2**64 - 1), "version": (0, 2**32 - 1)}
 # as the runner writes it: datetime.isoformat(timespec="milliseconds") in UTC
 _START_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)")
 

@@ -19,6 +19,8 @@ from typing import Any
 from klptrace import fields as f
 from klptrace.events import Direction, Event, EventKind, Reason
 from klptrace.fields import RecordingError as RecordingError  # what every from_json raises
+from klptrace.ledger import ShadowLeak as ShadowLeak  # a verdict's (ledger.py)
+from klptrace.ledger import ShadowProblem as ShadowProblem
 from klptrace.stall_report import SignalRound as SignalRound  # a watch's
 from klptrace.stall_report import StallReport as StallReport  # a stalling scenario's
 from klptrace.stall_report import StallStep as StallStep
@@ -109,7 +111,9 @@ class Verdict:
     """The final word on one scenario (checker.judge), and the evidence for it. divergence:
     the line of the expected transcript (1-based) where the recording first went another
     way, when the explanation leads with it (None: the transcripts matched, or an
-    untrusted recording or a failed step explains the verdict)."""
+    untrusted recording or a failed step explains the verdict). shadow_leaks and
+    shadow_problems: what the ledger of its shadow variables found (ledger.py); the
+    problems are among `problems` too, and so is each leak the scenario does not expect."""
 
     status: Status
     expected: list[str]
@@ -118,6 +122,29 @@ class Verdict:
     diff: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
     divergence: int | None = None
+    shadow_leaks: list[ShadowLeak] = dataclasses.field(default_factory=list)
+    shadow_problems: list[ShadowProblem] = dataclasses.field(default_factory=list)
+
+
+def shadow_json(leaks: Sequence[ShadowLeak], problems: Sequence[ShadowProblem]
+                ) -> dict[str, Any]:
+    """A result's `shadow_leaks` and `shadow_problems`, each only when there is one (a
+    result without them reads as before issue 21)."""
+    d: dict[str, Any] = {}
+    if leaks:
+        d["shadow_leaks"] = [k.to_json() for k in leaks]
+    if problems:
+        d["shadow_problems"] = [p.to_json() for p in problems]
+    return d
+
+
+def read_shadow(o: Mapping[str, Any], where: str
+                ) -> tuple[list[ShadowLeak], list[ShadowProblem]]:
+    """A saved result's shadow_leaks and shadow_problems (absent: none)."""
+    return ([ShadowLeak.from_json(x, f"{where}: shadow_leaks[{i}]")
+             for i, x in enumerate(f.objects(o, "shadow_leaks", where))],
+            [ShadowProblem.from_json(x, f"{where}: shadow_problems[{i}]")
+             for i, x in enumerate(f.objects(o, "shadow_problems", where))])
 
 
 # a saved verdict carries its first divergence only as its explanation's lead, as judge
@@ -170,6 +197,7 @@ class ScenarioResult:
             "expected": v.expected, "recorded": v.recorded, "explanation": v.explanation,
             "diff": v.diff, "problems": v.problems, "notes": self.notes,
         })
+        d.update(shadow_json(v.shadow_leaks, v.shadow_problems))
         optional = {"dmesg": self.dmesg, "step_error": self.step_error, "oops": self.oops,
                     "leftovers": self.leftovers,
                     "stall": self.stall.to_json() if self.stall else None}
@@ -203,7 +231,8 @@ class ScenarioResult:
         explanation = f.text(o, "explanation", where)
         verdict = Verdict(status, f.lines(o, "expected", where), f.lines(o, "recorded", where),
                           explanation, f.lines(o, "diff", where), f.lines(o, "problems", where),
-                          int(m[1]) if (m := _LEAD.match(explanation)) else None)
+                          int(m[1]) if (m := _LEAD.match(explanation)) else None,
+                          *read_shadow(o, where))
         return cls(sid, verdict, rec, f.seconds(o, "duration_s", where),
                    f.start_time(o, "start_time", where), f.lines(o, "notes", where),
                    f.lines(o, "dmesg", where) if "dmesg" in o else None,
@@ -358,15 +387,18 @@ class TraceDocument:
     notes: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
     oops: list[str] | None = None  # the kernel's oops, if it oopsed
+    shadow_leaks: list[ShadowLeak] = dataclasses.field(default_factory=list)
+    shadow_problems: list[ShadowProblem] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         rec = self.recording
-        d = {"kernel": self.kernel, "command": self.command, "status": self.status,
+        d: dict[str, Any] = {"kernel": self.kernel, "command": self.command, "status": self.status,
              "lost_events": rec.lost, "probes": [p.to_json() for p in rec.probes],
              "events": [e.to_json() for e in rec.events], "callbacks": callbacks_json(rec.events),
              "transcript": self.transcript, "notes": self.notes, "problems": self.problems}
         if self.oops is not None:
             d["oops"] = self.oops
+        d.update(shadow_json(self.shadow_leaks, self.shadow_problems))
         return d
 
 

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from klptrace import files, stall_expect
+from klptrace import files, leak_expect, stall_expect
 from klptrace.errors import KlptraceError, UsageError
 from klptrace.events import Reason
 from klptrace.scenario_text import Where as _Where
@@ -63,7 +63,8 @@ STEP_KINDS: dict[StepKind, dict[str, bool]] = {
 #: the steps whose name is a module's, a reader's; the others name a livepatch
 _MODULE_STEPS = (StepKind.LOAD, StepKind.UNLOAD, StepKind.SET, StepKind.WAIT_PARAM)
 _READER_STEPS = (StepKind.SPAWN, StepKind.REAP)
-TOP_KEYS = ("id", "title", "doc", "livepatches", "replaces_all", "steps", "expect", "stall")
+TOP_KEYS = ("id", "title", "doc", "livepatches", "replaces_all", "steps", "expect", "stall",
+            "shadow_leak")
 MAX_STALLS = 64
 #: a reader's name: a shell variable's (the transcript says `reader=$!`)
 READER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
@@ -155,6 +156,7 @@ class Scenario:
     replaces_all: bool = False
     #: the stalls it causes on purpose (their lines end expect)
     stalls: tuple[ExpectedStall, ...] = ()
+    leaks: tuple[leak_expect.ExpectedLeak, ...] = ()  # the shadow variables it leaks on purpose
 
     @property
     def modules(self) -> list[str]:
@@ -415,6 +417,12 @@ def parse(text: str, where: str) -> Scenario:
     steps = tuple(_step(s, i, w) for i, s in enumerate(raw_steps))
     _readers(steps, w)
     stalls = _stalls(d, w.key("stall"))
+    try:
+        leaks = leak_expect.tables(d.get("shadow_leak", []), w.key("shadow_leak"))
+    except ValueError as e:
+        raise ScenarioError(str(e)) from None
+    for n, leak in enumerate(leaks):  # a module's name, as a step's
+        _name(leak.allocated_by, f"shadow_leak[{n}]: allocated_by", w.key("shadow_leak"))
     lps = d.get("livepatches", [])
     if not isinstance(lps, list):
         raise ScenarioError(f"{w.key('livepatches')}: `livepatches` must be an array of "
@@ -429,8 +437,9 @@ def parse(text: str, where: str) -> Scenario:
                             f"not {_type(replaces_all)}")
     return Scenario(
         id=sid, title=title.strip(), doc=doc.strip(), steps=steps,
-        expect=(*expect, *(st.line() for st in stalls)), livepatches=tuple(lps), path=where,
-        replaces_all=replaces_all, stalls=stalls,
+        expect=(*expect, *(st.line() for st in stalls), *(k.line() for k in leaks)),
+        livepatches=tuple(lps), path=where, replaces_all=replaces_all, stalls=stalls,
+        leaks=leaks,
     )
 
 

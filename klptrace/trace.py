@@ -14,6 +14,7 @@ import stat
 import subprocess
 from collections.abc import Sequence
 
+from klptrace import leak_expect, ledger
 from klptrace.errors import UsageError
 from klptrace.events import Event, EventKind
 from klptrace.scenario import MODULE_NAME_RULE, is_module_name
@@ -73,6 +74,24 @@ def resolve_module(spec: str) -> str:
         raise UsageError(f"module {spec} not found for this kernel ({p.stderr.strip()})",
                          "name it by its .ko path")
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Shadows:
+    """What `trace` tells of the shadow variables it saw: the leak lines (which an
+    --expect file states as a scenario's [[shadow_leak]] does), and the problems, each
+    leak among them (nobody said it would happen)."""
+
+    ledger: ledger.Ledger
+    lines: list[str]
+    problems: list[str]
+
+
+def shadows(events: Sequence[Event]) -> Shadows:
+    """The ledger of a trace's events, when it ends (ledger.py)."""
+    klp = ledger.of(events)
+    return Shadows(klp, leak_expect.leak_lines(klp),
+                   [p.text for p in klp.problems] + leak_expect.unexpected([], klp))
 
 
 @dataclasses.dataclass

@@ -7,6 +7,15 @@ so a recording rendered this way reads at once to anyone who knows them, and
 expectations are written in the same words. Every line comes from a recorded
 event; the kernel messages among them are worded as the kernel words them
 (kernel/livepatch/core.c, transition.c).
+
+State and shadow variable calls (issue 21) are lines of klptrace's own, in the same
+spirit: "state get P id 42: version 1 (pre_patch)", "shadow alloc <obj#1> id 7 by M
+(pre_patch)". An object is named by its first appearance in the recording (obj#1...),
+since its address differs per boot. A klp_shadow_get() that found its variable is no
+line: patched code calls it on hot paths, often in a loop, and a line per call would
+drown the story (the recording's events keep every call). A get that found nothing is a
+line, once until something else happens to that <obj, id>: it is where the caller takes
+the "no shadow data" path, which is what an expectation needs to pin down.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
-from klptrace.events import KLP_PATCHED, Callback, Event, EventKind
+from klptrace import ledger
+from klptrace.events import KLP_PATCHED, Callback, Event, EventKind, ShadowOp, StateOp
 
 
 def _dir(state: int | None) -> str:
@@ -42,8 +52,42 @@ def callback_line(ev: Event) -> str:
     return head + f"{ev.object} -> {st.text if st is not None else '[?]'}"
 
 
+def _role(ev: Event) -> str:
+    """" (pre_patch)" inside a traced callback (" (pre_patch M)" of a module's klp_object)."""
+    if ev.callback is None:
+        return ""
+    of = "" if ev.object in ("", "vmlinux") else f" {ev.object}"
+    return f" ({ev.callback.word}{of})"
+
+
+def state_line(ev: Event) -> str:
+    """A STATE or STATE_DECLARED event's line."""
+    found = "none" if ev.version is None else f"version {ev.version}"
+    if ev.kind == EventKind.STATE_DECLARED:
+        return f"state declare {ev.patch} id {ev.state_id}: {found}"
+    caller = f" by {ev.caller}" if ev.caller and ev.caller != ev.patch else ""
+    if ev.op == StateOp.GET_PREV:
+        return f"state get_prev id {ev.state_id} for {ev.patch}{caller}: {found}{_role(ev)}"
+    return f"state get {ev.patch} id {ev.state_id}{caller}: {found}{_role(ev)}"
+
+
+def shadow_line(ev: Event, names: dict[int, str]) -> str:
+    """A SHADOW event's line; names: the objects' (ledger.object_names())."""
+    op = ev.op.value if ev.op is not None else "?"
+    obj = "" if ev.op == ShadowOp.FREE_ALL or ev.obj is None else f" <{names[ev.obj]}>"
+    null = (": NULL" if ev.addr is None and ev.op in (ShadowOp.ALLOC, ShadowOp.GET_OR_ALLOC,
+                                                       ShadowOp.GET) else "")
+    return f"shadow {op}{obj} id {ev.shadow_id} by {ledger.by(ev)}{null}"
+
+
 class _Renderer:
-    def __init__(self) -> None:
+    def __init__(self, events: list[Event]) -> None:
+        self.names = ledger.object_names(events)
+        # refusals are told only when the recorded states explain them (ledger.py)
+        self.refused = ({(r.patch, r.ts_ns) for r in ledger.of(events).refusals}
+                        if any(e.kind == EventKind.ENABLE_RET and e.ret == ledger.EINVAL
+                               for e in events) else set())
+        self.null_gets: dict[tuple[int, int], str] = {}  # the last get that found nothing
         self.lines: list[tuple[str, Event]] = []
         self.pending_enable: set[str] = set()
         self.coming: str | None = None  # module inside klp_module_coming()
@@ -72,6 +116,12 @@ class _Renderer:
             self.pending_enable.add(p)
         elif k == EventKind.ENABLE_RET:
             self.pending_enable.discard(p)
+            if (p, ev.ts_ns) in self.refused:
+                self.out(ledger.kernel_words(p), ev)
+        elif k in (EventKind.STATE, EventKind.STATE_DECLARED):
+            self.out(state_line(ev), ev)
+        elif k == EventKind.SHADOW:
+            self.shadow(ev)
         elif k == EventKind.TRANSITION_INIT:
             if ev.state == KLP_PATCHED and p in self.pending_enable:
                 self.pending_enable.discard(p)
@@ -143,9 +193,30 @@ class _Renderer:
                 self.out(f"{ev.object}: {ev.object}_init", ev)
 
 
+    def shadow(self, ev: Event) -> None:
+        """A SHADOW line, but a get that found something none, and a get that found
+        nothing only once until another call on its <obj, id> (the module's docstring)."""
+        line = shadow_line(ev, self.names)
+        sid = ev.shadow_id or 0
+        if ev.op == ShadowOp.FREE_ALL:
+            for key in [k for k in self.null_gets if k[1] == sid]:
+                del self.null_gets[key]
+            self.out(line, ev)
+            return
+        key = (ev.obj or 0, sid)
+        if ev.op != ShadowOp.GET:
+            self.null_gets.pop(key, None)
+        elif ev.addr is not None or self.null_gets.get(key) == line:
+            return
+        else:
+            self.null_gets[key] = line
+        self.out(line, ev)
+
+
 def render_pairs(events: Iterable[Event]) -> list[tuple[str, Event]]:
     """Each transcript line with the event it came from."""
-    r = _Renderer()
+    events = list(events)
+    r = _Renderer(events)
     for ev in events:
         r.feed(ev)
     return r.lines

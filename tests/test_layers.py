@@ -14,7 +14,7 @@ PACKAGE = REPO / "klptrace"
 #: the pure core: what `klptrace check` and every formatter run on, offline
 CORE = ("errors", "events", "fields", "files", "jsontext", "oops", "results", "scenario",
         "scenario_text", "transcript", "checker", "story", "stall", "stall_report",
-        "stall_expect")
+        "stall_expect", "ledger", "leak_expect")
 
 
 #: what lab/ may import of klptrace: errors, and the /proc reader (processes, no livepatch)

@@ -139,7 +139,7 @@ def _steps(*steps: str) -> str:
      "disable, set, wait_transition, spawn, reap, wait_param, wait_blocked, not none"),
     (HEAD + 'when = 1\nsteps = [{ load = "a" }]',
      'f.toml:5: unknown key "when" (expected one of id, title, doc, livepatches, replaces_all, '
-     "steps, expect, stall)"),
+     "steps, expect, stall, shadow_leak)"),
     (HEAD + '[[steps]]\nload = "a"\n\n[[steps]]\nunload = "a"\nwiat = true\n',
      'f.toml:10: steps[1]: unknown key "wiat" for a unload step (expected one of unload)'),
     # ids become arguments and test names: kebab-case, one line

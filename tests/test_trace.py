@@ -18,3 +18,19 @@ def test_merge_log_turns_percent_lines_into_steps() -> None:
 def test_merge_log_says_when_counts_differ() -> None:
     m = trace.merge_log([Event(EventKind.KMSG_WRITE, 1)], [])
     assert m.notes and render(m.events) == []
+
+
+def test_a_trace_tells_its_leaks_as_expectation_lines_and_problems() -> None:
+    from test_ledger import LP, _leaky
+
+    from klptrace.results import Recording, TraceDocument
+    events = _leaky().events
+    sh = trace.shadows(events)
+    assert sh.lines == [f"shadow leak: id 7 allocated by {LP}"]
+    assert len(sh.problems) == 2 and all("never freed" in p for p in sh.problems)
+    doc = TraceDocument("6.1", ["true"], 0, Recording(events), render(events) + sh.lines,
+                        problems=sh.problems, shadow_leaks=list(sh.ledger.leaks))
+    d = doc.to_json()
+    assert [k["shadow_id"] for k in d["shadow_leaks"]] == [7, 7]
+    assert "shadow_problems" not in d
+    assert trace.shadows(events[:5]).problems == []

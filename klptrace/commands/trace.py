@@ -88,11 +88,16 @@ def run(opts: TraceOptions) -> int:
         fmt = opts.format if opts.format in ("json", "ktap", "junit") else "text"
         code = emit(doc, Output(format=fmt, output=opts.output))
         return code or (1 if status else 0)
-    lines = render(recording.events)
-    problems = checker.integrity(recording) + ([oopsed] if oopsed else [])
+    shadows = tr.shadows(recording.events)
+    for p in shadows.problems:
+        say(p)
+    # a leak is told as the line an --expect file states it with
+    lines = render(recording.events) + shadows.lines
+    problems = checker.integrity(recording) + ([oopsed] if oopsed else []) + shadows.problems
     if opts.format == "json":
         answer = TraceDocument(os.uname().release, command, status, recording, lines,
-                               merged.notes, problems, oops.lines if oops else None)
+                               merged.notes, problems, oops.lines if oops else None,
+                               list(shadows.ledger.leaks), list(shadows.ledger.problems))
         text = json.dumps(answer.to_json(), indent=1, allow_nan=False) + "\n"
     else:
         text = terminal("".join(f"{x}\n" for x in lines))  # comms are the tasks' own

@@ -1,5 +1,5 @@
 """text: a table, one row per scenario (a column per kernel for a matrix), then each
-problem's explanation and diff."""
+problem's explanation and diff, and the shadow variables each scenario left behind."""
 
 from collections.abc import Mapping
 
@@ -14,12 +14,15 @@ _QUIET = (Status.PASS, Status.SKIP)
 def _details(run: RunDocument, where: str = "") -> list[str]:
     out: list[str] = []
     for s in run.scenarios:
-        if s.status in _QUIET and not s.notes:
+        # a leak the scenario expects passes, and is still listed with its address
+        if s.status in _QUIET and not s.notes and not s.verdict.shadow_leaks:
             continue
         out += ["", f"--- {s.id}{where}: {s.status}"]
         if s.verdict.explanation:
             out.append(s.verdict.explanation)
         out += [f"  {p}" for p in s.verdict.problems]
+        out += [f"  shadow leak: <{k.obj:#x}, {k.shadow_id}> allocated by {k.allocated_by} "
+                f"at {k.alloc_ts_ns} ns" for k in s.verdict.shadow_leaks]
         out += [f"  note: {n}" for n in s.notes]
         out += s.verdict.diff
     return out
