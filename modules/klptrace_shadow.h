@@ -13,6 +13,7 @@
 #define KLPTRACE_SHADOW_H
 
 #include <linux/atomic.h>
+#include <linux/types.h>
 
 /* the klp_state every klptrace_shadow_lp* declares (issue 21) */
 #define KLPTRACE_SHADOW_STATE_ID	21UL
@@ -24,6 +25,12 @@
 /* An object of the target's, unchanged by the livepatches' layout. */
 struct klptrace_shadow_item {
 	unsigned int index;
+	/*
+	 * Set anew each time the target loads: a shadow variable whose
+	 * cookie differs was left by an earlier load of the target at the
+	 * same address (a leak), and is not counted in `shadowed`.
+	 */
+	u64 cookie;
 	/*
 	 * How many shadow variables hang on this item now: the livepatches'
 	 * constructor increments it and their destructor decrements it. Both run

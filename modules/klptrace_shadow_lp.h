@@ -122,9 +122,11 @@
  *     as (1) but post_unpatch makes no free_all: shadows=3 after rmmod lp1,
  *     the three <item, KLPTRACE_SHADOW_VAR_ID> variables allocated by lp1
  *     stay in shadow.c's hash with no module left to free them (and stay
- *     there after rmmod T, until reboot). A later set-up on a target loaded
- *     at the same address finds them through get_or_alloc (no constructor
- *     runs); the set-up adopts them so that `shadows` stays true.
+ *     there after rmmod T, until reboot). A later set-up finds them through
+ *     get_or_alloc (no constructor runs) and adopts them: `shadows` stays
+ *     true, whether T is the same or was reloaded at the same addresses
+ *     (told apart by the items' cookie), and the adopter's teardown frees
+ *     them (shadows=0).
  */
 #ifndef KLPTRACE_SHADOW_LP_H
 #define KLPTRACE_SHADOW_LP_H
@@ -159,6 +161,7 @@ struct klptrace_shadow_data {
 /* one shadow variable, on one item */
 struct klptrace_shadow_var {
 	struct klptrace_shadow_data *data;	/* the state it belongs to */
+	u64 cookie;				/* its item's, when counted */
 	unsigned int version;			/* of its last owner */
 };
 
@@ -178,6 +181,7 @@ static int klptrace_shadow_ctor(void *obj, void *shadow_data, void *ctor_data)
 	struct klptrace_shadow_var *var = shadow_data;
 
 	var->data = ctor_data;
+	var->cookie = item->cookie;
 	var->version = KLPTRACE_SHADOW_LP_VERSION;
 	atomic_inc(&item->shadowed);
 	return 0;
@@ -209,10 +213,16 @@ static int klptrace_shadow_setup(struct klp_state *state)
 			kfree(data);
 			return -ENOMEM;
 		}
-		/* left by an earlier leak: the constructor did not run (see (6)) */
+		/*
+		 * Left by an earlier leak, so the constructor did not run (see
+		 * (6)); counted in `shadowed` unless the target was reloaded since.
+		 */
 		if (vars[i]->data != data) {
 			vars[i]->data = data;
-			atomic_inc(&item->shadowed);
+			if (vars[i]->cookie != item->cookie) {
+				vars[i]->cookie = item->cookie;
+				atomic_inc(&item->shadowed);
+			}
 		}
 	}
 	state->data = data;

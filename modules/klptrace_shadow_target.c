@@ -26,6 +26,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/kernel.h>
+#include <linux/ktime.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 
@@ -54,7 +55,8 @@ MODULE_PARM_DESC(items, "reads 'unpatched' until a klptrace_shadow_lp* replaces 
 
 static int klptrace_shadow_target_shadows_get(char *buf, const struct kernel_param *kp)
 {
-	int i, n = 0;
+	unsigned int i;
+	int n = 0;
 
 	for (i = 0; i < ARRAY_SIZE(items); i++)
 		n += atomic_read(&items[i].shadowed);
@@ -69,6 +71,11 @@ MODULE_PARM_DESC(shadows, "how many shadow variables hang on the items now");
 
 static int __init klptrace_shadow_target_init(void)
 {
+	u64 cookie = ktime_get_ns();
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(items); i++)
+		items[i].cookie = cookie;
 	pr_info("%s\n", __func__);
 	return 0;
 }
