@@ -126,7 +126,9 @@
  *     get_or_alloc (no constructor runs) and adopts them: `shadows` stays
  *     true, whether T is the same or was reloaded at the same addresses
  *     (told apart by the items' cookie), and the adopter's teardown frees
- *     them (shadows=0).
+ *     them (shadows=0). klp_shadow_free_all() in a teardown also frees
+ *     those left on the items of an earlier load of T at other addresses:
+ *     the destructor never touches such an item (see its comment).
  */
 #ifndef KLPTRACE_SHADOW_LP_H
 #define KLPTRACE_SHADOW_LP_H
@@ -187,12 +189,19 @@ static int klptrace_shadow_ctor(void *obj, void *shadow_data, void *ctor_data)
 	return 0;
 }
 
-/* Under klp_shadow_lock, interrupts off: no sleeping. */
+/*
+ * Under klp_shadow_lock, interrupts off: no sleeping. klp_shadow_free_all()
+ * also hands it variables leaked under an earlier load of the target, whose
+ * obj may be memory that load freed: obj is touched only when the variable
+ * carries this load's cookie, read from a live item.
+ */
 static void klptrace_shadow_dtor(void *obj, void *shadow_data)
 {
+	struct klptrace_shadow_var *var = shadow_data;
 	struct klptrace_shadow_item *item = obj;
 
-	atomic_dec(&item->shadowed);
+	if (var->cookie == klptrace_shadow_target_item(0)->cookie)
+		atomic_dec(&item->shadowed);
 }
 
 static int klptrace_shadow_setup(struct klp_state *state)
