@@ -59,7 +59,9 @@
  *   include/linux/livepatch_external.h, which livepatch.h includes), so
  *   nothing here depends on the kernel.
  *
- * What the callbacks do (each prints one line, by klptrace_callback_info()):
+ * What the callbacks do (each prints one line, by klptrace_callback_info(),
+ * e.g. "klptrace_shadow_lp2: pre_patch_callback: klptrace_shadow_target ->
+ * [MODULE_STATE_LIVE] Normal state", before its state and shadow calls):
  *   pre_patch    klp_get_state(own patch), klp_get_prev_state(); with no
  *                previous state: set up, i.e. allocate state->data and
  *                klp_shadow_get_or_alloc() one variable per item (constructor
