@@ -17,8 +17,14 @@
 
 /* the klp_state every klptrace_shadow_lp* declares (issue 21) */
 #define KLPTRACE_SHADOW_STATE_ID	21UL
-/* the shadow id of the variable each livepatch hangs on every item */
-#define KLPTRACE_SHADOW_VAR_ID		0x6b6c7021UL
+/*
+ * The shadow id of the variable each livepatch hangs on every item: the
+ * state's own id. The variables are that state's data, handed over with it
+ * (system-state.rst); sharing the id says so to a reader of the recording,
+ * and klptrace's ledger counts a variable whose id is an installed patch's
+ * state as that patch's, not as leaked.
+ */
+#define KLPTRACE_SHADOW_VAR_ID		KLPTRACE_SHADOW_STATE_ID
 
 #define KLPTRACE_SHADOW_ITEMS		3
 
