@@ -80,7 +80,7 @@ test-kernels: setup
 		$(KLPTRACE) kernel --kernel "$$k" >/dev/null && $(KLPTRACE) build --kernel "$$k" >/dev/null; \
 	done
 
-# klptrace's main job: the 11 scenarios, in the lab VM (this host's kernel
+# klptrace's main job: every scenario (klptrace/scenarios), in the lab VM (this host's kernel
 # cannot load modules), recorded with BPF and checked; a table of results.
 # KERNELS="6.1 latest" runs them on each, one guest per kernel: one table with a
 # column per kernel (empty: the default kernel of this host's Debian).
