@@ -264,5 +264,5 @@ def test_many_leaks_are_cut_to_a_few_lines_within_the_limit() -> None:
     assert t["status"] == "PASS" and len(excerpt) <= kcidb.EXCERPT_MAX and "\0" not in excerpt
     said = [ln for ln in excerpt.splitlines() if ln.startswith("shadow leak: <")]
     assert len(said) == 30
-    assert said[0] == f"shadow leak: <0x1000, 7> allocated by {name} at 1110 ns, never freed"
+    assert said[0] == f"shadow leak: <0x1000, 7> allocated by {name} at 1130 ns, never freed"
     assert excerpt.endswith("shadow leaks: 270 more (--format json lists every one)\n")
