@@ -4,6 +4,8 @@ them, and read back from their JSON as `check` reads a saved run."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from stalled import HOSTILE
 from test_ledger import LP, LP2, POST_UNPATCH, A, B, Rec, _alloc, _free, _leaky, _taken_over
 
@@ -48,10 +50,12 @@ def hostile() -> Rec:
     return r
 
 
-def result(sid: str, r: Rec, expect: tuple[str, ...] = ()) -> ScenarioResult:
-    """A scenario of r's events, judged with its own transcript (and expect) expected."""
-    verdict = checker.judge(render(r.events) + list(expect), Recording(r.events))
-    return ScenarioResult(sid, verdict, Recording(r.events), duration_s=0.5)
+def result(sid: str, r: Rec, expect: tuple[str, ...] = (), scale: int = 1) -> ScenarioResult:
+    """A scenario of r's events, judged with its own transcript (and expect) expected;
+    scale: each timestamp times that (the builder's 10 ns apart are too close to draw)."""
+    events = [dataclasses.replace(e, ts_ns=e.ts_ns * scale) for e in r.events]
+    verdict = checker.judge(render(events) + list(expect), Recording(events))
+    return ScenarioResult(sid, verdict, Recording(events), duration_s=0.5)
 
 
 def doc(*scenarios: ScenarioResult, kernel: str = "6.1") -> RunDocument:
