@@ -132,6 +132,12 @@ class ShadowLeak:
     allocated_by: str
     alloc_ts_ns: int
 
+    @property
+    def text(self) -> str:
+        """The leak for a person: the object's address, the id, who allocated it and when."""
+        return (f"<{self.obj:#x}, {self.shadow_id}> allocated by {self.allocated_by} "
+                f"at {self.alloc_ts_ns} ns")
+
     def to_json(self) -> dict[str, Any]:
         # an address is a hex string, as in events (JSON numbers lose 64-bit precision)
         return {"obj": f"{self.obj:#x}", "shadow_id": self.shadow_id,
@@ -148,6 +154,22 @@ class ShadowLeak:
 
 
 _ADDRESS = re.compile(r"0x[0-9a-f]{1,16}")  # as events.py writes one
+
+#: how many leaks brief_lines() names one by one
+BRIEF_LEAKS = 30
+
+
+def brief_lines(leaks: Sequence[ShadowLeak]) -> list[str]:
+    """A result's shadow leaks as the short block that KTAP diagnostics, JUnit bodies and
+    a KCIDB log excerpt carry: one line per leak (its address, which the verdict's
+    problems name only as obj#N), the first BRIEF_LEAKS of them. Each line starts with
+    klptrace's words, never a module's name, as stall.brief_lines() does. (The shadow
+    problems need no block: their texts are among the verdict's problems.)"""
+    out = [f"shadow leak: {k.text}, never freed" for k in leaks[:BRIEF_LEAKS]]
+    if len(leaks) > BRIEF_LEAKS:
+        out.append(f"shadow leaks: {len(leaks) - BRIEF_LEAKS} more (--format json lists "
+                   "every one)")
+    return out
 
 
 def _needed(o: Any, key: str, where: str) -> int:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from klptrace.events import Event
+from klptrace.events import Event, EventKind
+from klptrace.ledger import ShadowLeak
+from klptrace.ledger import brief_lines as leak_lines
 from klptrace.report import svg
 from klptrace.report import timeline as tl
 from klptrace.results import Matrix, Probe, RunDocument, ScenarioResult, StallWatch, Status
@@ -101,6 +103,7 @@ footer { color: var(--muted); font-size: 12px; margin-top: 30px; }
 _e = svg.esc
 # the timelines' styles and patterns, in the page's head and once before them
 _SVG_CSS, _DEFS = svg.CSS, svg.DEFS
+_KLP_KINDS = (EventKind.STATE, EventKind.STATE_DECLARED, EventKind.SHADOW)
 
 
 def _anchor(prefix: str, sid: str) -> str:
@@ -227,10 +230,11 @@ def _section_head(anchor: str, name: str, status: Status, seconds: float, events
 
 
 def _timeline(anchor: str, name: str, events: Sequence[Event], stall: StallReport | None,
-              flags: Sequence[tuple[int, str]] = ()) -> str:
+              flags: Sequence[tuple[int, str]] = (),
+              leaks: Sequence[ShadowLeak] | None = None) -> str:
     if not events:
         return "<p class=\"sub\">nothing was recorded</p>"
-    lay = tl.layout(events, stall, flags=flags)
+    lay = tl.layout(events, stall, flags=flags, leaks=leaks)
     return (f'<div class="timeline" id="{_e(anchor)}-timeline">'
             + svg.svg(lay, f"timeline of {name}") + "</div>")
 
@@ -240,7 +244,11 @@ def scenario(sc: ScenarioResult, prefix: str = "") -> str:
     v, events, anchor = sc.verdict, sc.recording.events, _anchor(prefix, sc.id)
     out = _section_head(anchor, sc.id, sc.status, sc.seconds, len(events), sc.start_time,
                         v.explanation, v.problems, sc.notes)
-    out.append(_timeline(anchor, sc.id, events, sc.stall, _flags(v.divergence, events)))
+    if v.shadow_leaks:  # a leak the scenario expects passes: its addresses are still told
+        out.append('<ul class="problems">'
+                   + "".join(f"<li>{_e(x)}</li>" for x in leak_lines(v.shadow_leaks)) + "</ul>")
+    out.append(_timeline(anchor, sc.id, events, sc.stall, _flags(v.divergence, events),
+                         v.shadow_leaks))
     if sc.stall:
         out.append(_stall(sc.stall.patch, sc.stall.direction, sc.stall, sc.stall.timeline))
     if v.expected or v.recorded:
@@ -319,9 +327,15 @@ def _run_body(run: RunDocument, prefix: str) -> str:
             for i, sc in enumerate(run.scenarios, 1)]
     out = [_meta(run.kernel, run.lost_events, run.probes, more, run.leftovers or ()),
            _totals(run.totals), _results_table(rows),
-           f'<div class="legend">{svg.legend()}</div>']
+           f'<div class="legend">{svg.legend(_klp(run))}</div>']
     out += [scenario(sc, prefix) for sc in run.scenarios]
     return "\n".join(out)
+
+
+def _klp(run: RunDocument) -> bool:
+    """Whether a run recorded states or shadow variables (its legend then says their
+    marks)."""
+    return any(e.kind in _KLP_KINDS for sc in run.scenarios for e in sc.recording.events)
 
 
 def _matrix(m: Matrix) -> str:
@@ -405,5 +419,6 @@ def watch(w: StallWatch) -> str:
         _totals({status: 1}),
         _results_table([_row(1, anchor, name, status, len(rec.events), seconds,
                              _why(status, why, (), [_WATCH_NOTE]))]),
-        f'<div class="legend">{svg.legend()}</div>', "\n".join(section)])
+        f'<div class="legend">{svg.legend(any(e.kind in _KLP_KINDS for e in rec.events))}'
+        "</div>", "\n".join(section)])
     return _page(title, body)

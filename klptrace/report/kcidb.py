@@ -6,7 +6,9 @@ left out, as the schema allows, and named in the object's misc.not_recorded.
 
 A test's text goes in its log_excerpt (the schema's "part of the test output ... most
 relevant to the test outcome", a string of at most 16384 characters and no NUL): what
-went wrong, and a stalling scenario's stall report, pass or fail.
+went wrong, a scenario's shadow leaks (ledger.brief_lines) and a stalling scenario's
+stall report, pass or fail. A leak the scenario does not expect, and a misused shadow
+variable, made its status ERROR (checker.judge); their texts are among its problems.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import re
 from typing import Any
 
+from klptrace.ledger import brief_lines as leak_lines
 from klptrace.results import Matrix, RunDocument, ScenarioResult, Status
 from klptrace.stall import brief_lines
 
@@ -155,11 +158,13 @@ def _test(sc: ScenarioResult, index: int, build_id: str, digest: str,
 
 
 def log_excerpt(sc: ScenarioResult) -> str:
-    """The explanation, the problems, the first lines of the diff and of the oops, then a
-    stalling scenario's stall report (stall.brief_lines), all within the schema's limit."""
+    """The explanation, the problems, the shadow leaks (ledger.brief_lines), the first
+    lines of the diff and of the oops, then a stalling scenario's stall report
+    (stall.brief_lines), all within the schema's limit."""
     v = sc.verdict
     lines = [v.explanation] if v.explanation else []
     lines += [f"problem: {p}" for p in v.problems]
+    lines += leak_lines(v.shadow_leaks)
     for what, part in (("diff", v.diff), ("oops", sc.oops)):
         if part:
             lines.append(f"{what}:")

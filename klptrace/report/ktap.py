@@ -10,10 +10,16 @@ A stalling scenario's stall report (stall.brief_lines) is a block of diagnostics
 pass or fail. Diagnostics go before their test's result line, as
 Documentation/dev-tools/ktap.rst asks ("diagnostic lines regarding a test are directly
 before the test result line for that test").
+
+A scenario's shadow leaks (ledger.brief_lines: each one's address, id, allocating module
+and time) follow its problems, pass or fail: a leak the scenario does not expect is an
+error whose problems say so, one it expects passes and is still listed. Its misused
+shadow variables are among its problems.
 """
 
 from collections.abc import Mapping
 
+from klptrace.ledger import brief_lines as leak_lines
 from klptrace.report.markup import one_line
 from klptrace.results import Matrix, RunDocument, Status
 from klptrace.stall import brief_lines
@@ -29,8 +35,10 @@ def _tests(run: RunDocument, indent: str = "") -> list[str]:
     out = [f"{indent}1..{len(scs)}"]
     for i, s in enumerate(scs, 1):
         v = s.verdict
-        lines = [v.explanation, *v.problems, *v.diff] if s.status != Status.PASS else []
-        for line in [*lines, *brief_lines(s.stall, v.recorded)]:
+        said = [v.explanation, *v.problems] if s.status != Status.PASS else []
+        diff = v.diff if s.status != Status.PASS else []
+        for line in [*said, *leak_lines(v.shadow_leaks), *diff,
+                     *brief_lines(s.stall, v.recorded)]:
             if line:
                 out.append(f"{indent}# {one_line(line)}")
         ok = "ok" if s.status in (Status.PASS, Status.SKIP) else "not ok"

@@ -5,6 +5,10 @@ blindness, and never stand alone: every mark has a shape and a label, every
 bar a pattern and a label. CSS styles the shapes by class (the layout's
 names); DEFS holds the patterns every timeline of a page shares. Everything
 drawn from a recording is escaped.
+
+The lanes of states and shadow variables (report/klp_lanes.py) bring their own styles
+(KLP_CSS, an SVG <style> in each timeline that has them, and in the legend of a page
+that has them), so a page without any is written as it was before them.
 """
 
 from __future__ import annotations
@@ -48,6 +52,20 @@ CSS = f"""
 .tl .tick.task {{ stroke: #a84300; stroke-width: 1.5; }}
 .tl .open {{ fill: #1b1f24; }}
 """
+
+#: the styles of the states' and shadow variables' lanes: a held state is green, a
+#: shadow variable sky blue, a leaked one pale vermillion with a dashed edge (and its
+#: label, "leaked", and an arrow to the end)
+KLP_CSS = f"""
+.tl .bar.state-held {{ fill: {GREEN}; fill-opacity: .55; }}
+.tl .bar.shadow {{ fill: {SKY}; fill-opacity: .6; }}
+.tl .bar.leaked {{ fill: #f7d9c5; stroke: {VERMILLION}; stroke-width: 2;
+  stroke-dasharray: 4 2; }}
+.tl .m.state {{ fill: {GREEN}; }} .tl .m.state-none {{ fill: #fff; }}
+.tl .m.shadow {{ fill: {SKY}; stroke-width: 2.5; stroke: #1b1f24; }}
+"""
+#: the lane kinds that need KLP_CSS
+KLP_KINDS = ("state", "shadow")
 
 # Patterns shared by every timeline: unpatching is striped, a cancelled
 # transition cross-hatched, a module's COMING and GOING light-striped, a
@@ -97,6 +115,16 @@ def _shape(m: tl.Mark) -> str:
     elif s == "swatch":
         return (f'<rect {cls} x="{x - r:.1f}" y="{y - r * .7:.1f}" width="{2 * r:.1f}" '
                 f'height="{1.4 * r:.1f}" stroke="#1b1f24" stroke-width="1"/>')
+    elif s == "declare":  # a flag: a patch declaring its state
+        d = (f"M{x - r * .8:.1f} {y - r:.1f}H{x + r:.1f}L{x + r * .3:.1f} {y - r * .3:.1f}"
+             f"L{x + r:.1f} {y + r * .4:.1f}H{x - r * .3:.1f}V{y + r:.1f}H{x - r * .8:.1f}Z")
+    elif s == "get":  # a ring: a state looked up
+        return (f'<circle {cls} cx="{x:.1f}" cy="{y:.1f}" r="{r * .6:.1f}" '
+                'stroke-width="2"/>')
+    elif s in ("alloc", "free"):  # a plus, a minus: a shadow variable allocated, freed
+        k = r * .85
+        plus = f"M{x:.1f} {y - k:.1f}V{y + k:.1f}" if s == "alloc" else ""
+        return f'<path {cls} d="M{x - k:.1f} {y:.1f}H{x + k:.1f}{plus}"/>'
     elif s == "signal":
         d = (f"M{x + r * .3:.1f} {y - r:.1f}L{x - r * .6:.1f} {y + r * .15:.1f}L{x:.1f} "
              f"{y + r * .15:.1f}L{x - r * .3:.1f} {y + r:.1f}L{x + r * .6:.1f} {y - r * .15:.1f}"
@@ -118,6 +146,8 @@ def svg(lay: tl.Layout, title: str) -> str:
     out = [f'<svg class="tl" xmlns="http://www.w3.org/2000/svg" width="{w:.0f}" '
            f'height="{h:.0f}" viewBox="0 0 {w:.0f} {h:.0f}" role="img">',
            f"<title>{esc(title)}</title>"]
+    if any(lane.kind in KLP_KINDS for lane in lay.lanes):
+        out.append(f"<style>{KLP_CSS}</style>")
     for group, gy in lay.groups:
         out.append(f'<rect class="group-bg" x="0" y="{gy:.1f}" width="{w:.0f}" '
                    f'height="{tl.GROUP_H}"><title>{esc(group)}</title></rect>')
@@ -170,13 +200,20 @@ _LEGEND = [  # (shape, class, text)
     ("step", "step", "a step"), ("fail", "fail", "an error"),
     ("task", "blocked", "a task not switched"),
 ]
+_KLP_LEGEND = [
+    ("band", "state-held", "a patch holds a state"), ("declare", "state", "state declared"),
+    ("get", "state", "klp_get_(prev_)state"), ("get", "state-none", "found none"),
+    ("band", "shadow", "a shadow variable"), ("alloc", "shadow", "klp_shadow_alloc"),
+    ("free", "shadow", "klp_shadow_free"), ("band", "leaked", "leaked"),
+]
 
 
-def legend() -> str:
-    """What the shapes, patterns and ticks stand for, as one SVG."""
-    x, y, parts = 8.0, 14.0, []
+def legend(klp: bool = False) -> str:
+    """What the shapes, patterns and ticks stand for, as one SVG; klp: also those of the
+    states' and shadow variables' lanes."""
+    x, y, parts = 8.0, 14.0, [f"<style>{KLP_CSS}</style>"] if klp else []
     width = float(tl.WIDTH)
-    for shape, cls, text in _LEGEND:
+    for shape, cls, text in _LEGEND + (_KLP_LEGEND if klp else []):
         need = 24 + tl.text_width(text) + 18
         if x + need > width:
             x, y = 8.0, y + 20

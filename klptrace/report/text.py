@@ -21,8 +21,7 @@ def _details(run: RunDocument, where: str = "") -> list[str]:
         if s.verdict.explanation:
             out.append(s.verdict.explanation)
         out += [f"  {p}" for p in s.verdict.problems]
-        out += [f"  shadow leak: <{k.obj:#x}, {k.shadow_id}> allocated by {k.allocated_by} "
-                f"at {k.alloc_ts_ns} ns" for k in s.verdict.shadow_leaks]
+        out += [f"  shadow leak: {k.text}" for k in s.verdict.shadow_leaks]
         out += [f"  note: {n}" for n in s.notes]
         out += s.verdict.diff
     return out

@@ -5,8 +5,10 @@ shares. Lanes are grouped: the steps; the modules (loaded from module_coming to
 free_module, their COMING, LIVE and GOING states); per livepatch its
 transitions (a bar from klp_init_transition to the end of klp_complete_transition,
 split where it was reversed or cancelled, a tick per klp_try_complete_transition)
-and a lane per klp_object with its callbacks; and the tasks that did not switch.
-What each lane holds, in time, is report/lanes.py's (from story.py).
+and a lane per klp_object with its callbacks; the tasks that did not switch; and the
+livepatch states and shadow variables, when there are some.
+What each lane holds, in time, is report/lanes.py's (from story.py) and
+report/klp_lanes.py's (from ledger.py).
 Every mark carries a label whose box is computed from its text (a monospace
 font of known advance); marks with their labels are packed into rows so that
 no two boxes overlap (Layout.boxes, checked by the tests). report/svg.py
@@ -20,6 +22,8 @@ import unicodedata
 from collections.abc import Sequence
 
 from klptrace.events import Event
+from klptrace.ledger import ShadowLeak
+from klptrace.report.klp_lanes import klp_lanes
 from klptrace.report.lanes import lanes_of
 from klptrace.stall_report import StallReport
 
@@ -228,10 +232,11 @@ def pack(spans: Sequence[tuple[float, float]], gap: float = GAP) -> list[int]:
 
 
 def layout(events: Sequence[Event], stall: StallReport | None = None,
-           width: float = WIDTH, flags: Sequence[tuple[int, str]] = ()) -> Layout:
-    """The timeline of one scenario's events (and its stall report, and flags on the
-    steps' lane), in pixels."""
-    specs = lanes_of(events, stall, flags)
+           width: float = WIDTH, flags: Sequence[tuple[int, str]] = (),
+           leaks: Sequence[ShadowLeak] | None = None) -> Layout:
+    """The timeline of one scenario's events (and its stall report, flags on the steps'
+    lane, and the verdict's shadow leaks: None for the ledger's own), in pixels."""
+    specs = lanes_of(events, stall, flags) + klp_lanes(events, leaks)
     t0 = events[0].ts_ns if events else 0
     t1 = max([events[-1].ts_ns if events else 0] + [s.t1 for sp in specs for s in sp.spans])
     x0, x1 = float(GUTTER), width - RIGHT

@@ -4,6 +4,13 @@ One process per kernel, and in it one track (a thread) for the scenarios, one pe
 livepatch for its transitions, one per klp_object (and livepatch module), one per
 task. Time is microseconds since the run's first event, on the kernel's clock,
 so every scenario of a run shares one axis.
+
+States and shadow variables (issue 21) have tracks of their own: one per state id, a
+span for each patch while it holds the state (report/klp_lanes.holders()), an instant
+per declaration and klp_get_state()/klp_get_prev_state() call; one per shadow variable
+<obj, id>, a span from its alloc to its free (to the scenario's end when it was never
+freed, with "leaked": true in its args when the verdict says it leaked), an instant per
+call but the gets that found it (a hot path makes thousands), and the ledger's problems.
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from klptrace import story
-from klptrace.events import KLP_PATCHED, Event
+from klptrace import ledger, story
+from klptrace.events import KLP_PATCHED, Event, EventKind, ShadowOp, StateOp
+from klptrace.ledger import ShadowLeak
+from klptrace.report.klp_lanes import holders
 from klptrace.results import Matrix, ScenarioResult
 
 # a function's entry and its return, drawn as one complete (X) event:
@@ -35,7 +44,7 @@ _NAMES = {
     "unpatch_object": "klp_unpatch_object", "module_going": "klp_module_going",
     "module_free": "free_module", "task_blocked": "task blocked", "step_result": "step failed",
 }
-_TRACK_ORDER = ("scenarios", "transition", "object", "task")
+_TRACK_ORDER = ("scenarios", "transition", "object", "state", "shadow", "task")
 Track = tuple[str, str]
 
 
@@ -58,6 +67,7 @@ class _Scenario:
     id: str
     args: dict[str, Any]
     events: list[Event]
+    leaks: list[ShadowLeak]
 
     @classmethod
     def of(cls, sc: ScenarioResult) -> _Scenario:
@@ -65,7 +75,7 @@ class _Scenario:
         events = list(sc.recording.events)
         args = {"status": str(sc.status), "duration_s": sc.seconds,
                 "explanation": sc.verdict.explanation} if events else {}
-        return cls(sc.id, args, events)
+        return cls(sc.id, args, events, list(sc.verdict.shadow_leaks))
 
 
 def _kind(e: Event) -> str:
@@ -75,6 +85,10 @@ def _kind(e: Event) -> str:
 def _track(e: Event) -> Track:
     """The track an event belongs on: its livepatch's transitions, its klp_object or task."""
     kind = _kind(e)
+    if e.kind in (EventKind.STATE, EventKind.STATE_DECLARED):
+        return ("state", str(e.state_id))
+    if e.kind == EventKind.SHADOW:
+        return ("shadow", _shadow_key(e.obj, e.shadow_id or 0))
     if kind == "transition_try":  # a task's work: which one tries matters in a stall
         return ("task", str(e.tid))
     if kind.startswith("transition_") or kind == "unpatch_objects":
@@ -104,6 +118,10 @@ def _thread_names(scenarios: Sequence[_Scenario]) -> dict[Track, str]:
             names[t] = f"{t[1]} transitions"
         elif t[0] == "object":
             names[t] = f"livepatch {t[1]}" if t[1] in livepatch else f"klp_object {t[1]}"
+        elif t[0] == "state":
+            names[t] = f"state {t[1]}"
+        elif t[0] == "shadow":
+            names[t] = f"shadow {t[1]}"
         else:
             names[t] = f"{'/'.join(comms.get(t[1], [])) or 'task'} {t[1]}"
     return names
@@ -166,6 +184,10 @@ def _scenario(sc: _Scenario, pid: int, tids: dict[Track, int], t0: int) -> list[
         elif kind.startswith("transition_") or kind == "unpatch_objects":
             out.append(_instant(pid, tid, _NAMES.get(kind, kind), "transition", e.ts_ns, t0,
                                 _fields(e)))
+        elif e.kind in (EventKind.STATE, EventKind.STATE_DECLARED, EventKind.SHADOW):
+            if not (e.op == ShadowOp.GET and e.addr is not None):  # found: no instant
+                out.append(_instant(pid, tid, _klp_name(e), track[0], e.ts_ns, t0,
+                                    _fields(e)))
         else:
             name = (f"% {e.detail}" if kind == "step" else
                     e.callback.word if kind == "callback" and e.callback else
@@ -178,6 +200,56 @@ def _scenario(sc: _Scenario, pid: int, tids: dict[Track, int], t0: int) -> list[
     for tr in transitions:
         if tr.done is None:
             out.append(_transition(pid, tids[("transition", tr.patch)], tr, end, t0))
+    if any(e.kind in (EventKind.STATE_DECLARED, EventKind.SHADOW) for e in evs):
+        out += _klp_spans(sc, pid, tids, t0, end)
+    return out
+
+
+def _shadow_key(obj: int | None, shadow_id: int) -> str:
+    """A shadow variable's track: <obj, id>, or the id alone for free_all."""
+    return f"id {shadow_id}" if obj is None else f"<{obj:#x}, {shadow_id}>"
+
+
+def _klp_name(e: Event) -> str:
+    """A state or shadow call's instant: the kernel's function, NULL when it gave none."""
+    if e.kind == EventKind.STATE_DECLARED:
+        return f"{e.patch} declares version {e.version}"
+    if e.kind == EventKind.STATE:
+        fn = "klp_get_prev_state" if e.op == StateOp.GET_PREV else f"klp_get_state {e.patch}"
+        return f"{fn}: {'none' if e.version is None else f'version {e.version}'}"
+    op = e.op.value if e.op is not None else "?"
+    null = e.addr is None and e.op in (ShadowOp.ALLOC, ShadowOp.GET_OR_ALLOC, ShadowOp.GET)
+    return f"klp_shadow_{op}" + (": NULL" if null else "")
+
+
+def _klp_spans(sc: _Scenario, pid: int, tids: dict[Track, int], t0: int,
+               end: int) -> list[dict[str, Any]]:
+    """Each patch's hold of a state, each shadow variable's life, the ledger's problems."""
+    led = ledger.of(sc.events)
+    out = [_complete(pid, tids[("state", str(h.state_id))], f"{h.patch} v{h.version}",
+                     "state", h.t0, h.t1, t0,
+                     {"patch": h.patch, "state_id": h.state_id, "version": h.version,
+                      "taken_over_by": h.successor or None, "to_the_end": h.open_end})
+           for h in holders(led, end)]
+    leaked = {(k.obj, k.shadow_id, k.alloc_ts_ns) for k in sc.leaks}
+    for v in led.variables:
+        tid = tids[("shadow", _shadow_key(v.obj, v.shadow_id))]
+        leak = (v.obj, v.shadow_id, v.alloc_ts_ns) in leaked
+        name = led.names.get(v.obj, hex(v.obj))
+        out.append(_complete(
+            pid, tid, f"<{name}, {v.shadow_id}>" + (" leaked" if leak else ""), "shadow",
+            v.alloc_ts_ns, end if v.freed_ts_ns is None else v.freed_ts_ns, t0,
+            {"obj": f"{v.obj:#x}", "shadow_id": v.shadow_id,
+             "allocated_by": v.allocated_by or None, "freed_by": v.freed_by or None,
+             "leaked": leak}))
+    keys = {(known, v.shadow_id): v.obj for v in led.variables
+            if (known := led.names.get(v.obj))}
+    for p in led.problems:
+        obj = keys.get((p.obj, p.shadow_id))
+        track = ("shadow", _shadow_key(obj, p.shadow_id))
+        if track in tids:
+            out.append(_instant(pid, tids[track], str(p.kind), "shadow problem", p.ts_ns, t0,
+                                p.to_json()))
     return out
 
 

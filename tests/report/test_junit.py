@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import shadowed as sh
 from stalled import HOSTILE, STALLED, TASK_LINE, hostile_stall, load, run, run_doc
 from util import saved_run
 
@@ -64,3 +65,36 @@ def test_a_hostile_comm_cannot_break_the_file() -> None:
                 # reads one), and what XML 1.0 cannot hold as a visible escape
                 assert f"task {_READ_BACK} (pid 22, tid 22)" in said
                 assert f"recorded stall: {_READ_BACK}" in said
+
+
+# --- shadow variables (issue 21) --------------------------------------------------------
+
+
+def test_a_leak_is_an_error_whose_body_names_each_leaked_variable() -> None:
+    expected = (f"shadow leak: id 7 allocated by {sh.LP}",)
+    cases = _cases(junit.render(sh.matrix(
+        sh.result("kept", sh.kept()), sh.result("leaky", sh.leaky()),
+        sh.result("leak-expected", sh.leaky(), expected), sh.result("misused", sh.misused()))))
+    assert list(cases["kept"]) == []
+    [err] = cases["leaky"].findall("error")
+    lines = (err.text or "").splitlines()
+    assert err.attrib["message"].startswith("shadow variable <obj#1, 7> allocated by ")
+    leaks = [f"shadow leak: <{sh.A:#x}, 7> allocated by {sh.LP} at 1100 ns, never freed",
+             f"shadow leak: <{sh.B:#x}, 7> allocated by {sh.LP} at 1110 ns, never freed"]
+    assert lines[-2:] == leaks and lines[0].startswith("shadow variable <obj#1, 7>")
+    # expected: no failure, and the leaks said in its output
+    [out] = cases["leak-expected"].findall("system-out")
+    assert not cases["leak-expected"].findall("error") and out.text == "\n".join(leaks)
+    [err] = cases["misused"].findall("error")
+    assert "klp_shadow_free() of <obj#1, 7> by klptrace_state_lp (post_unpatch) freed " \
+           "nothing" in (err.text or "")
+
+
+def test_a_hostile_module_name_cannot_break_the_file() -> None:
+    for m in (sh.matrix(sh.result("hostile", sh.hostile())),
+              results.Matrix([sh.doc(sh.result("hostile", sh.hostile())),
+                              sh.doc(sh.result("kept", sh.kept()), kernel=f"7{HOSTILE}")])):
+        cases = _cases(junit.render(m))
+        assert sorted(cases) == sorted(["hostile", "kept"][:len(m.runs)])
+        [err] = cases["hostile"].findall("error")
+        assert f"shadow leak: <{sh.A:#x}, 7> allocated by lp{_READ_BACK} at" in (err.text or "")

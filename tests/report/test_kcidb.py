@@ -9,6 +9,7 @@ from typing import Any
 
 import kcidb_io
 import pytest
+import shadowed
 import stalled
 from util import DATA, saved_run
 
@@ -216,3 +217,52 @@ def test_a_hostile_comm_round_trips_and_a_huge_report_fits_the_limit() -> None:
     mine, _ = _stalled_tests(stalled.run_doc(hostile))
     assert len(mine["log_excerpt"]) == kcidb.EXCERPT_MAX
     assert mine["log_excerpt"].endswith("\n... (cut to the schema's limit)\n")
+
+
+# --- shadow variables (issue 21) --------------------------------------------------------
+
+
+def _shadow_tests(*scs: results.ScenarioResult) -> dict[str, dict[str, Any]]:
+    data = json.loads(kcidb.render(shadowed.matrix(*scs)))
+    _validate(data)
+    return {t["misc"]["scenario"]: t for t in data["tests"]}
+
+
+def test_a_leak_is_an_error_whose_excerpt_names_each_leaked_variable() -> None:
+    sh = shadowed
+    expected = (f"shadow leak: id 7 allocated by {sh.LP}",)
+    tests = _shadow_tests(sh.result("kept", sh.kept()), sh.result("leaky", sh.leaky()),
+                          sh.result("leak-expected", sh.leaky(), expected),
+                          sh.result("misused", sh.misused()))
+    assert tests["kept"]["status"] == "PASS" and "log_excerpt" not in tests["kept"]
+    leaky = tests["leaky"]
+    lines = leaky["log_excerpt"].splitlines()
+    leaks = [f"shadow leak: <{sh.A:#x}, 7> allocated by {sh.LP} at 1100 ns, never freed",
+             f"shadow leak: <{sh.B:#x}, 7> allocated by {sh.LP} at 1110 ns, never freed"]
+    assert leaky["status"] == "ERROR" and lines[-2:] == leaks
+    assert lines[1].startswith("problem: shadow variable <obj#1, 7> allocated by ")
+    # a leak the scenario expects passes, and its excerpt still names the leaks
+    ok = tests["leak-expected"]
+    assert ok["status"] == "PASS" and ok["log_excerpt"] == "\n".join(leaks) + "\n"
+    misused = tests["misused"]
+    assert misused["status"] == "ERROR" and "problem: klp_shadow_free() of <obj#1, 7> by " \
+        "klptrace_state_lp (post_unpatch) freed nothing" in misused["log_excerpt"]
+
+
+def test_many_leaks_are_cut_to_a_few_lines_within_the_limit() -> None:
+    sh = shadowed
+    name = "klptrace_big_lp"  # a module's name: the [[shadow_leak]] line names it
+    r = sh.Rec()
+    r.enable(name, {}, [])
+    for i in range(300):  # a leak per object of a big table, which the scenario expects
+        r.shadow(sh.ShadowOp.ALLOC, name, 0x1000 * (i + 1), 7)
+    r.disable(name)
+    r.unload(name)
+    [t] = _shadow_tests(sh.result("many", r, (f"shadow leak: id 7 allocated by {name}",))
+                        ).values()
+    excerpt = t["log_excerpt"]
+    assert t["status"] == "PASS" and len(excerpt) <= kcidb.EXCERPT_MAX and "\0" not in excerpt
+    said = [ln for ln in excerpt.splitlines() if ln.startswith("shadow leak: <")]
+    assert len(said) == 30
+    assert said[0] == f"shadow leak: <0x1000, 7> allocated by {name} at 1130 ns, never freed"
+    assert excerpt.endswith("shadow leaks: 270 more (--format json lists every one)\n")

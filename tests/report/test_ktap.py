@@ -3,6 +3,7 @@ task's comm, whatever it holds, never a line of KTAP of its own."""
 
 from __future__ import annotations
 
+import shadowed as sh
 from stalled import HOSTILE, STALLED, TASK_LINE, hostile_stall, load, run, run_doc
 from util import saved_run
 
@@ -81,3 +82,51 @@ def test_a_hostile_comm_stays_inside_its_diagnostic_lines() -> None:
         held = [ln.lstrip() for ln in out.splitlines() if "ok 99" in ln]
         assert len(held) >= 5 and all(ln.startswith(_OURS) for ln in held)
         assert "\x00" not in out and "\ufffd" in out
+
+
+# --- shadow variables (issue 21) --------------------------------------------------------
+
+
+def _shadow_blocks() -> dict[str, list[str]]:
+    expected = (f"shadow leak: id 7 allocated by {sh.LP}",)
+    m = sh.matrix(sh.result("kept", sh.kept()), sh.result("leaky", sh.leaky()),
+                  sh.result("leak-expected", sh.leaky(), expected),
+                  sh.result("misused", sh.misused()))
+    out = ktap.render(m)
+    assert "ok 1 kept\nnot ok 2 leaky\n" not in out  # the leak block comes in between
+    assert "\nok 1 kept\n" in out and "\nnot ok 2 leaky\n" in out
+    assert "\nok 3 leak-expected\n" in out and "\nnot ok 4 misused\n" in out
+    return _blocks(out)
+
+
+def test_a_leak_is_a_failure_whose_diagnostics_name_each_leaked_variable() -> None:
+    blocks = _shadow_blocks()
+    assert blocks["kept"] == []  # taken over by a replace and freed: nothing to say
+    leaky = blocks["leaky"]
+    assert leaky[0].startswith("shadow variable <obj#1, 7> allocated by klptrace_state_lp")
+    assert leaky[-2:] == [
+        f"shadow leak: <{sh.A:#x}, 7> allocated by {sh.LP} at 1100 ns, never freed",
+        f"shadow leak: <{sh.B:#x}, 7> allocated by {sh.LP} at 1110 ns, never freed"]
+    # a leak the scenario expects passes, and its diagnostics still list it
+    assert blocks["leak-expected"] == leaky[-2:]
+
+
+def test_a_misused_shadow_variable_is_a_failure_with_the_kernel_call_named() -> None:
+    mine = _shadow_blocks()["misused"]
+    assert mine and all("klp_shadow_free() of <obj#1, 7> by klptrace_state_lp "
+                        "(post_unpatch) freed nothing" in line for line in mine)
+
+
+def test_a_hostile_module_name_stays_inside_its_diagnostics() -> None:
+    for m in (sh.matrix(sh.result("hostile", sh.hostile())),
+              results.Matrix([sh.doc(sh.result("hostile", sh.hostile())),
+                              sh.doc(sh.result("kept", sh.kept()), kernel="7.3")])):
+        out = ktap.render(m)
+        assert out.splitlines() == out.split("\n")[:-1]
+        assert [ln.strip() for ln in _results(out) if "ok" in ln.split()[:2]] in (
+            ["not ok 1 hostile"], ["not ok 1 hostile", "not ok 1 6.1", "ok 1 kept",
+                                  "ok 2 7.3"])
+        held = [ln.lstrip() for ln in out.splitlines() if "ok 99" in ln]
+        assert len(held) == 4 and all(ln.startswith(("# shadow leak: <", "# klp_shadow_free",
+                                                     "# shadow variable <")) for ln in held)
+        assert "\x00" not in out

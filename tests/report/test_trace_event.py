@@ -9,6 +9,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import shadowed
 from util import DATA, saved_run
 
 from klptrace import cli, report, results
@@ -175,3 +176,73 @@ def test_matrix_is_one_process_per_kernel() -> None:
         assert min(e["ts"] for e in mine) == 0 and len(_threads(events, pid)) == 11
     assert len([e for e in events if e["ph"] != "M"]) == 2 * len(
         [e for e in _events(saved_run()) if e["ph"] != "M"])
+
+
+# --- states and shadow variables (issue 21) ---------------------------------------------
+
+
+def _klp(*scs: results.ScenarioResult) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The trace of scs as one run: each track's id by its name, and its events (checked)."""
+    trace = json.loads(report.render("trace-event", shadowed.doc(*scs)))
+    events: list[dict[str, Any]] = trace["traceEvents"]
+    _check_structure(events)
+    tids = {e["args"]["name"]: e["tid"] for e in events if e["name"] == "thread_name"}
+    return tids, events
+
+
+def _on(events: list[dict[str, Any]], tid: int, ph: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["tid"] == tid and e["ph"] == ph]
+
+
+def test_a_state_track_shows_its_holders_and_a_variable_track_its_life() -> None:
+    sh = shadowed
+    tids, events = _klp(sh.result("kept", sh.kept()))
+    held = _on(events, tids["state 42"], "X")
+    assert [(e["name"], e["args"]["taken_over_by"]) for e in held] == [
+        (f"{sh.LP} v1", sh.LP2), (f"{sh.LP2} v1", None)]
+    assert held[0]["ts"] + held[0]["dur"] == held[1]["ts"]
+    calls = [e["name"] for e in _on(events, tids["state 42"], "i")]
+    assert calls == [f"{sh.LP} declares version 1", f"{sh.LP2} declares version 1",
+                     "klp_get_prev_state: version 1"]
+    var = tids[f"shadow <{sh.A:#x}, 42>"]
+    [life] = _on(events, var, "X")
+    assert life["args"] == {"obj": f"{sh.A:#x}", "shadow_id": 42, "allocated_by": sh.LP,
+                            "freed_by": sh.LP2, "leaked": False}
+    assert [e["name"] for e in _on(events, var, "i")] == ["klp_shadow_alloc",
+                                                          "klp_shadow_free"]
+
+
+def test_a_leak_is_flagged_and_drawn_to_the_scenarios_end() -> None:
+    sh = shadowed
+    tids, events = _klp(sh.result("leaky", sh.leaky()))
+    [scenario] = [e for e in events if e.get("cat") == "scenario"]
+    for obj in (sh.A, sh.B):
+        [life] = _on(events, tids[f"shadow <{obj:#x}, 7>"], "X")
+        assert life["args"]["leaked"] is True and life["name"].endswith(" leaked")
+        assert life["ts"] + life["dur"] == scenario["ts"] + scenario["dur"]
+
+
+def test_gets_that_found_nothing_and_problems_are_instants_found_gets_are_not() -> None:
+    sh = shadowed
+    r = sh.misused()
+    for _ in range(100):  # a hot path finding nothing after the free
+        r.shadow(sh.ShadowOp.GET, sh.LP, sh.A, 7, addr=None)
+    r2 = sh.Rec()
+    r2.enable(sh.LP, {}, [])
+    r2.shadow(sh.ShadowOp.ALLOC, sh.LP, sh.B, 8)
+    for _ in range(100):  # ... and one finding its variable
+        r2.shadow(sh.ShadowOp.GET, sh.LP, sh.B, 8)
+    tids, events = _klp(sh.result("misused", r), sh.result("found", r2))
+    names = [e["name"] for e in _on(events, tids[f"shadow <{sh.A:#x}, 7>"], "i")]
+    assert names.count("klp_shadow_get: NULL") == 100
+    assert "free of nothing" in names and "get of a freed one" in names
+    assert [e["name"] for e in _on(events, tids[f"shadow <{sh.B:#x}, 8>"], "i")] == [
+        "klp_shadow_alloc"]
+
+
+def test_a_hostile_module_name_is_data() -> None:
+    sh = shadowed
+    tids, events = _klp(sh.result("hostile", sh.hostile()))
+    assert f"lp{sh.HOSTILE} v1" in {e["name"] for e in events}
+    assert tids["state 9"] and any(e["args"].get("allocated_by") == f"lp{sh.HOSTILE}"
+                                   for e in events)
