@@ -1,15 +1,16 @@
 """The benchmark's guest side, run as root inside the lab VM by bench/run.py.
 
 In one boot, on the running kernel, in this order:
-  a   `klptrace run` of all 11 scenarios (a fresh process: bcc import, BPF
+  a   `klptrace run` of all the scenarios (a fresh process: bcc import, BPF
       compile and attach included), wall time, CPU time, its `timing`;
   b   bench/harness.sh, the same steps the way the kernel selftests take them
       (poll sysfs every 0.1 s), no tracing, wall time;
       a then b again, --rounds times in all (default 3); round 2's a is a2,
       `klptrace run` with warm caches (bcc's libraries read once);
-  stall   the busy module blocks klptrace_lp's transition; from the moment
-      transition reads 1 until `klptrace stall --format json` has named the
-      blocked worker;
+  stall   for each kind of blocking task (KINDS: the busy kworker, a user
+      reader sleeping interruptibly or killably, a kthread sleeping, a
+      CPU-bound kthread), from the moment the transition reads 1 until
+      `klptrace stall --format json` has named that task correctly;
   load    one scenario with N extra sleeping threads (lost events, CPU
       time), and the same scenario without them.
 It writes one JSON document to --out. The figures are printed by run.py.
@@ -25,7 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 HARNESS = REPO / "bench" / "harness.sh"
@@ -171,43 +172,138 @@ def _tids_in(doc: Any) -> set[int]:
     return found
 
 
-def stall(modules: str) -> dict[str, Any]:
-    """Time from a stalled transition to `klptrace stall` naming the blocked task."""
-    probe = subprocess.run([PY, "-m", "klptrace", "stall", "--help"], capture_output=True,
-                           text=True, cwd=REPO)
-    if probe.returncode != 0:
-        return {"error": "not available: klptrace stall missing"}
-    t0 = time.monotonic()
-    subprocess.run([PY, "-m", "klptrace", "--version"], capture_output=True, cwd=REPO)
-    startup = time.monotonic() - t0  # what any klptrace command pays before its work
-    lp, busy = "klptrace_lp", "klptrace_busy"
-    subprocess.run(["insmod", f"{modules}/{busy}.ko", "block_transition=Y"], check=True)
+class Kind(NamedTuple):
+    """One kind of task that stalls a transition, as the test modules hold it."""
+
+    target: str  # the module that holds the task
+    params: str  # its parameters at load
+    patch: str  # the livepatch whose transition it stalls
+    reader: str  # a debugfs file a user process reads ("" for none)
+    comm: str  # the blocking task's comm ("" for the busy kworker: found by its stack)
+    function: str
+    kind: str  # what `klptrace stall` must say: "kthread" or "user"
+    sleep: tuple[str, ...]  # and its sleep state (either, where the vCPUs decide)
+    release: str  # the target's parameter that lets it go ("" for klptrace_busy)
+
+
+STALL = "klptrace_stall"
+KINDS = {
+    # the kworker of issue 9: a work item sleeping (msleep, D) in the patched function
+    "kworker, uninterruptible": Kind("klptrace_busy", "block_transition=Y", "klptrace_lp", "",
+                                     "", BUSY_FUNC, "kthread", ("uninterruptible",), ""),
+    "user, interruptible": Kind(STALL, "", "klptrace_stall_lp", "interruptible", "cat",
+                                "klptrace_stall_read_interruptible", "user",
+                                ("interruptible",), "hold_interruptible"),
+    "user, killable (D)": Kind(STALL, "", "klptrace_stall_lp", "uninterruptible", "cat",
+                               "klptrace_stall_read_uninterruptible", "user",
+                               ("uninterruptible",), "hold_uninterruptible"),
+    "kthread, interruptible": Kind(STALL, "kthread=Y", "klptrace_stall_lp", "",
+                                   "klptrace_stalld", "klptrace_stall_kthread_wait", "kthread",
+                                   ("interruptible",), "hold_kthread"),
+    # /proc shows it running, or preempted in the function: which one is the vCPUs' timing
+    "kthread, CPU-bound": Kind(STALL, "spin=Y", "klptrace_stall_lp", "", "klptrace_spind",
+                               "klptrace_stall_spin", "kthread", ("running",), "hold_spin"),
+}
+
+
+def _param(module: str, name: str) -> str | None:
+    try:
+        return Path(f"/sys/module/{module}/parameters/{name}").read_text().strip()
+    except OSError:
+        return None
+
+
+def _comm_tids(comm: str) -> set[int]:
+    out = set()
+    for f in Path("/proc").glob("[0-9]*/task/[0-9]*/comm"):
+        try:
+            if f.read_text().strip() == comm:
+                out.add(int(f.parent.name))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def named_right(doc: Any, k: Kind, truth: set[int]) -> str | None:
+    """None when the report lists every blocking task (truth) as what it is, else why not."""
+    tasks = {t.get("tid"): t for t in doc.get("tasks", [])} if isinstance(doc, dict) else {}
+    for tid in sorted(truth):
+        t = tasks.get(tid)
+        if t is None:
+            return f"task {tid} not named"
+        if t.get("kind") != k.kind or t.get("sleep") not in k.sleep:
+            return f"task {tid} said to be {t.get('kind')}, {t.get('sleep')}"
+        if t.get("function") not in (k.function, "") or (
+                t.get("function") == "" and t.get("reason") != "running"):
+            return f"task {tid}: {t.get('reason')} {t.get('function')!r}"
+    return None if truth else "no blocking task found in /proc"
+
+
+def stall_kind(modules: str, k: Kind) -> dict[str, Any]:
+    """Time from the transition stalling on a task of kind k (transition reads 1) until
+    `klptrace stall --format json` has named it correctly."""
+    sys.path.insert(0, str(REPO))
+    from klptrace import stall as st
+    from klptrace.kernel import stall as live
+
+    subprocess.run(["insmod", f"{modules}/{k.target}.ko", *k.params.split()], check=True)
+    reader = None
     res: dict[str, Any] = {}
     try:
-        subprocess.run(["insmod", f"{modules}/{lp}.ko"], check=True)
-        if not _wait(lambda: _transition(lp) == "1", 60):
-            return {"error": f"{lp}'s transition did not stall"}
+        if k.reader:
+            reader = subprocess.Popen(["cat", f"/sys/kernel/debug/{STALL}/{k.reader}"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if k.release and not _wait(lambda: _param(STALL, "sleepers") == "1", 60):
+            return {"error": "the task never got into its function"}
+        subprocess.run(["insmod", f"{modules}/{k.patch}.ko"], check=True)
+        if not _wait(lambda: _transition(k.patch) == "1", 60):
+            return {"error": f"{k.patch}'s transition did not stall"}
         t0 = time.monotonic()
         proc = subprocess.run([PY, "-m", "klptrace", "stall", "--format", "json"],
                               capture_output=True, text=True, cwd=REPO)
         took = time.monotonic() - t0
-        truth = _blocked_tids(BUSY_FUNC)
+        truth = (_comm_tids(k.comm) if k.comm else _blocked_tids(k.function))
+        if reader is not None:
+            truth = {reader.pid}
         try:
-            named = _tids_in(json.loads(proc.stdout)) & truth
+            wrong = named_right(json.loads(proc.stdout), k, truth)
         except ValueError:
-            named = set()
-        res = {"named_s": round(took, 2), "startup_s": round(startup, 2), "exit": proc.returncode,
-               "blocked_tids": sorted(truth), "named": bool(named)}
-        if not named:
-            res["error"] = (f"klptrace stall did not name the blocked task {sorted(truth)}: "
-                            f"exit {proc.returncode}, {proc.stderr.strip()[-300:]}")
+            wrong = f"exit {proc.returncode}, {proc.stderr.strip()[-300:]}"
+        res = {"named_s": round(took, 2), "exit": proc.returncode, "named": wrong is None}
+        if wrong is not None:
+            # the kernel's own signal round (after try 16) moves an interruptible user task
+            round_first = st.log_facts(k.patch, live.kernel_log()).signalled_at is not None
+            res["error"] = wrong + (" (the kernel's signal round came first)"
+                                    if round_first else "")
     finally:
-        if os.path.isdir(f"/sys/kernel/livepatch/{lp}"):
-            _write(f"/sys/kernel/livepatch/{lp}/enabled", "0")
-            _wait(lambda: not os.path.isdir(f"/sys/kernel/livepatch/{lp}"), 120, 0.1)
-        subprocess.run(["rmmod", lp], stderr=subprocess.DEVNULL)
-        subprocess.run(["rmmod", busy], check=True)
+        if k.release:
+            _write(f"/sys/module/{STALL}/parameters/{k.release}", "N")
+        if reader is not None:
+            reader.wait(60)
+        if k.release:  # released, the task leaves its function and the transition ends
+            _wait(lambda: _transition(k.patch) != "1", 120, 0.1)
+        if os.path.isdir(f"/sys/kernel/livepatch/{k.patch}"):
+            _write(f"/sys/kernel/livepatch/{k.patch}/enabled", "0")
+            _wait(lambda: not os.path.isdir(f"/sys/kernel/livepatch/{k.patch}"), 120, 0.1)
+        subprocess.run(["rmmod", k.patch], stderr=subprocess.DEVNULL)
+        subprocess.run(["rmmod", k.target], check=True)
     return res
+
+
+def stall(modules: str) -> dict[str, Any]:
+    """Each kind's time from stall to a correct report, and any command's start-up."""
+    t0 = time.monotonic()
+    subprocess.run([PY, "-m", "klptrace", "--version"], capture_output=True, cwd=REPO)
+    out: dict[str, Any] = {"startup_s": round(time.monotonic() - t0, 2)}
+    kinds: dict[str, Any] = {}
+    out["kinds"] = kinds
+    for name, k in KINDS.items():
+        print(f"bench: stall: {name}...", file=sys.stderr, flush=True)
+        try:
+            kinds[name] = stall_kind(modules, k)
+        except (OSError, subprocess.SubprocessError) as e:
+            kinds[name] = {"error": f"{type(e).__name__}: {e}"}
+    return out
 
 
 def load(modules: str, threads: int, work: Path) -> dict[str, Any]:
@@ -238,6 +334,7 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="where to write the JSON figures")
     ap.add_argument("--threads", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=3, help="pairs of a and b")
+    ap.add_argument("--only", choices=["stall"], help="measure only this part")
     args = ap.parse_args()
     out = Path(args.out)
     work = out.parent
@@ -251,6 +348,10 @@ def main() -> int:
             into[name] = {"error": f"{type(e).__name__}: {e}"}
         out.write_text(json.dumps(doc, indent=1) + "\n")
 
+    if args.only == "stall":
+        doc["only"] = "stall"
+        step("stall", stall, args.modules)
+        return 0
     # Rounds of a then b: a transition takes one or two of the kernel's 1 s
     # tries, so one pair's ratio swings by about 0.1; the median of a few
     # does not. Round 1's a is the cold one (bcc's libraries never read).

@@ -74,18 +74,45 @@ def test_report_marks_targets() -> None:
     assert rows["BPF compile + attach"] == "7.5 s (met)"
     assert rows["stall named (`klptrace stall --format json`)"] == \
         "not available: klptrace stall missing"
+    assert rows["a: `klptrace run`, 11 scenarios, fresh process"] == "60.0 s, 11/11 pass"
     lost = next(v for f, v in rows.items() if f.startswith("load: lost events"))
     assert lost == "0 (met)"
     assert rows["load: recorder CPU while recording, user + sys (without the threads)"] == \
         "1.0 + 0.5 s (n/a)"
 
 
-def test_report_stall_figures() -> None:
-    rows = {f: v for f, v, _t in run.figures(_doc(stall={"named_s": 1.5, "named": True,
-                                                         "startup_s": 0.9}))}
-    assert rows["stall named (`klptrace stall --format json`)"] == "1.5 s (met)"
-    rows = {f: v for f, v, _t in run.figures(_doc(stall={"named_s": 1.5, "named": False}))}
-    assert rows["stall named (`klptrace stall --format json`)"] == "1.5 s (task NOT named)"
+def test_report_stall_figures_per_kind() -> None:
+    st = {"startup_s": 0.9, "kinds": {
+        "user, interruptible": {"named_s": 1.5, "named": True},
+        "kthread, CPU-bound": {"named_s": 3.0, "named": False,
+                               "error": "task 7 said to be kthread, interruptible"}}}
+    rows = {f: v for f, v, _t in run.figures(_doc(stall=st))}
+    assert rows["stall named: user, interruptible"] == "1.5 s (met)"
+    assert rows["stall named: kthread, CPU-bound"] == \
+        "3.0 s (NOT named right: task 7 said to be kthread, interruptible)"
+    assert rows["  of which any klptrace command's start (`--version`)"] == "0.9 s"
+
+
+def _task(tid: int, kind: str, sleep: str, function: str, reason: str) -> dict[str, object]:
+    return {"tid": tid, "kind": kind, "sleep": sleep, "function": function, "reason": reason}
+
+
+def test_a_report_is_right_only_when_it_names_every_blocking_task_as_what_it_is() -> None:
+    k = guest.KINDS["user, killable (D)"]
+    good = _task(7, "user", "uninterruptible", k.function, "sleeping on function")
+    assert guest.named_right({"tasks": [good]}, k, {7}) is None
+    assert guest.named_right({"tasks": [good]}, k, {7, 8}) == "task 8 not named"
+    assert guest.named_right({"tasks": [{**good, "sleep": "interruptible"}]}, k, {7}) == \
+        "task 7 said to be user, interruptible"
+    assert guest.named_right({"tasks": [{**good, "function": "other"}]}, k, {7}) is not None
+    assert guest.named_right({"tasks": []}, k, set()) == "no blocking task found in /proc"
+    assert guest.named_right(None, k, {7}) == "task 7 not named"
+    spin = guest.KINDS["kthread, CPU-bound"]
+    # on another CPU its stack cannot be read: running, in no function, is right too
+    assert guest.named_right({"tasks": [_task(9, "kthread", "running", "", "running")]},
+                             spin, {9}) is None
+    assert guest.named_right({"tasks": [_task(9, "kthread", "running", "", "other")]},
+                             spin, {9}) is not None
 
 
 def test_report_says_when_a_run_failed() -> None:
@@ -101,7 +128,8 @@ def test_report_says_when_a_run_failed() -> None:
 
 def test_report_judges_a_over_b_on_the_median_of_rounds() -> None:
     def pair(a: float, b: float, passed: int = 11) -> dict[str, object]:
-        return {"klptrace": {"wall_s": a, "exit": 0, "totals": {"pass": passed}},
+        return {"klptrace": {"wall_s": a, "exit": 0,
+                             "totals": {"pass": passed, "fail": 11 - passed}},
                 "harness": {"wall_s": b, "exit": 0}}
 
     # the target is 0.8 (issue 15)
@@ -127,3 +155,22 @@ def test_report_start_up_and_tear_down_against_their_targets() -> None:
     assert rows["tear-down after the last scenario (a)"] == "1.3 s (MISSED)"
     profile = next(v for f, v in rows.items() if f.startswith("  a2's profile"))
     assert profile == "2.2 s / 0.6 s / 1.0 s / 5.0 s / 0.5 s"
+
+
+def test_a_stall_only_run_reports_the_stalls_alone() -> None:
+    d = {**_doc(stall={"startup_s": 0.9, "kinds": {"user, interruptible": {
+        "named_s": 1.5, "named": True}}}), "only": "stall"}
+    assert [f for f, _v, _t in run.figures(d)] == [
+        "stall named: user, interruptible",
+        "  of which any klptrace command's start (`--version`)"]
+    md = run.markdown([d], "2025-01-01 00:00 UTC")
+    assert md.startswith("# klptrace benchmark results: stall only\n\n"
+                         "Written by `bench/run.py --only stall` on 2025-01-01 00:00 UTC")
+
+
+def test_a_b_ratios_count_a_run_that_passed_every_scenario() -> None:
+    ok = {"wall_s": 10.0, "exit": 0, "totals": {"pass": 14}}
+    bad = {"wall_s": 10.0, "exit": 0, "totals": {"pass": 13, "fail": 1}}
+    b = {"wall_s": 20.0, "exit": 0}
+    assert run.round_ratios({"rounds": [{"klptrace": ok, "harness": b},
+                                        {"klptrace": bad, "harness": b}]}) == [0.5]
