@@ -52,13 +52,28 @@ def recorded(expected: Sequence[str], ledger: Ledger) -> list[str]:
 
 
 def unexpected(expected: Sequence[str], ledger: Ledger) -> list[str]:
-    """Each leak that no line of expected states, as a problem."""
+    """The leaks that no line of expected states, as problems: one per shadow id and
+    allocating module (a livepatch leaks one variable per object it hangs them on, and
+    hundreds of lines would crowd out every report; the leaks themselves are listed)."""
     said = set(_expected(expected))
-    return [f"shadow variable <{ledger.names.get(k.obj, hex(k.obj))}, {k.shadow_id}> "
-            f"allocated by {k.allocated_by} at {k.alloc_ts_ns} ns was never freed: "
-            f"{k.allocated_by} is gone and no installed livepatch declares state "
-            f"{k.shadow_id} (a leak; `{line(k.shadow_id, k.allocated_by)}` expects it)"
-            for k in ledger.leaks if (k.shadow_id, k.allocated_by) not in said]
+    groups: dict[tuple[int, str], list[str]] = {}
+    for k in ledger.leaks:
+        if (k.shadow_id, k.allocated_by) not in said:
+            groups.setdefault((k.shadow_id, k.allocated_by), []).append(
+                ledger.names.get(k.obj, hex(k.obj)))
+    out = []
+    for (shadow_id, module), objs in groups.items():
+        shown = ", ".join(objs[:NAMED_OBJS]) + (
+            f" and {len(objs) - NAMED_OBJS} more" if len(objs) > NAMED_OBJS else "")
+        what = "shadow variable" if len(objs) == 1 else f"{len(objs)} shadow variables"
+        out.append(f"{what} of id {shadow_id} allocated by {module} never freed ({shown}): "
+                   f"{module} is gone and no installed livepatch declares state {shadow_id} "
+                   f"(a leak; `{line(shadow_id, module)}` expects it)")
+    return out
+
+
+#: objects a leak problem names before "and N more"
+NAMED_OBJS = 5
 
 
 def leak_lines(ledger: Ledger) -> list[str]:

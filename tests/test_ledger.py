@@ -242,7 +242,8 @@ def test_a_leak_is_an_error_unless_the_scenario_expects_it() -> None:
     assert [(k.obj, k.shadow_id, k.allocated_by) for k in led.leaks] == [(A, 7, LP), (B, 7, LP)]
     v = _judge(r)
     assert v.status == Status.ERROR and len(v.shadow_leaks) == 2
-    assert f"shadow variable <obj#1, 7> allocated by {LP}" in v.explanation
+    assert f"2 shadow variables of id 7 allocated by {LP} never freed (obj#1, obj#2)" \
+        in v.explanation
     line = f"shadow leak: id 7 allocated by {LP}"
     ok = _judge(r, [line])
     assert ok.status == Status.PASS and ok.recorded[-1] == line and len(ok.shadow_leaks) == 2

@@ -27,7 +27,11 @@ def test_a_trace_tells_its_leaks_as_expectation_lines_and_problems() -> None:
     events = _leaky().events
     sh = trace.shadows(events)
     assert sh.lines == [f"shadow leak: id 7 allocated by {LP}"]
-    assert len(sh.problems) == 2 and all("never freed" in p for p in sh.problems)
+    # one problem for the two variables of one id and module: obj#1 and obj#2
+    assert sh.problems == [
+        f"2 shadow variables of id 7 allocated by {LP} never freed (obj#1, obj#2): {LP} is "
+        f"gone and no installed livepatch declares state 7 (a leak; `shadow leak: id 7 "
+        f"allocated by {LP}` expects it)"]
     doc = TraceDocument("6.1", ["true"], 0, Recording(events), render(events) + sh.lines,
                         problems=sh.problems, shadow_leaks=list(sh.ledger.leaks))
     d = doc.to_json()

@@ -78,10 +78,10 @@ def test_a_leak_is_an_error_whose_body_names_each_leaked_variable() -> None:
     assert list(cases["kept"]) == []
     [err] = cases["leaky"].findall("error")
     lines = (err.text or "").splitlines()
-    assert err.attrib["message"].startswith("shadow variable <obj#1, 7> allocated by ")
+    assert err.attrib["message"].startswith("2 shadow variables of id 7 allocated by ")
     leaks = [f"shadow leak: <{sh.A:#x}, 7> allocated by {sh.LP} at 1100 ns, never freed",
              f"shadow leak: <{sh.B:#x}, 7> allocated by {sh.LP} at 1110 ns, never freed"]
-    assert lines[-2:] == leaks and lines[0].startswith("shadow variable <obj#1, 7>")
+    assert lines[-2:] == leaks and lines[0].startswith("2 shadow variables of id 7")
     # expected: no failure, and the leaks said in its output
     [out] = cases["leak-expected"].findall("system-out")
     assert not cases["leak-expected"].findall("error") and out.text == "\n".join(leaks)

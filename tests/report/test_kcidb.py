@@ -240,7 +240,7 @@ def test_a_leak_is_an_error_whose_excerpt_names_each_leaked_variable() -> None:
     leaks = [f"shadow leak: <{sh.A:#x}, 7> allocated by {sh.LP} at 1100 ns, never freed",
              f"shadow leak: <{sh.B:#x}, 7> allocated by {sh.LP} at 1110 ns, never freed"]
     assert leaky["status"] == "ERROR" and lines[-2:] == leaks
-    assert lines[1].startswith("problem: shadow variable <obj#1, 7> allocated by ")
+    assert lines[1].startswith("problem: 2 shadow variables of id 7 allocated by ")
     # a leak the scenario expects passes, and its excerpt still names the leaks
     ok = tests["leak-expected"]
     assert ok["status"] == "PASS" and ok["log_excerpt"] == "\n".join(leaks) + "\n"
