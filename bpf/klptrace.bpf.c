@@ -649,8 +649,9 @@ int callback_return(struct pt_regs *ctx)
  * rethook_trampoline_handler() set it), where an entry probe could read the
  * kretprobe trampoline's instead. A tail call (a jmp) leaves its caller's
  * caller there: when a traced callback tail-calls one of these functions
- * (its stack pointer at entry is the callback's), KLPT_F_CB_TAILCALL says the
- * caller is the callback's module.
+ * (its stack pointer at entry is the callback's), ip is the callback's own
+ * address instead, in its module, and KLPT_F_CB_TAILCALL says so. A tail call
+ * from other module code is named after whoever called that code.
  */
 
 static __always_inline int klp_api_entry(struct pt_regs *ctx, u32 op, u64 patch, u64 obj,
@@ -694,8 +695,11 @@ static __always_inline int klp_api_return(struct pt_regs *ctx)
 			e->callback = cb->role;
 			__builtin_memcpy(e->patch, cb->patch, KLPT_NAME_LEN);
 			__builtin_memcpy(e->object, cb->object, KLPT_NAME_LEN);
-			if (cb->sp == a->sp)
+			if (cb->sp == a->sp) {
+				/* the callback's own address names its module */
 				e->flags |= KLPT_F_CB_TAILCALL;
+				e->ip = cb->ptr;
+			}
 		}
 		if (a->op == KLPT_OP_GET_STATE || a->op == KLPT_OP_GET_PREV_STATE) {
 			/* the state's patch, not the callback's */

@@ -198,7 +198,7 @@ class BTF:
                 for i in range(info & 0xFFFF):
                     e_name, e_val = struct.unpack_from("=Ii", self._data, pos + 12 + 8 * i)
                     if e_name in offs:
-                        return e_val
+                        return int(e_val)
         raise BTFError(f"enumerator {name} is not in this kernel's BTF")
 
     def _find_member(self, tid: int, name: str) -> tuple[int, int] | None:
@@ -248,6 +248,9 @@ STATE_FIELDS = ("OFF_KLP_PATCH_STATES", "OFF_KLP_STATE_ID", "OFF_KLP_STATE_VERSI
                 "SIZE_KLP_STATE", "KLPT_STATE_SHAPE")
 MODTEXT_FIELDS = ("OFF_MODULE_TEXT", "OFF_MODULE_TEXT_SIZE", "OFF_MODULE_INIT_TEXT",
                   "OFF_MODULE_INIT_TEXT_SIZE", "KLPT_MODULE_TEXT")
+
+#: every name layout() gives a value
+LAYOUT_NAMES = (*FIELDS, *SIZES, *STATE_FIELDS, *MODTEXT_FIELDS)
 
 
 def layout(btf: BTF) -> dict[str, int]:
@@ -376,8 +379,7 @@ def _read_layout(path: Path) -> dict[str, int] | None:
             got = json.loads(f.read(_LAYOUT_MAX))
     except (OSError, ValueError, RecursionError):
         return None
-    if not isinstance(got, dict) or set(got) != (set(FIELDS) | set(SIZES) | set(STATE_FIELDS)
-                                                 | set(MODTEXT_FIELDS)):
+    if not isinstance(got, dict) or set(got) != set(LAYOUT_NAMES):
         return None
     if not all(type(v) is int and 0 <= v < _LAYOUT_MAX for v in got.values()):
         return None  # a bool is an int to isinstance
