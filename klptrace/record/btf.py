@@ -277,9 +277,13 @@ def state_layout(btf: BTF) -> dict[str, int]:
     if not btf.has("klp_state", "id") or not btf.has("klp_patch", "states"):
         out["KLPT_STATE_SHAPE"] = STATE_ABSENT
         return out
-    if (not btf.has("klp_state", "version") or btf.member_size("klp_state", "id") != 8
-            or btf.member_size("klp_state", "version") != 4
-            or btf.member_size("klp_patch", "states") != 8):
+    try:
+        shaped = (btf.has("klp_state", "version") and btf.member_size("klp_state", "id") == 8
+                  and btf.member_size("klp_state", "version") == 4
+                  and btf.member_size("klp_patch", "states") == 8)
+    except BTFError:  # a member of no plain size (an array, a function)
+        shaped = False
+    if not shaped:
         out["KLPT_STATE_SHAPE"] = STATE_OTHER_SHAPE
         return out
     out.update(OFF_KLP_PATCH_STATES=btf.offsetof("klp_patch", "states"),

@@ -184,3 +184,19 @@ def test_a_guest_shares_the_hosts_layouts(tmp_path) -> None:
     prefix, rwdir = btf.guest_layout_share(tmp_path / "cache")
     assert prefix == ["env", f"KLPTRACE_CACHE={tmp_path / 'cache'}"]
     assert rwdir == btf.layout_dir(tmp_path / "cache") == tmp_path / "cache" / "layout"
+
+
+def test_a_kernel_without_klp_state_or_module_text_says_so() -> None:
+    """No struct klp_state (before v5.5) and a struct module without mem[] or
+    core_layout: the optional parts are flagged unsupported, the layout still made."""
+    b = btf.BTF(_blob())
+    state = btf.state_layout(b)
+    assert state["KLPT_STATE_SHAPE"] == btf.STATE_ABSENT
+    assert set(state) == set(btf.STATE_FIELDS)
+    text = btf.module_text_layout(b)
+    assert text["KLPT_MODULE_TEXT"] == btf.MODTEXT_UNKNOWN and text["OFF_MODULE_TEXT"] == 0
+    assert b.member_size("module", "state") == 4
+    with pytest.raises(btf.BTFError, match="no plain size"):
+        b.member_size("module", "name")  # an array
+    with pytest.raises(btf.BTFError, match="enumerator MOD_TEXT"):
+        b.enum_value("MOD_TEXT")
