@@ -346,3 +346,18 @@ def test_the_text_report_says_how_each_task_sleeps_and_what_next() -> None:
     assert "x:7 (kthread) sleeping on function klptrace_busy_work_func()\n" \
            "      uninterruptible (D)\n      next step: a kernel thread sleeping" in text
     assert rep.next_steps[0].startswith("x:7: a kernel thread sleeping uninterruptibly")
+
+
+def test_read_stack_of_a_task_preempted_in_a_function_twice() -> None:
+    # a CPU-bound kthread on a busy CPU: runnable (R), off the CPU when read, running in
+    # between (its counts move); the same stack twice in a row is where it runs
+    spin = ["[<0>] __cond_resched+0x1/0x2", "[<0>] f+0x3f/0x70 [m]", "[<0>] kthread+0x1/0x2"]
+    fake = _FakeProc([("R", 3, spin[1:], "R", 4), ("R", 5, spin, "R", 6),
+                      ("R", 7, spin, "R", 8)])
+    got = live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append)
+    assert got == live.StackRead("R", spin, True) and not fake.script
+    assert stall.classify(got.stack, got.state, {"f"}) == ("sleeping on function", "f")
+    # different places each time, or asleep in between: not read right
+    fake = _FakeProc([("R", 3, spin, "R", 4), ("R", 5, spin[1:], "R", 6),
+                      ("R", 7, spin, "S", 8), ("S", 8, spin, "R", 9)])
+    assert not live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=4).stable

@@ -116,10 +116,16 @@ def read_stack(base: str, read: Callable[[str], str] = _read,
     R) with a non-empty stack. Otherwise it is read again, a little later each
     time (a worker that wakes every 20 ms is caught asleep within a few tries).
     A task seen running at every try is running; one never read consistently
-    is reported as such, never with a guessed reason.
+    is reported as such, never with a guessed reason. A task that is runnable but
+    off the CPU (R, preempted: a CPU-bound loop, found between its time slices)
+    runs between reads, so its counts always move; it is read right when two
+    tries in a row find it R with the same non-empty stack: preempted at the same
+    place twice, which is what the kernel's own try reads of such a task
+    (klp_check_stack() of a task that is not task_curr(), transition.c).
     """
     running_every_time = True
     last = StackRead("?", [], False)
+    preempted: list[str] = []  # the previous try's stack, if it found the task R off the CPU
     for i in range(tries):
         before = _sched_point(read(f"{base}/status"))
         stack = [line for line in read(f"{base}/stack").splitlines() if line.strip()]
@@ -130,6 +136,10 @@ def read_stack(base: str, read: Callable[[str], str] = _read,
         running_every_time = running_every_time and after[0] == "R" and not stack
         if quiet and stack and after[0] != "R":
             return StackRead(after[0], stack, True)
+        runnable = before[0] == after[0] == "R" and bool(stack)
+        if runnable and stack == preempted:
+            return StackRead("R", stack, True)
+        preempted = stack if runnable else []
         last = StackRead(after[0], stack, False)
         sleep(0.002 * (i + 1))
     if running_every_time:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -65,7 +66,20 @@ KINDS = {
     "kthread-interruptible": Kind("kthread=Y", "", "hold_kthread", "klptrace_stalld",
                                   "kthread", "interruptible", "klptrace_stall_kthread_wait",
                                   "again it stays"),
+    # runnable in its function: only leaving it moves it (see _cpu_bound_on_another_cpu())
+    "kthread-cpu-bound": Kind("spin=Y", "", "hold_spin", "klptrace_spind", "kthread",
+                              "running", "klptrace_stall_spin", "has returned"),
 }
+
+
+def _on_another_cpu(k: Kind, t: dict[str, Any]) -> bool:
+    """A CPU-bound kthread that was on another vCPU while /proc was read: its stack reads
+    empty there (the unwinder refuses a task running elsewhere), so /proc can only say it
+    runs, in no function it can name. With one vCPU it is never on the CPU while
+    `klptrace stall` is, and is read preempted in its function; with more, which of the
+    two a read sees is the scheduler's timing, and both are right."""
+    return (k.sleep == "running" and len(os.sched_getaffinity(0)) > 1
+            and t["reason"] == "running" and t["function"] == "" and not t["stack"])
 
 
 def _param(name: str) -> str:
@@ -146,10 +160,13 @@ def test_stall_names_the_task_its_reason_and_the_next_step(clean_kernel: Path,
     assert rep["in_transition"] and rep["patch"] == PATCH and rep["direction"] == "patching"
     assert rep["sched"] in {s.value for s in SchedPath} and rep["sched"] != SchedPath.UNKNOWN
     assert not rep.get("signals"), rep.get("signals")  # paused before the kernel's first round
-    [t] = [t for t in rep["tasks"] if t["function"] == k.function]
+    [t] = [t for t in rep["tasks"] if t["comm"] == k.comm]
     assert (t["comm"], t["kind"], t["sleep"]) == (k.comm, k.kind, k.sleep), t
     assert t["kthread"] == (k.kind == "kthread") and t["source"] == "proc"
-    assert t["reason"] == "sleeping on function"
+    if _on_another_cpu(k, t):
+        assert "running kernel thread" in t["next_step"], t["next_step"]
+        return
+    assert (t["reason"], t["function"]) == ("sleeping on function", k.function), t
     assert any(k.function in line for line in t["stack"]), t["stack"]
     assert k.step in t["next_step"], t["next_step"]
     # the advice for another kind would not pass ("signal round" excepted: the other
