@@ -18,6 +18,9 @@
 #ifndef KLPT_MAX_OBJS
 #define KLPT_MAX_OBJS 16
 #endif
+#ifndef KLPT_MAX_STATES
+#define KLPT_MAX_STATES 16
+#endif
 
 BPF_RINGBUF_OUTPUT(events, KLPT_RINGBUF_PAGES);
 BPF_ARRAY(lost, u64, 1);
@@ -44,6 +47,17 @@ BPF_HASH(init_stash, u64, struct klpt_stash, 256);
 BPF_HASH(cb_stash, u64, struct klpt_stash, 256);
 BPF_HASH(switch_stash, u64, struct klpt_stash, 256);
 
+/* a call of one of the state and shadow functions, from entry to return */
+struct klpt_api {
+	u64 sp;		/* the stack pointer at entry: where the return address is */
+	u64 patch;	/* klp_get_state's patch */
+	u64 obj;
+	u64 id;
+	u64 size;
+	u32 op;
+};
+BPF_HASH(api_stash, u64, struct klpt_api, 1024);
+
 static __always_inline void *read_ptr(const void *base, long off)
 {
 	void *p = 0;
@@ -56,6 +70,15 @@ static __always_inline void *read_ptr(const void *base, long off)
 static __always_inline s32 read_s32(const void *base, long off)
 {
 	s32 v = -1;
+
+	if (base)
+		bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
+	return v;
+}
+
+static __always_inline u32 read_u32(const void *base, long off)
+{
+	u32 v = 0;
 
 	if (base)
 		bpf_probe_read_kernel(&v, sizeof(v), (const char *)base + off);
@@ -144,6 +167,38 @@ static __always_inline void ev_send(struct klpt_event *e)
 	events.ringbuf_submit(e, 0);
 }
 
+/*
+ * The states a patch being enabled declares: patch->states, an array ended by
+ * an id of 0 (klp_for_each_state in kernel/livepatch/state.c).
+ */
+static __always_inline void declared_states(void *patch, const char *name)
+{
+#if KLPT_STATE_SHAPE == 1	/* btf.STATE_OK */
+	char *states = read_ptr(patch, OFF_KLP_PATCH_STATES);
+
+	if (!states)
+		return;
+#pragma clang loop unroll(disable)
+	for (int i = 0; i < KLPT_MAX_STATES; i++) {
+		char *state = states + i * SIZE_KLP_STATE;
+		u64 id = (u64)read_ptr(state, OFF_KLP_STATE_ID);
+		struct klpt_event *e;
+
+		if (!id)
+			break;
+		e = ev_new(KLPT_STATE_DECLARED);
+		if (!e)
+			return;
+		__builtin_memcpy(e->patch, name, KLPT_NAME_LEN);
+		e->id = id;
+		e->addr = (u64)state;
+		e->version = read_u32(state, OFF_KLP_STATE_VERSION);
+		e->flags |= KLPT_F_FOUND;
+		ev_send(e);
+	}
+#endif
+}
+
 /* ---- the livepatch core ------------------------------------------------ */
 
 int klp_enable_patch_entry(struct pt_regs *ctx)
@@ -181,6 +236,7 @@ int klp_enable_patch_entry(struct pt_regs *ctx)
 		return 0;
 	__builtin_memcpy(e->patch, st.patch, KLPT_NAME_LEN);
 	ev_send(e);
+	declared_states(patch, st.patch);
 	return 0;
 }
 
@@ -392,7 +448,7 @@ int klp_unpatch_objects_entry(struct pt_regs *ctx)
 
 /* ---- modules ------------------------------------------------------------- */
 
-static __always_inline int module_event(u32 kind, void *mod)
+static __always_inline int module_event(u32 kind, void *mod, int with_text)
 {
 	struct klpt_event *e = ev_new(kind);
 
@@ -402,6 +458,19 @@ static __always_inline int module_event(u32 kind, void *mod)
 	e->state = read_s32(mod, OFF_MODULE_STATE);
 	if (mod && read_u8(mod, OFF_MODULE_KLP))
 		e->flags |= KLPT_F_LIVEPATCH;
+#if KLPT_MODULE_TEXT != 3	/* btf.MODTEXT_UNKNOWN */
+	/*
+	 * Where the module's code is, for the callers of the state and shadow
+	 * functions (see klp_api_return): at do_init_module() the module is laid
+	 * out and its init has not run, so no call from it can come earlier.
+	 */
+	if (with_text) {
+		e->addr = (u64)read_ptr(mod, OFF_MODULE_TEXT);
+		e->size = read_u32(mod, OFF_MODULE_TEXT_SIZE);
+		e->obj = (u64)read_ptr(mod, OFF_MODULE_INIT_TEXT);
+		e->id = read_u32(mod, OFF_MODULE_INIT_TEXT_SIZE);
+	}
+#endif
 	ev_send(e);
 	return 0;
 }
@@ -415,7 +484,7 @@ int klp_module_coming_entry(struct pt_regs *ctx)
 
 	mod_name(st.object, mod);
 	coming_stash.update(&id, &st);
-	return module_event(KLPT_MODULE_COMING, mod);
+	return module_event(KLPT_MODULE_COMING, mod, 0);
 }
 
 int klp_module_coming_return(struct pt_regs *ctx)
@@ -438,7 +507,7 @@ int klp_module_coming_return(struct pt_regs *ctx)
 
 int klp_module_going_entry(struct pt_regs *ctx)
 {
-	return module_event(KLPT_MODULE_GOING, (void *)PT_REGS_PARM1(ctx));
+	return module_event(KLPT_MODULE_GOING, (void *)PT_REGS_PARM1(ctx), 0);
 }
 
 int do_init_module_entry(struct pt_regs *ctx)
@@ -450,7 +519,7 @@ int do_init_module_entry(struct pt_regs *ctx)
 	mod_name(st.object, mod);
 	st.role = read_u8(mod, OFF_MODULE_KLP);
 	init_stash.update(&id, &st);
-	return module_event(KLPT_MODULE_INIT, mod);
+	return module_event(KLPT_MODULE_INIT, mod, 1);
 }
 
 /* The module may be freed by now: use the name taken on entry. */
@@ -477,7 +546,7 @@ int do_init_module_return(struct pt_regs *ctx)
 /* free_module(): the last step of an unload, after the module's exit and klp_module_going */
 int free_module_entry(struct pt_regs *ctx)
 {
-	return module_event(KLPT_MODULE_FREE, (void *)PT_REGS_PARM1(ctx));
+	return module_event(KLPT_MODULE_FREE, (void *)PT_REGS_PARM1(ctx), 0);
 }
 
 /*
@@ -562,3 +631,136 @@ int callback_return(struct pt_regs *ctx)
 	cb_stash.delete(&id);
 	return 0;
 }
+
+/* ---- the state and shadow functions ---------------------------------------
+ * kernel/livepatch/state.c and shadow.c, all exported. An event is sent at the
+ * return, with what was returned. The functions call each other
+ * (klp_get_prev_state() calls klp_get_state(), the allocs call
+ * klp_shadow_get()): only the outermost call of a thread is recorded, told
+ * by the stack pointer (a nested call's is below the outer's).
+ *
+ * The caller: the return address, which user space resolves to a module in
+ * event order, against the text ranges do_init_module events carry (read
+ * from struct module while it is laid out) and a snapshot of /proc/kallsyms
+ * for modules loaded before the recording: a module unloaded soon after its
+ * call was still in that table when the call's event was decoded
+ * (record/callers.py). The kretprobe handler sees the real return address as
+ * its instruction pointer (__kretprobe_trampoline_handler() and
+ * rethook_trampoline_handler() set it), where an entry probe could read the
+ * kretprobe trampoline's instead. A tail call (a jmp) leaves its caller's
+ * caller there: when a traced callback tail-calls one of these functions
+ * (its stack pointer at entry is the callback's), ip is the callback's own
+ * address instead, in its module, and KLPT_F_CB_TAILCALL says so. A tail call
+ * from other module code is named after whoever called that code.
+ */
+
+static __always_inline int klp_api_entry(struct pt_regs *ctx, u32 op, u64 patch, u64 obj,
+					 u64 id, u64 size)
+{
+	u64 tid = bpf_get_current_pid_tgid();
+	struct klpt_api *outer = api_stash.lookup(&tid);
+	struct klpt_api a = {};
+
+	a.sp = PT_REGS_SP(ctx);
+	/* deeper than a call of this thread still running: a nested call */
+	if (outer && a.sp < outer->sp)
+		return 0;
+	a.op = op;
+	a.patch = patch;
+	a.obj = obj;
+	a.id = id;
+	a.size = size;
+	api_stash.update(&tid, &a);
+	return 0;
+}
+
+static __always_inline int klp_api_return(struct pt_regs *ctx)
+{
+	u64 tid = bpf_get_current_pid_tgid();
+	struct klpt_api *a = api_stash.lookup(&tid);
+	struct klpt_stash *cb;
+	struct klpt_event *e;
+	u64 ret = PT_REGS_RC(ctx);
+
+	/* after the return the stack pointer is above the entry's: else a nested return */
+	if (!a || PT_REGS_SP(ctx) <= a->sp)
+		return 0;
+	e = ev_new(a->op <= KLPT_OP_GET_PREV_STATE ? KLPT_STATE : KLPT_SHADOW);
+	if (e) {
+		e->op = a->op;
+		e->id = a->id;
+		e->ip = PT_REGS_IP(ctx);
+		cb = cb_stash.lookup(&tid);
+		if (cb) {
+			e->callback = cb->role;
+			__builtin_memcpy(e->patch, cb->patch, KLPT_NAME_LEN);
+			__builtin_memcpy(e->object, cb->object, KLPT_NAME_LEN);
+			if (cb->sp == a->sp) {
+				/* the callback's own address names its module */
+				e->flags |= KLPT_F_CB_TAILCALL;
+				e->ip = cb->ptr;
+			}
+		}
+		if (a->op == KLPT_OP_GET_STATE || a->op == KLPT_OP_GET_PREV_STATE) {
+			/* the state's patch, not the callback's */
+			if (a->op == KLPT_OP_GET_STATE)
+				patch_name(e->patch, (void *)a->patch);
+			else
+				patch_name(e->patch, transition_patch());
+			e->addr = ret;
+#if KLPT_STATE_SHAPE == 1
+			if (ret) {
+				e->version = read_u32((void *)ret, OFF_KLP_STATE_VERSION);
+				e->flags |= KLPT_F_FOUND;
+			}
+#endif
+		} else {
+			e->obj = a->obj;
+			e->size = a->size;
+			if (a->op != KLPT_OP_SHADOW_FREE && a->op != KLPT_OP_SHADOW_FREE_ALL)
+				e->addr = ret;
+		}
+		ev_send(e);
+	}
+	api_stash.delete(&tid);
+	return 0;
+}
+
+int klp_get_state_entry(struct pt_regs *ctx)
+{
+	return klp_api_entry(ctx, KLPT_OP_GET_STATE, PT_REGS_PARM1(ctx), 0, PT_REGS_PARM2(ctx), 0);
+}
+
+int klp_get_prev_state_entry(struct pt_regs *ctx)
+{
+	return klp_api_entry(ctx, KLPT_OP_GET_PREV_STATE, 0, 0, PT_REGS_PARM1(ctx), 0);
+}
+
+int klp_shadow_alloc_entry(struct pt_regs *ctx)
+{
+	return klp_api_entry(ctx, KLPT_OP_SHADOW_ALLOC, 0, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx),
+			     PT_REGS_PARM3(ctx));
+}
+
+int klp_shadow_get_or_alloc_entry(struct pt_regs *ctx)
+{
+	return klp_api_entry(ctx, KLPT_OP_SHADOW_GET_OR_ALLOC, 0, PT_REGS_PARM1(ctx),
+			     PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx));
+}
+
+int klp_shadow_get_entry(struct pt_regs *ctx)
+{
+	return klp_api_entry(ctx, KLPT_OP_SHADOW_GET, 0, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0);
+}
+
+int klp_shadow_free_entry(struct pt_regs *ctx)
+{
+	return klp_api_entry(ctx, KLPT_OP_SHADOW_FREE, 0, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0);
+}
+
+int klp_shadow_free_all_entry(struct pt_regs *ctx)
+{
+	return klp_api_entry(ctx, KLPT_OP_SHADOW_FREE_ALL, 0, 0, PT_REGS_PARM1(ctx), 0);
+}
+
+int klp_api_ret(struct pt_regs *ctx) { return klp_api_return(ctx); }

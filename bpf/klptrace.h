@@ -56,6 +56,9 @@
 
 /* flags */
 #define KLPT_F_LIVEPATCH	1	/* the module is a livepatch (mod->klp) */
+#define KLPT_F_FOUND		2	/* STATE: a state was found: version holds its version */
+#define KLPT_F_CB_TAILCALL	4	/* STATE, SHADOW: a traced callback tail-called the
+					   function: the caller is the callback's module */
 
 struct klpt_event {
 	__u64 ts_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
@@ -71,6 +74,19 @@ struct klpt_event {
 	char comm[KLPT_COMM_LEN];
 	char patch[KLPT_NAME_LEN];
 	char object[KLPT_NAME_LEN];
+	/*
+	 * STATE, SHADOW, STATE_DECLARED (ip: where the call returns to, the caller's code):
+	 *   addr: what the call returned (the klp_state *, the shadow data), obj: the
+	 *   shadow's object, id: the state or shadow id, size: the shadow's size
+	 * MODULE_INIT: addr, size: the module's core text; obj, id: its init text (start,
+	 *   size); all 0 when this kernel's struct module is not understood
+	 */
+	__u64 addr;
+	__u64 obj;
+	__u64 id;
+	__u64 size;
+	__u32 op;		/* KLPT_OP_* */
+	__u32 version;
 };
 
 #endif

@@ -39,7 +39,7 @@ def test_every_header_kind_is_python_s() -> None:
     defs = _header_defines()
     roles = {f"CB_{c.name}" for c in Callback}
     kinds = {name for name in defs if name not in roles and name not in
-             ("NAME_LEN", "COMM_LEN", "F_LIVEPATCH") and not name.startswith("OP_")}
+             ("NAME_LEN", "COMM_LEN") and not name.startswith(("OP_", "F_"))}
     assert kinds == {k.name for k in EventKind if k < 100}
     assert {name for name in defs if name.startswith("CB_")} == roles
 
@@ -71,7 +71,9 @@ def test_decode_follows_the_header_s_struct() -> None:
     values = {"ts_ns": 123456789, "ip": 0xffffffffc0001000, "pid": 41, "tid": 42,
               "kind": EventKind.CALLBACK, "ret": -19, "state": ModuleState.COMING,
               "callback": Callback.PRE_PATCH, "flags": 1, "pad": 0, "comm": b"insmod",
-              "patch": b"klptrace_lp", "object": b"klptrace_target"}
+              "patch": b"klptrace_lp", "object": b"klptrace_target",
+              "addr": 0xffff888004000010, "obj": 0xffff888003c1e000, "id": 42, "size": 24,
+              "op": 3, "version": 2}
     raw = probes._EVENT.pack(*(values[n] for n in names))
     ev = probes.decode(raw)
     assert ev == Event(EventKind.CALLBACK, 123456789, pid=41, tid=42, comm="insmod",
@@ -125,3 +127,38 @@ def test_a_bad_address_or_op_is_refused() -> None:
                 {"shadow_id": "7"}):
         with pytest.raises((ValueError, TypeError)):
             Event.from_json({**d, **bad})
+
+
+def test_decode_fills_the_state_and_shadow_fields_from_the_header_s_struct() -> None:
+    from klptrace.record import callers, probes
+
+    names = [n for n, _f in _header_layout()]
+    base = {"ts_ns": 9, "ip": 0xffffffffc0001234, "pid": 41, "tid": 42, "ret": 0, "state": 0,
+            "callback": Callback.POST_UNPATCH, "flags": 0, "pad": 0, "comm": b"rmmod",
+            "patch": b"lp", "object": b"vmlinux", "addr": 0xffff888004000010,
+            "obj": 0xffff888003c1e000, "id": 42, "size": 24, "version": 2}
+    known = callers.Callers()
+    known.loaded("lp", (0xffffffffc0001000, 0x1000), (0, 0))
+
+    def dec(kind: EventKind, op: int, flags: int = 0) -> Event:
+        v = {**base, "kind": kind, "op": op, "flags": flags}
+        return probes.decode(probes._EVENT.pack(*(v[n] for n in names)), known)
+
+    common = {"ts_ns": 9, "pid": 41, "tid": 42, "comm": "rmmod", "patch": "lp",
+              "object": "vmlinux", "callback": Callback.POST_UNPATCH, "caller": "lp"}
+    for n, op in OPS.items():
+        if isinstance(op, ShadowOp):
+            sized = op in (ShadowOp.ALLOC, ShadowOp.GET_OR_ALLOC)
+            assert dec(EventKind.SHADOW, n) == Event(
+                EventKind.SHADOW, op=op, shadow_id=42, size=24 if sized else None,
+                obj=None if op == ShadowOp.FREE_ALL else 0xffff888003c1e000,
+                addr=0xffff888004000010, **common), op  # type: ignore[arg-type]
+        else:
+            # a state found: F_FOUND (2); none: version None
+            assert dec(EventKind.STATE, n, flags=2) == Event(
+                EventKind.STATE, op=op, state_id=42, version=2, addr=None,
+                **common)  # type: ignore[arg-type]
+            assert dec(EventKind.STATE, n).version is None
+    declared = dec(EventKind.STATE_DECLARED, 0, flags=2)
+    assert (declared.state_id, declared.version, declared.patch, declared.caller) == (
+        42, 2, "lp", "")

@@ -162,6 +162,45 @@ class BTF:
             total += bits // 8
         return total
 
+    def has(self, struct_name: str, path: str) -> bool:
+        """Whether struct struct_name exists with a member path (a.b.c)."""
+        try:
+            self.offsetof(struct_name, path)
+        except BTFError:
+            return False
+        return True
+
+    def member_size(self, struct_name: str, path: str) -> int:
+        """sizeof a member: its type's size, 8 for a pointer (x86-64, arm64)."""
+        tid = self._struct_id(struct_name)
+        for part in path.split("."):
+            found = self._find_member(tid, part)
+            if found is None:
+                raise BTFError(f"struct {struct_name} has no member {path} in this kernel")
+            tid = found[1]
+        tid = self._resolve(tid)
+        _pos, _n, info, size_or_type = self._record(tid)
+        kind = (info >> 24) & 0x1F
+        if kind == _PTR:
+            return 8
+        if kind in (_INT, _STRUCT, _UNION, _ENUM, _ENUM64):
+            return size_or_type
+        raise BTFError(f"{struct_name}.{path} has no plain size (BTF kind {kind})")
+
+    def enum_value(self, name: str) -> int:
+        """The value of an enumerator (of any enum) by its name."""
+        offs = set(self._name_offsets(name))
+        if offs:
+            for tid in range(1, len(self._offsets)):
+                pos, _n, info, _size = self._record(tid)
+                if (info >> 24) & 0x1F != _ENUM:
+                    continue
+                for i in range(info & 0xFFFF):
+                    e_name, e_val = struct.unpack_from("=Ii", self._data, pos + 12 + 8 * i)
+                    if e_name in offs:
+                        return int(e_val)
+        raise BTFError(f"enumerator {name} is not in this kernel's BTF")
+
     def _find_member(self, tid: int, name: str) -> tuple[int, int] | None:
         tid = self._resolve(tid)
         for m_name, m_type, bits in self._members(tid):
@@ -197,10 +236,92 @@ FIELDS = {
 SIZES = {"SIZE_KLP_OBJECT": "klp_object"}
 
 
+#: KLPT_STATE_SHAPE: whether the state probes can read this kernel's struct klp_state
+STATE_OK, STATE_ABSENT, STATE_OTHER_SHAPE = 1, 2, 3
+#: KLPT_MODULE_TEXT: where struct module keeps its text (for the callers of the state and
+#: shadow functions): mem[MOD_TEXT] and mem[MOD_INIT_TEXT] since Linux kernel commit
+#: ac3b43283923 ("module: replace module_layout with module_memory") (in v6.4),
+#: core_layout and init_layout before; neither: callers are not resolved from BPF
+MODTEXT_MEM, MODTEXT_LAYOUT, MODTEXT_UNKNOWN = 1, 2, 3
+#: what the optional parts add (always these names, 0 when a part is unsupported)
+STATE_FIELDS = ("OFF_KLP_PATCH_STATES", "OFF_KLP_STATE_ID", "OFF_KLP_STATE_VERSION",
+                "SIZE_KLP_STATE", "KLPT_STATE_SHAPE")
+MODTEXT_FIELDS = ("OFF_MODULE_TEXT", "OFF_MODULE_TEXT_SIZE", "OFF_MODULE_INIT_TEXT",
+                  "OFF_MODULE_INIT_TEXT_SIZE", "KLPT_MODULE_TEXT")
+
+#: every name layout() gives a value
+LAYOUT_NAMES = (*FIELDS, *SIZES, *STATE_FIELDS, *MODTEXT_FIELDS)
+
+
 def layout(btf: BTF) -> dict[str, int]:
     """The offsets and sizes the BPF programs need, as -D name -> value."""
     out = {name: btf.offsetof(s, path) for name, (s, path) in FIELDS.items()}
     out.update({name: btf.sizeof(s) for name, s in SIZES.items()})
+    out.update(state_layout(btf))
+    out.update(module_text_layout(btf))
+    return out
+
+
+def state_layout(btf: BTF) -> dict[str, int]:
+    """struct klp_state and klp_patch.states, as kernel/livepatch/state.c reads them
+    (klp_for_each_state: an array ended by id 0), if this kernel's are that shape.
+
+    struct klp_state came with Linux kernel commit 73727f4dafae ("livepatch: Basic API to
+    track system state changes") and its version with "livepatch: Allow to distinguish
+    different version of system state changes" (both in v5.5). klptrace reads id as an
+    unsigned long and version as an unsigned int; members added beside them (a per-state
+    callbacks rework has been posted upstream) change nothing read here, as the array's
+    stride is sizeof(struct klp_state). Any other shape is STATE_OTHER_SHAPE: the state
+    probes are then not attached (probes.state_support says why)."""
+    out = dict.fromkeys(STATE_FIELDS, 0)
+    if not btf.has("klp_state", "id") or not btf.has("klp_patch", "states"):
+        out["KLPT_STATE_SHAPE"] = STATE_ABSENT
+        return out
+    try:
+        shaped = (btf.has("klp_state", "version") and btf.member_size("klp_state", "id") == 8
+                  and btf.member_size("klp_state", "version") == 4
+                  and btf.member_size("klp_patch", "states") == 8)
+    except BTFError:  # a member of no plain size (an array, a function)
+        shaped = False
+    if not shaped:
+        out["KLPT_STATE_SHAPE"] = STATE_OTHER_SHAPE
+        return out
+    out.update(OFF_KLP_PATCH_STATES=btf.offsetof("klp_patch", "states"),
+               OFF_KLP_STATE_ID=btf.offsetof("klp_state", "id"),
+               OFF_KLP_STATE_VERSION=btf.offsetof("klp_state", "version"),
+               SIZE_KLP_STATE=btf.sizeof("klp_state"), KLPT_STATE_SHAPE=STATE_OK)
+    return out
+
+
+def module_text_layout(btf: BTF) -> dict[str, int]:
+    """Where a struct module's core and init text start and how long they are."""
+    out = dict.fromkeys(MODTEXT_FIELDS, 0)
+    out["KLPT_MODULE_TEXT"] = MODTEXT_UNKNOWN
+    try:
+        if btf.has("module", "mem") and btf.has("module_memory", "base"):
+            mem, each = btf.offsetof("module", "mem"), btf.sizeof("module_memory")
+            base, size = btf.offsetof("module_memory", "base"), \
+                btf.offsetof("module_memory", "size")
+            if btf.member_size("module_memory", "size") != 4:
+                return out
+            text, init = btf.enum_value("MOD_TEXT"), btf.enum_value("MOD_INIT_TEXT")
+            out.update(OFF_MODULE_TEXT=mem + text * each + base,
+                       OFF_MODULE_TEXT_SIZE=mem + text * each + size,
+                       OFF_MODULE_INIT_TEXT=mem + init * each + base,
+                       OFF_MODULE_INIT_TEXT_SIZE=mem + init * each + size,
+                       KLPT_MODULE_TEXT=MODTEXT_MEM)
+        elif btf.has("module", "core_layout.text_size"):
+            if btf.member_size("module", "core_layout.text_size") != 4:
+                return out
+            out.update(OFF_MODULE_TEXT=btf.offsetof("module", "core_layout.base"),
+                       OFF_MODULE_TEXT_SIZE=btf.offsetof("module", "core_layout.text_size"),
+                       OFF_MODULE_INIT_TEXT=btf.offsetof("module", "init_layout.base"),
+                       OFF_MODULE_INIT_TEXT_SIZE=btf.offsetof("module",
+                                                              "init_layout.text_size"),
+                       KLPT_MODULE_TEXT=MODTEXT_LAYOUT)
+    except BTFError:
+        out = dict.fromkeys(MODTEXT_FIELDS, 0)
+        out["KLPT_MODULE_TEXT"] = MODTEXT_UNKNOWN
     return out
 
 
@@ -262,7 +383,7 @@ def _read_layout(path: Path) -> dict[str, int] | None:
             got = json.loads(f.read(_LAYOUT_MAX))
     except (OSError, ValueError, RecursionError):
         return None
-    if not isinstance(got, dict) or set(got) != set(FIELDS) | set(SIZES):
+    if not isinstance(got, dict) or set(got) != set(LAYOUT_NAMES):
         return None
     if not all(type(v) is int and 0 <= v < _LAYOUT_MAX for v in got.values()):
         return None  # a bool is an int to isinstance

@@ -140,6 +140,17 @@ class Build:
             self._error.__cause__ = e
         self.compile_s = time.monotonic() - t1
 
+    def define(self, name: str) -> int | None:
+        """The value a -D flag of the compile gives name (a layout value), if any."""
+        for flag in self._flags or ():
+            key, eq, value = flag[2:].partition("=")
+            if flag.startswith("-D") and eq and key == name:
+                try:
+                    return int(value, 0)
+                except ValueError:
+                    return None
+        return None
+
     def result(self) -> tuple[Any, Any]:
         """bcc's BPF class and the compiled module, once the thread is done."""
         while self._thread.is_alive():

@@ -10,6 +10,7 @@ the kernel is wedged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import struct
@@ -17,9 +18,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from klptrace.events import Callback, Event, EventKind, carries_ret, carries_state
+from klptrace.events import (
+    OPS,
+    Callback,
+    Event,
+    EventKind,
+    ShadowOp,
+    StateOp,
+    carries_ret,
+    carries_state,
+)
 from klptrace.kernel import child, kmsg, settings
-from klptrace.record import elf
+from klptrace.record import btf, elf
+from klptrace.record.callers import Callers
 
 # Build and check_kernel are what the commands start a recording with
 from klptrace.record.compiler import Build as Build
@@ -37,8 +48,9 @@ from klptrace.results import Probe
 RCU_EXPEDITED = "/sys/kernel/rcu_expedited"
 
 # struct klpt_event (bpf/klptrace.h)
-_EVENT = struct.Struct("<QQIIIiiIII16s56s56s")
-F_LIVEPATCH = 1
+_EVENT = struct.Struct("<QQIIIiiIII16s56s56sQQQQII")
+F_LIVEPATCH, F_FOUND, F_CB_TAILCALL = 1, 2, 4
+_KLP_DATA = (EventKind.STATE, EventKind.SHADOW, EventKind.STATE_DECLARED)
 
 #: symbol -> (entry program, return program); all on vmlinux
 CORE_PROBES: dict[str, tuple[str | None, str | None]] = {
@@ -62,18 +74,72 @@ CORE_PROBES: dict[str, tuple[str | None, str | None]] = {
     "devkmsg_write": ("devkmsg_write_entry", None),
 }
 
-def decode(raw: bytes) -> Event:
-    """A struct klpt_event from the ring buffer as an Event."""
-    ts, _ip, pid, tid, kind, ret, state, cb, flags, _pad, comm, patch, obj = _EVENT.unpack_from(raw)
+#: the state and shadow functions (kernel/livepatch/state.c, shadow.c): symbol -> entry
+#: program; each returns through klp_api_ret. The state ones read struct klp_state.
+STATE_PROBES = {"klp_get_state": "klp_get_state_entry",
+                "klp_get_prev_state": "klp_get_prev_state_entry"}
+SHADOW_PROBES = {"klp_shadow_alloc": "klp_shadow_alloc_entry",
+                 "klp_shadow_get_or_alloc": "klp_shadow_get_or_alloc_entry",
+                 "klp_shadow_get": "klp_shadow_get_entry",
+                 "klp_shadow_free": "klp_shadow_free_entry",
+                 "klp_shadow_free_all": "klp_shadow_free_all_entry"}
+API_RETURN = "klp_api_ret"
+
+
+def state_support(shape: int | None) -> str:
+    """Why the state probes cannot be attached on a kernel whose struct klp_state is
+    shape (btf.state_layout's KLPT_STATE_SHAPE), or "" when they can."""
+    if shape == btf.STATE_OK:
+        return ""
+    if shape == btf.STATE_ABSENT:
+        return ("not attached: this kernel's BTF has no struct klp_state or klp_patch.states "
+                "(they came in v5.5, commit 73727f4dafae \"livepatch: Basic API to track "
+                "system state changes\")")
+    if shape == btf.STATE_OTHER_SHAPE:
+        return ("not attached: this kernel's struct klp_state is not the shape klptrace reads "
+                "(an unsigned long id, an unsigned int version, klp_patch.states a pointer)")
+    return "not attached: this kernel's struct klp_state was not read from BTF"
+
+
+def decode(raw: bytes, callers: Callers | None = None) -> Event:
+    """A struct klpt_event from the ring buffer as an Event.
+
+    callers, given every event in the kernel's order, names the callers of the state and
+    shadow functions (and learns the modules' text from their do_init_module events)."""
+    (ts, ip, pid, tid, kind, ret, state, cb, flags, _pad, comm, patch, obj,
+     addr, obj_addr, ident, size, op, version) = _EVENT.unpack_from(raw)
     k = EventKind(kind)
-    return Event(
+    ev = Event(
         kind=k, ts_ns=ts, pid=pid, tid=tid,
         comm=_s(comm), patch=_s(patch), object=_s(obj),
         callback=Callback(cb) if cb else None,
-        state=state if carries_state(k) else None,
+        state=state if carries_state(k) and k not in _KLP_DATA else None,
         ret=ret if carries_ret(k, cb) else None,
         livepatch=bool(flags & F_LIVEPATCH),
     )
+    if callers is not None:
+        if k == EventKind.MODULE_INIT:
+            callers.loaded(ev.object, (addr, size), (obj_addr, ident))
+        elif k == EventKind.MODULE_INIT_RET:
+            callers.init_done(ev.object)
+        elif k == EventKind.MODULE_FREE:
+            callers.freed(ev.object)
+    if k not in _KLP_DATA:
+        return ev
+    found = bool(flags & F_FOUND)
+    if k == EventKind.STATE_DECLARED:
+        return dataclasses.replace(ev, state_id=ident, version=version)
+    the_op = OPS.get(op)
+    caller = callers.resolve(ip) if callers is not None else ""
+    if k == EventKind.STATE:
+        return dataclasses.replace(
+            ev, op=the_op if isinstance(the_op, StateOp) else None, state_id=ident,
+            version=version if found else None, caller=caller)
+    shadow = the_op if isinstance(the_op, ShadowOp) else None
+    return dataclasses.replace(
+        ev, op=shadow, obj=obj_addr if shadow != ShadowOp.FREE_ALL else None, shadow_id=ident,
+        size=size if shadow in (ShadowOp.ALLOC, ShadowOp.GET_OR_ALLOC) else None,
+        addr=addr or None, caller=caller)
 
 
 def _s(b: bytes) -> str:
@@ -94,6 +160,7 @@ class Probes:
         self.attach_s = 0.0
         self._sink: Callable[[Event], None] | None = None
         self._armed = ArmedCheck()
+        self._callers = Callers()
         #: after hand_off(): the pipe whose end, at klptrace's exit, starts the detaching
         self.exited_w: int | None = None
 
@@ -120,6 +187,9 @@ class Probes:
         t3 = time.monotonic()
         try:
             self._attach_core()
+            self._attach_state_and_shadow()
+            # after attaching: a module loaded since sends its text in do_init_module
+            self._callers = Callers.snapshot()
             if self._ko:
                 # from before the first event: the kernel's reasons for not arming one
                 self._armed.read_log(kmsg.KernelLog())
@@ -131,24 +201,40 @@ class Probes:
         self.attach_s = time.monotonic() - t3
 
     def _attach_core(self) -> None:
-        b = self._bpf
         for sym, (entry, ret) in CORE_PROBES.items():
             for fn, is_ret in ((entry, False), (ret, True)):
-                if fn is None:
+                if fn is not None:
+                    self._attach_one(sym, fn, is_ret)
+
+    def _attach_state_and_shadow(self) -> None:
+        """The state and shadow functions: an entry and a return probe each, the state
+        ones only where this kernel's struct klp_state is the shape the BPF reads."""
+        assert self._build is not None
+        why_not = state_support(self._build.define("KLPT_STATE_SHAPE"))
+        for probes_, not_attached in ((STATE_PROBES, why_not), (SHADOW_PROBES, "")):
+            for sym, entry in probes_.items():
+                if not_attached:
+                    for how in ("kprobe", "kretprobe"):
+                        self.status.append(Probe(f"{how}:{sym}", sym, False, not_attached))
                     continue
-                name = f"{'kretprobe' if is_ret else 'kprobe'}:{sym}"
-                try:
-                    if is_ret:
-                        b.attach_kretprobe(event=sym.encode(), fn_name=fn.encode())
-                    else:
-                        b.attach_kprobe(event=sym.encode(), fn_name=fn.encode())
-                except Exception as e:
-                    reason = str(e)
-                    if self._BPF.ksymname(sym.encode()) < 0:
-                        reason = f"{sym} is not in this kernel's symbols (inlined or absent)"
-                    self.status.append(Probe(name, sym, False, reason))
-                else:
-                    self.status.append(Probe(name, sym, True))
+                self._attach_one(sym, entry, False)
+                self._attach_one(sym, API_RETURN, True)
+
+    def _attach_one(self, sym: str, fn: str, is_ret: bool) -> None:
+        b = self._bpf
+        name = f"{'kretprobe' if is_ret else 'kprobe'}:{sym}"
+        try:
+            if is_ret:
+                b.attach_kretprobe(event=sym.encode(), fn_name=fn.encode())
+            else:
+                b.attach_kprobe(event=sym.encode(), fn_name=fn.encode())
+        except Exception as e:
+            reason = str(e)
+            if self._BPF.ksymname(sym.encode()) < 0:
+                reason = f"{sym} is not in this kernel's symbols (inlined or absent)"
+            self.status.append(Probe(name, sym, False, reason))
+        else:
+            self.status.append(Probe(name, sym, True))
 
     def _attach_callbacks(self) -> None:
         """kprobe events on each livepatch module's possible callbacks, armed at its load.
@@ -188,7 +274,7 @@ class Probes:
     def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
         import ctypes
 
-        ev = decode(ctypes.string_at(data, size))
+        ev = decode(ctypes.string_at(data, size), self._callers)
         self._armed.saw(ev)
         if self._sink is not None:
             self._sink(ev)

@@ -97,7 +97,7 @@ def test_the_layout_is_kept_per_build_id(tmp_path, monkeypatch: pytest.MonkeyPat
     notes.write_bytes(_notes((b"GNU", 3, b"\xab\xcd")))
     computed: list[str] = []
     monkeypatch.setattr(btf.BTF, "load", classmethod(lambda cls, path: computed.append(path)))
-    monkeypatch.setattr(btf, "layout", lambda b: {k: 8 for k in [*btf.FIELDS, *btf.SIZES]})
+    monkeypatch.setattr(btf, "layout", lambda b: {k: 8 for k in btf.LAYOUT_NAMES})
     first = btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
     again = btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
     assert first == again and computed == ["vmlinux"]  # read once, for this build
@@ -115,12 +115,12 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """BTF reads, counted; each gives the same layout (every value 8)."""
     computed: list[str] = []
     monkeypatch.setattr(btf.BTF, "load", classmethod(lambda cls, path: computed.append(path)))
-    monkeypatch.setattr(btf, "layout", lambda b: {k: 8 for k in [*btf.FIELDS, *btf.SIZES]})
+    monkeypatch.setattr(btf, "layout", lambda b: {k: 8 for k in btf.LAYOUT_NAMES})
     return computed
 
 
 def _each_name(value: str, extra: str = "") -> str:
-    return "{" + ", ".join(f'"{k}": {value}' for k in [*btf.FIELDS, *btf.SIZES]) + extra + "}"
+    return "{" + ", ".join(f'"{k}": {value}' for k in btf.LAYOUT_NAMES) + extra + "}"
 
 
 @pytest.mark.parametrize("text", [
@@ -142,7 +142,7 @@ def test_a_malformed_cached_layout_is_a_miss(tmp_path, monkeypatch: pytest.Monke
     saved.write_text(text)
     got = btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
     assert computed == ["vmlinux"]
-    assert got == {k: 8 for k in [*btf.FIELDS, *btf.SIZES]}
+    assert got == {k: 8 for k in btf.LAYOUT_NAMES}
     assert json.loads(saved.read_text()) == got
 
 
@@ -152,7 +152,7 @@ def test_a_well_formed_cached_layout_is_taken(tmp_path, monkeypatch: pytest.Monk
     computed = _counting(monkeypatch)
     saved = tmp_path / "cache" / "layout" / "abcd.json"
     saved.parent.mkdir(parents=True)
-    saved.write_text(json.dumps({k: i for i, k in enumerate([*btf.FIELDS, *btf.SIZES])}))
+    saved.write_text(json.dumps({k: i for i, k in enumerate(btf.LAYOUT_NAMES)}))
     got = btf.cached_layout(tmp_path / "cache", str(notes), "vmlinux")
     assert computed == [] and got["OFF_MODULE_NAME"] == 0 and got["SIZE_KLP_OBJECT"] == 15
 
@@ -184,3 +184,19 @@ def test_a_guest_shares_the_hosts_layouts(tmp_path) -> None:
     prefix, rwdir = btf.guest_layout_share(tmp_path / "cache")
     assert prefix == ["env", f"KLPTRACE_CACHE={tmp_path / 'cache'}"]
     assert rwdir == btf.layout_dir(tmp_path / "cache") == tmp_path / "cache" / "layout"
+
+
+def test_a_kernel_without_klp_state_or_module_text_says_so() -> None:
+    """No struct klp_state (before v5.5) and a struct module without mem[] or
+    core_layout: the optional parts are flagged unsupported, the layout still made."""
+    b = btf.BTF(_blob())
+    state = btf.state_layout(b)
+    assert state["KLPT_STATE_SHAPE"] == btf.STATE_ABSENT
+    assert set(state) == set(btf.STATE_FIELDS)
+    text = btf.module_text_layout(b)
+    assert text["KLPT_MODULE_TEXT"] == btf.MODTEXT_UNKNOWN and text["OFF_MODULE_TEXT"] == 0
+    assert b.member_size("module", "state") == 4
+    with pytest.raises(btf.BTFError, match="no plain size"):
+        b.member_size("module", "name")  # an array
+    with pytest.raises(btf.BTFError, match="enumerator MOD_TEXT"):
+        b.enum_value("MOD_TEXT")

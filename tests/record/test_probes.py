@@ -16,7 +16,7 @@ from util import DATA
 
 from klptrace.events import Event, EventKind
 from klptrace.kernel import kernelfs, kmsg
-from klptrace.record import kprobes, probes
+from klptrace.record import btf, callers, kprobes, probes
 
 
 @pytest.fixture(autouse=True)
@@ -255,16 +255,21 @@ class _Compiled:
 class _Build:
     import_s, layout_s, compile_s = 1.5, 0.25, 5.5
 
-    def __init__(self, bpf: _Compiled) -> None:
+    def __init__(self, bpf: _Compiled, state_shape: int = btf.STATE_OK) -> None:
         self.bpf = bpf
+        self.state_shape = state_shape
+
+    def define(self, name: str) -> int | None:
+        return {"KLPT_STATE_SHAPE": self.state_shape}.get(name)
 
     def result(self) -> tuple[Any, Any]:
         return _BPF, self.bpf
 
 
-def _raw(kind: EventKind, obj: str = "acme_lp", ts: int = 1) -> bytes:
-    return probes._EVENT.pack(ts, 0, 7, 7, kind, 0, 0, 0, 0, 0, b"insmod", b"acme_lp",
-                              obj.encode())
+def _raw(kind: EventKind, obj: str = "acme_lp", ts: int = 1, ip: int = 0, addr: int = 0,
+         obj_addr: int = 0, ident: int = 0, size: int = 0, op: int = 0) -> bytes:
+    return probes._EVENT.pack(ts, ip, 7, 7, kind, 0, 0, 0, 0, 0, b"insmod", b"acme_lp",
+                              obj.encode(), addr, obj_addr, ident, size, op, 0)
 
 
 @pytest.fixture
@@ -296,7 +301,11 @@ def test_open_attaches_the_core_and_each_module_s_callbacks(
     assert (cancel.ok, cancel.reason) == (
         False, "Failed to attach BPF program klp_cancel_transition_entry")
     assert len([a for a in bpf.attached if a[0] != "tracepoint"]) == sum(
-        (e is not None) + (r is not None) for e, r in probes.CORE_PROBES.values()) - 2
+        (e is not None) + (r is not None) for e, r in probes.CORE_PROBES.values()) - 2 + 2 * (
+        len(probes.STATE_PROBES) + len(probes.SHADOW_PROBES))
+    # each state and shadow function: its own entry program, the shared return one
+    assert ("kprobe", "klp_shadow_free", "klp_shadow_free_entry") in bpf.attached
+    assert ("kretprobe", "klp_get_prev_state", "klp_api_ret") in bpf.attached
     # an entry and a return kprobe event on each possible callback, as the kernel takes them
     assert bpf.loaded == ["callback_entry", "callback_return"]
     written = tracefs.read_text().splitlines()
@@ -372,3 +381,61 @@ def test_a_refused_kprobe_event_is_a_probe_with_the_kernel_s_reason(
     assert len(mine) == 12 and {(s.ok, s.reason) for s in mine} == {
         (False, "No such file or directory")}
     assert p.close() == []  # nothing of it to remove
+
+
+# -- the state and shadow functions -----------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [btf.STATE_ABSENT, btf.STATE_OTHER_SHAPE, None])
+def test_a_kernel_without_klp_state_gets_no_state_probes(
+        attach: tuple[probes.Probes, _Compiled, _Log], shape: int | None) -> None:
+    """Where struct klp_state is missing or not the shape the BPF reads, the state probes
+    are not attached (never a wrong read) and their status says why; the shadow ones are."""
+    p, bpf, _log = attach
+    assert p._build is not None
+    p._build.state_shape = shape  # type: ignore[attr-defined]
+    p.open(lambda _ev: None)
+    status = {s.name: s for s in p.status}
+    for sym in probes.STATE_PROBES:
+        for how in ("kprobe", "kretprobe"):
+            st = status[f"{how}:{sym}"]
+            assert not st.ok and st.reason.startswith("not attached: "), st
+            assert not any(a[1] == sym for a in bpf.attached)
+    assert ("73727f4dafae" in status["kprobe:klp_get_state"].reason) == (
+        shape == btf.STATE_ABSENT)
+    for sym in probes.SHADOW_PROBES:
+        assert status[f"kprobe:{sym}"].ok and status[f"kretprobe:{sym}"].ok
+
+
+def test_a_caller_is_named_though_its_module_is_gone_when_read(
+        attach: tuple[probes.Probes, _Compiled, _Log], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A post_unpatch callback frees a shadow variable, then the module is removed: by
+    the time klptrace reads the ring buffer the module's text is gone from the kernel
+    (and from /proc/kallsyms), but its do_init_module event came first and its
+    free_module event after the call: the call is still the module's."""
+    p, bpf, _log = attach
+    monkeypatch.setattr(callers.Callers, "snapshot",
+                        classmethod(lambda cls: cls((0xffffffff81000000, 0xffffffff82000000))))
+    got: list[Event] = []
+    p.open(got.append)
+    text, init = 0xffffffffc0a00000, 0xffffffffc0b00000
+    free, get = 6, 5  # KLPT_OP_SHADOW_FREE, _GET
+    bpf.queue = [
+        _raw(EventKind.MODULE_INIT, obj="acme_lp", ts=1, addr=text, size=0x3000,
+             obj_addr=init, ident=0x1000),
+        _raw(EventKind.SHADOW, ts=2, ip=init + 0x10, obj_addr=0xffff888003c1e000, ident=7,
+             op=get),  # from its init
+        _raw(EventKind.MODULE_INIT_RET, obj="acme_lp", ts=3),
+        _raw(EventKind.SHADOW, ts=4, ip=text + 0x2ff0, obj_addr=0xffff888003c1e000, ident=7,
+             op=free),
+        _raw(EventKind.SHADOW, ts=5, ip=0xffffffff81234567, ident=7, op=get),  # vmlinux
+        _raw(EventKind.MODULE_FREE, obj="acme_lp", ts=6),
+        # the same addresses, reused after the free: not acme_lp's any more
+        _raw(EventKind.SHADOW, ts=7, ip=text + 0x10, ident=7, op=get),
+        _raw(EventKind.SHADOW, ts=8, ip=init + 0x10, ident=7, op=get),
+    ]
+    p.poll(0)
+    shadow = [e for e in got if e.kind == EventKind.SHADOW]
+    assert [(e.ts_ns, e.caller) for e in shadow] == [
+        (2, "acme_lp"), (4, "acme_lp"), (5, "vmlinux"), (7, ""), (8, "")]
+    assert shadow[1].obj == 0xffff888003c1e000 and shadow[1].shadow_id == 7
