@@ -136,8 +136,9 @@ def test_set_up_state_is_found_by_its_successor(run: dict[str, Any]) -> None:
         calls = _calls(_scenario(run, sid))
         prev = [e for e in calls if e["op"] == "get_prev" and e["callback"] == "pre_patch"]
         assert [(e["patch"], e["version"]) for e in prev] == [(first, None), (second, v)], sid
-        made = {e["obj"] for e in calls if e["op"] == "get_or_alloc" and e["caller"] == first}
-        got = {e["obj"] for e in calls if e["op"] == "get" and e["caller"] == second
+        shadow = [e for e in calls if e["kind"] == "shadow"]
+        made = {e["obj"] for e in shadow if e["op"] == "get_or_alloc" and e["caller"] == first}
+        got = {e["obj"] for e in shadow if e["op"] == "get" and e["caller"] == second
                and e["callback"] == "pre_patch"}
         assert len(made) == 3 and got == made, sid
         frees = [(e["caller"], e["callback"]) for e in calls if e["op"] == "free_all"]
