@@ -204,6 +204,10 @@ TARGET=klptrace_target
 BUSY=klptrace_busy
 STALL=klptrace_stall
 STALL_LP=klptrace_stall_lp
+SHADOW=klptrace_shadow_target
+SLP1=klptrace_shadow_lp1
+SLP2=klptrace_shadow_lp2
+SLP3=klptrace_shadow_lp3
 
 setup_config
 
@@ -341,6 +345,63 @@ wait_transition $STALL_LP 0
 disable_lp $STALL_LP
 unload_lp $STALL_LP
 unload_mod $STALL
+collect_result
+
+# States and shadow variables (klptrace_shadow_lp.h)
+start_test state-setup-teardown
+load_mod $SHADOW
+load_lp $SLP1
+disable_lp $SLP1
+unload_lp $SLP1
+unload_mod $SHADOW
+collect_result
+
+start_test state-taken-over-by-replace
+load_mod $SHADOW
+load_lp $SLP1
+load_lp $SLP2
+disable_lp $SLP2
+unload_lp $SLP2
+unload_lp $SLP1
+unload_mod $SHADOW
+collect_result
+
+start_test compatible-cumulative-versions
+load_mod $SHADOW
+load_lp $SLP2
+load_lp $SLP3
+unload_lp $SLP2
+disable_lp $SLP3
+unload_lp $SLP3
+unload_mod $SHADOW
+collect_result
+
+start_test incompatible-version-refused
+load_mod $SHADOW
+load_lp $SLP3
+load_failing_mod $SLP2
+load_failing_mod $SLP1
+disable_lp $SLP3
+unload_lp $SLP3
+unload_mod $SHADOW
+collect_result
+
+start_test shadow-kept-across-replace
+load_mod $SHADOW
+load_lp $SLP1
+load_lp $SLP2
+unload_lp $SLP1
+disable_lp $SLP2
+unload_lp $SLP2
+unload_mod $SHADOW
+collect_result
+
+start_test shadow-leak-reported
+load_mod $SHADOW
+load_lp $SLP1 leak=Y
+disable_lp $SLP1
+unload_lp $SLP1
+unload_mod $SHADOW
 collect_result
 
 exit 0

@@ -1,5 +1,6 @@
 """The checker on saved real recordings (tests/data/run-6.1.json and, of the stall
-scenarios, run-stall-6.1.json, recorded in the lab guest on Debian's 6.1): it passes them
+scenarios, run-stall-6.1.json, of the state and shadow scenarios, run-shadow-6.1.json,
+recorded in the lab guest on Debian's 6.1): it passes them
 as they are, and fails them when an event is dropped, two are swapped, or a value changes.
 """
 
@@ -18,11 +19,14 @@ from klptrace.results import Probe, Recording, Status, Verdict
 
 SCENARIOS = {s.id: s for s in scenario.load_dir()}
 _STALL_RUN = json.loads((DATA / "run-stall-6.1.json").read_text())
+_SHADOW_RUN = json.loads((DATA / "run-shadow-6.1.json").read_text())
 
 
 def _recording(sid: str) -> Recording:
-    # the stall scenarios of issue 22 were recorded in a run of their own
-    run = next(r for r in (saved_run(), _STALL_RUN) if any(s["id"] == sid for s in r["scenarios"]))
+    # the stall scenarios of issue 22, and the state and shadow ones of issue 21, were
+    # recorded in runs of their own
+    run = next(r for r in (saved_run(), _STALL_RUN, _SHADOW_RUN)
+               if any(s["id"] == sid for s in r["scenarios"]))
     sd = next(s for s in run["scenarios"] if s["id"] == sid)
     return Recording.from_json({"events": sd["events"], "lost_events": sd["lost_events"],
                                 "probes": run["probes"]})

@@ -29,7 +29,7 @@ def _main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str
 
 def test_list(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _main(capsys, "list")
-    assert code == 0 and len(out.splitlines()) == 14 and out.startswith("target-module-before")
+    assert code == 0 and len(out.splitlines()) == 20 and out.startswith("target-module-before")
 
 
 def test_check_saved_run_passes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,8 +9,9 @@ import json
 from collections.abc import Iterator, Sequence
 
 import pytest
+import util
 
-from klptrace import checker, ledger
+from klptrace import checker, ledger, scenario
 from klptrace.events import (
     KLP_PATCHED,
     KLP_UNPATCHED,
@@ -372,3 +373,49 @@ def test_a_hostile_saved_event_is_one_clean_error(field: str, value: object) -> 
     with pytest.raises(RecordingError) as e:
         load(d, "saved.json")
     assert "is malformed" in e.value.message
+
+
+# --- real recordings: scenarios 15 to 20 in the lab guest on 6.1 (run-shadow-6.1.json) -------
+
+def _real(sid: str) -> tuple[list[str], Recording]:
+    run = json.loads((util.DATA / "run-shadow-6.1.json").read_text())
+    sd = next(s for s in run["scenarios"] if s["id"] == sid)
+    sc = next(s for s in scenario.load_dir() if s.id == sid)
+    return list(sc.expect), Recording.from_json(
+        {"events": sd["events"], "lost_events": sd["lost_events"], "probes": run["probes"]})
+
+
+LP1, LP2, LP3 = "klptrace_shadow_lp1", "klptrace_shadow_lp2", "klptrace_shadow_lp3"
+
+
+def test_real_variables_allocated_by_one_patch_are_freed_by_its_successor() -> None:
+    _expect, rec = _real("shadow-kept-across-replace")
+    klp = ledger.of(rec.events)
+    assert [(v.shadow_id, v.allocated_by, v.freed_by) for v in klp.variables] == [
+        (21, LP1, LP2)] * 3
+    assert not klp.problems and not klp.leaks and klp.installed == ()
+    assert klp.states[(LP1, 21)].version == klp.states[(LP2, 21)].version == 1
+
+
+def test_real_free_all_dropped_is_a_leak_of_each_variable() -> None:
+    expect, rec = _real("state-setup-teardown")
+    rec.events = [e for e in rec.events if e.op != ShadowOp.FREE_ALL]
+    v = checker.judge(expect, rec)
+    assert v.status == Status.ERROR
+    assert [(k.shadow_id, k.allocated_by) for k in v.shadow_leaks] == [(21, LP1)] * 3
+    assert "was never freed" in v.explanation
+
+
+def test_real_leak_unstated_is_an_error_and_stated_passes() -> None:
+    expect, rec = _real("shadow-leak-reported")
+    assert checker.judge(expect, rec).status == Status.PASS
+    unstated = [x for x in expect if not x.startswith("shadow leak: ")]
+    v = checker.judge(unstated, rec)
+    assert v.status == Status.ERROR and f"allocated by {LP1}" in v.explanation
+
+
+def test_real_refusals_name_the_installed_state() -> None:
+    _expect, rec = _real("incompatible-version-refused")
+    klp = ledger.of(rec.events)
+    assert [(r.patch, r.state_id, r.version, r.installed, r.installed_version)
+            for r in klp.refusals] == [(LP2, 21, 1, LP3, 2), (LP1, 21, 1, LP3, 2)]

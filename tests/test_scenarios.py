@@ -15,10 +15,13 @@ IDS = [
     "multiple-target-modules", "busy-target-module", "multiple-livepatches", "atomic-replace",
     # the stalls of issue 22, each ended the way the kernel promises
     "stall-reader-signal-round", "stall-reader-uninterruptible", "stall-sleeping-kthread",
+    # states and shadow variables (issue 21)
+    "state-setup-teardown", "state-taken-over-by-replace", "compatible-cumulative-versions",
+    "incompatible-version-refused", "shadow-kept-across-replace", "shadow-leak-reported",
 ]
 
 
-def test_builtin_scenarios_are_the_eleven() -> None:
+def test_builtin_scenarios_are_the_twenty() -> None:
     scs = scenario.load_dir()
     assert [s.id for s in scs] == IDS
     for s in scs:

@@ -43,7 +43,9 @@ def module_dir() -> Path:
     try:
         return run_cmd.module_dir(os.environ.get("KLPTRACE_MODULES"),
                                    ["klptrace_target", "klptrace_busy", "klptrace_lp",
-                                    "klptrace_lp2", "klptrace_stall", "klptrace_stall_lp"])
+                                    "klptrace_lp2", "klptrace_stall", "klptrace_stall_lp",
+                                    "klptrace_shadow_target", "klptrace_shadow_lp1",
+                                    "klptrace_shadow_lp2", "klptrace_shadow_lp3"])
     except NotSupported as e:
         skip_or_fail(str(e))
         raise
