@@ -224,7 +224,7 @@ def test_report_shadow_figures_per_ring_and_burst() -> None:
     rows = {f: (v, t) for f, v, t in run.shadow_rows(_shadow_doc())}
     ring = "ring buffer 64 pages (256 KiB)"
     assert rows[f"shadow, {ring}: 10,000 gets"] == (
-        "10,000 recorded, 0 lost (met); 199,980 events/s", "lost 0")
+        "10,000 recorded, 0 lost (met); sent at 199,980 events/s", "lost 0")
     assert rows["  the loop traced / untraced; the probes per call"][0] == \
         "60.0 / 1.0 ms; 5.9 us"
     assert rows[f"shadow, {ring}: highest N with lost 0"][0] == "10,000"
@@ -237,10 +237,15 @@ def test_report_shadow_figures_per_ring_and_burst() -> None:
 def test_report_shadow_says_what_was_lost_and_when_the_counts_disagree() -> None:
     rows = {f: v for f, v, _t in run.shadow_rows(_shadow_doc(missing=600, lost=500))}
     ring = "ring buffer 64 pages (256 KiB)"
-    assert rows[f"shadow, {ring}: 10,000 gets"].startswith("9,400 recorded, 600 lost (MISSED)")
+    # the reader kept 9,400 - 1,170 (what 64 pages hold) in the loop's 60 ms
+    assert rows[f"shadow, {ring}: 10,000 gets"] == \
+        "9,400 recorded, 600 lost (MISSED); the reader drained 137,167 events/s while it ran"
     assert rows[f"shadow, {ring}: highest N with lost 0"] == "none of 10,000"
     assert rows["  the recorder's lost_events, all bursts / its exit / its CPU"] == \
         "500 (the bursts miss 600) / 1 / 12.3 s"
+    rows = {f: v for f, v, _t in run.shadow_rows(_shadow_doc(missing=9_000, lost=9_000))}
+    assert rows[f"shadow, {ring}: 10,000 gets"] == \
+        "1,000 recorded, 9,000 lost (MISSED); the reader drained none while the loop ran"
 
 
 def test_a_shadow_only_run_reports_the_shadow_figures_alone_and_a_full_run_adds_them() -> None:
