@@ -12,7 +12,10 @@ In one boot, on the running kernel, in this order:
       CPU-bound kthread), from the moment the transition reads 1 until
       `klptrace stall --format json` has named that task correctly;
   load    one scenario with N extra sleeping threads (lost events, CPU
-      time), and the same scenario without them.
+      time), and the same scenario without them;
+  shadow  bursts of klp_shadow_get() calls under `klptrace trace`: events
+      recorded and lost, events per second, the probes' cost per call
+      (bench/shadow.py).
 It writes one JSON document to --out. The figures are printed by run.py.
 """
 
@@ -328,13 +331,21 @@ def load(modules: str, threads: int, work: Path) -> dict[str, Any]:
         helper.wait(timeout=120)
 
 
+def shadow(modules: str, work: Path) -> dict[str, Any]:
+    """The shadow part: bench/shadow.py, beside this file."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from shadow import measure
+
+    return measure(modules, work)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--modules", required=True, help="the test modules built for this kernel")
     ap.add_argument("--out", required=True, help="where to write the JSON figures")
     ap.add_argument("--threads", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=3, help="pairs of a and b")
-    ap.add_argument("--only", choices=["stall"], help="measure only this part")
+    ap.add_argument("--only", choices=["stall", "shadow"], help="measure only this part")
     args = ap.parse_args()
     out = Path(args.out)
     work = out.parent
@@ -352,6 +363,10 @@ def main() -> int:
         doc["only"] = "stall"
         step("stall", stall, args.modules)
         return 0
+    if args.only == "shadow":
+        doc["only"] = "shadow"
+        step("shadow", shadow, args.modules, work)
+        return 0
     # Rounds of a then b: a transition takes one or two of the kernel's 1 s
     # tries, so one pair's ratio swings by about 0.1; the median of a few
     # does not. Round 1's a is the cold one (bcc's libraries never read).
@@ -368,6 +383,7 @@ def main() -> int:
         doc["klptrace_warm"] = rounds[1]["klptrace"]
     step("stall", stall, args.modules)
     step("load", load, args.modules, args.threads, work)
+    step("shadow", shadow, args.modules, work)
     return 0
 
 

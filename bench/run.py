@@ -132,12 +132,69 @@ def stall_rows(st: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+# a record in the BPF ring buffer: struct klpt_event (bpf/klptrace.h, 216 bytes) and the
+# ring buffer's 8-byte header (BPF_RINGBUF_HDR_SZ, kernel/bpf/ringbuf.c)
+EVENT_BYTES = 224
+PAGE_BYTES = 4096
+
+
+def _rate(b: dict[str, Any], pages: int) -> str:
+    """A burst's events per second: how fast the loop sent them when none was lost; else
+    how fast the reader drained the ring buffer while the loop ran (what it kept beyond
+    what the buffer holds, over the loop's time), the rate the recorder sustains."""
+    if b["missing"] == 0:
+        rate = b.get("events_per_s")
+        return f"; sent at {rate:,} events/s" if rate else ""
+    kept = b["recorded"] - pages * PAGE_BYTES // EVENT_BYTES
+    if kept <= 0 or not b.get("traced_ns"):
+        return "; the reader drained none while the loop ran"
+    return f"; the reader drained {kept / (b['traced_ns'] / 1e9):,.0f} events/s while it ran"
+
+
+def _ms(ns: Any) -> str:
+    return f"{ns / 1e6:.1f}" if isinstance(ns, (int, float)) else "n/a"
+
+
+def shadow_rows(sh: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Per ring buffer size, per burst of klp_shadow_get() calls: events recorded and lost,
+    their rate, the loop's time traced and untraced; the highest burst with lost 0."""
+    if "error" in sh:
+        return [("shadow: klp_shadow_get() bursts under `klptrace trace`", sh["error"], "lost 0")]
+    rows = []
+    for t in sh.get("traces", []):
+        ring = f"ring buffer {t.get('pages')} pages ({t.get('pages', 0) * 4:,} KiB)"
+        if "error" in t:
+            rows.append((f"shadow, {ring}", f"{t['error']} (exit {t.get('exit')})", "lost 0"))
+            continue
+        bs = t.get("bursts", [])
+        for b in bs:
+            rows.append((f"shadow, {ring}: {b['n']:,} gets",
+                         f"{b['recorded']:,} recorded, {b['missing']:,} lost"
+                         + _mark(b["missing"] == 0) + _rate(b, t.get("pages", 0)), "lost 0"))
+            per = b.get("probe_ns_per_call")
+            rows.append(("  the loop traced / untraced; the probes per call",
+                         f"{_ms(b.get('traced_ns'))} / {_ms(b.get('untraced_ns'))} ms; "
+                         + (f"{per / 1000:.1f} us" if isinstance(per, (int, float)) else "n/a"),
+                         ""))
+        best = t.get("highest_clean_n")
+        rows.append((f"shadow, {ring}: highest N with lost 0",
+                     f"{best:,}" if best else "none of " + ", ".join(f"{b['n']:,}" for b in bs),
+                     ""))
+        lost, missing = t.get("lost_events"), sum(b["missing"] for b in bs)
+        rows.append(("  the recorder's lost_events, all bursts / its exit / its CPU",
+                     f"{lost}" + ("" if lost == missing else f" (the bursts miss {missing})")
+                     + f" / {t.get('exit')} / {_f(t.get('cpu_s'))}", ""))
+    return rows
+
+
 def figures(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(figure, value, target) rows for one kernel."""
     a, b, a2 = d.get("klptrace", {}), d.get("harness", {}), d.get("klptrace_warm", {})
     st, ld = d.get("stall", {}), d.get("load", {})
     if d.get("only") == "stall":
         return stall_rows(st)
+    if d.get("only") == "shadow":
+        return shadow_rows(d.get("shadow", {}))
     rows: list[tuple[str, str, str]] = []
 
     def run_value(r: dict[str, Any]) -> str:
@@ -227,6 +284,8 @@ def figures(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     if a.get("cpu_recording_s") is not None:
         rows.append(("a: recorder CPU while recording, user + sys / whole process",
                      f"{_cpu(a)} / {_f(a['cpu_s'])}", ""))
+    if "shadow" in d:
+        rows.extend(shadow_rows(d["shadow"]))
     return rows
 
 
@@ -279,13 +338,22 @@ def main() -> int:
                     "and latest, the newest kernel Debian carries)")
     ap.add_argument("-o", "--output", default=str(REPO / "bench" / "results.md"))
     ap.add_argument("--threads", type=int, default=5000, help="sleeping threads for the load")
-    ap.add_argument("--only", choices=["stall"],
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="boot nothing: write the markdown of figures a run kept (its .json)")
+    ap.add_argument("--only", choices=["stall", "shadow"],
                     help="measure only this part (default output: bench/results-<part>.md)")
     args = ap.parse_args()
     if args.only and args.output == str(REPO / "bench" / "results.md"):
         args.output = str(REPO / "bench" / f"results-{args.only}.md")
     specs = args.kernel or ["6.1", "latest"]
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if args.from_json:
+        kept = Path(args.from_json)
+        when = datetime.datetime.fromtimestamp(kept.stat().st_mtime, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M UTC")
+        Path(args.output).write_text(markdown(json.loads(kept.read_text()), when))
+        print(f"written to {args.output}")
+        return 0
     docs = []
     for spec in specs:
         try:
@@ -294,13 +362,16 @@ def main() -> int:
             print(f"bench: error: {e}", file=sys.stderr)
             return 1
         d = docs[-1]
+        # the guest's own figures, kept as they came (after each kernel: a later one may fail)
+        Path(args.output).with_suffix(".json").write_text(json.dumps(docs, indent=1) + "\n")
         others = f", another guest ran {d['others_share']:.0%} of the time" \
             if d["others_share"] else ""
         print(f"\n{d['kernel']} ({d['accel']}, {d.get('cpus')} vCPU(s){others})")
         for f, v, t in figures(d):
             print(f"  {f:<58} {v}" + (f"   [target {t}]" if t else ""))
     Path(args.output).write_text(markdown(docs, when))
-    print(f"\nwritten to {args.output}")
+    print(f"\nwritten to {args.output} (the guest's figures: "
+          f"{Path(args.output).with_suffix('.json')})")
     return 0
 
 

@@ -174,3 +174,90 @@ def test_a_b_ratios_count_a_run_that_passed_every_scenario() -> None:
     b = {"wall_s": 20.0, "exit": 0}
     assert run.round_ratios({"rounds": [{"klptrace": ok, "harness": b},
                                         {"klptrace": bad, "harness": b}]}) == [0.5]
+
+
+shadow = _load("shadow")
+
+
+def _get(ts: int, shadow_id: int = shadow.BENCH_ID, op: str = "get") -> dict[str, object]:
+    return {"kind": "shadow", "op": op, "ts_ns": ts, "shadow_id": shadow_id, "obj": "0x10"}
+
+
+def test_shadow_bursts_count_the_bench_gets_inside_each_window() -> None:
+    events = [_get(15), _get(11), _get(12), _get(13, shadow_id=7), _get(14, op="alloc"),
+              {"kind": "module_load", "ts_ns": 12}, _get(31), _get(40)]
+    gets = shadow.bench_gets(events)
+    assert gets == [11, 12, 15, 31, 40]
+    windows = [{"n": 3, "start_ns": 10, "end_ns": 20, "last_ns": 9_000},
+               {"n": 4, "start_ns": 30, "end_ns": 35, "last_ns": 8_000}]
+    bs = shadow.bursts(windows, gets, {3: 3_000, 4: 4_000})
+    assert bs[0] == {"n": 3, "recorded": 3, "missing": 0, "span_ns": 4, "traced_ns": 9_000,
+                     "untraced_ns": 3_000, "events_per_s": 500_000_000,
+                     "probe_ns_per_call": 2_000}
+    # the gets at 40 came after the second window: not this burst's
+    assert (bs[1]["recorded"], bs[1]["missing"], bs[1]["events_per_s"]) == (1, 3, None)
+    assert shadow.highest_clean(bs) == 3
+    assert shadow.highest_clean(bs[1:]) is None
+
+
+def test_shadow_big_ring_is_a_power_of_two_and_holds_the_largest_burst() -> None:
+    assert shadow.BIG_PAGES & (shadow.BIG_PAGES - 1) == 0
+    # 224 bytes an event: struct klpt_event and the ring buffer's 8-byte record header
+    assert shadow.BIG_PAGES * 4096 // 224 > max(shadow.BURSTS)
+    assert shadow.DEFAULT_PAGES * 4096 // 224 < max(shadow.BURSTS)
+    bigring = _load("bigring")
+    with pytest.raises(SystemExit, match="not a power of two"):
+        bigring.with_pages(100)
+
+
+def _shadow_doc(missing: int = 0, lost: int = 0) -> dict[str, object]:
+    b = {"n": 10_000, "recorded": 10_000 - missing, "missing": missing, "span_ns": 50_000_000,
+         "traced_ns": 60_000_000, "untraced_ns": 1_000_000, "events_per_s": 199_980,
+         "probe_ns_per_call": 5_900}
+    return {"bursts": [10_000], "untraced_ns": {10_000: 1_000_000}, "traces": [
+        {"pages": 64, "exit": 1 if lost else 0, "cpu_s": 12.3, "lost_events": lost,
+         "bursts": [b], "highest_clean_n": None if missing else 10_000},
+        {"pages": 8192, "exit": 1, "error": "no results: gone"}]}
+
+
+def test_report_shadow_figures_per_ring_and_burst() -> None:
+    rows = {f: (v, t) for f, v, t in run.shadow_rows(_shadow_doc())}
+    ring = "ring buffer 64 pages (256 KiB)"
+    assert rows[f"shadow, {ring}: 10,000 gets"] == (
+        "10,000 recorded, 0 lost (met); sent at 199,980 events/s", "lost 0")
+    assert rows["  the loop traced / untraced; the probes per call"][0] == \
+        "60.0 / 1.0 ms; 5.9 us"
+    assert rows[f"shadow, {ring}: highest N with lost 0"][0] == "10,000"
+    assert rows["  the recorder's lost_events, all bursts / its exit / its CPU"][0] == \
+        "0 / 0 / 12.3 s"
+    assert rows["shadow, ring buffer 8192 pages (32,768 KiB)"][0] == \
+        "no results: gone (exit 1)"
+
+
+def test_report_shadow_says_what_was_lost_and_when_the_counts_disagree() -> None:
+    rows = {f: v for f, v, _t in run.shadow_rows(_shadow_doc(missing=600, lost=500))}
+    ring = "ring buffer 64 pages (256 KiB)"
+    # the reader kept 9,400 - 1,170 (what 64 pages hold) in the loop's 60 ms
+    assert rows[f"shadow, {ring}: 10,000 gets"] == \
+        "9,400 recorded, 600 lost (MISSED); the reader drained 137,167 events/s while it ran"
+    assert rows[f"shadow, {ring}: highest N with lost 0"] == "none of 10,000"
+    assert rows["  the recorder's lost_events, all bursts / its exit / its CPU"] == \
+        "500 (the bursts miss 600) / 1 / 12.3 s"
+    rows = {f: v for f, v, _t in run.shadow_rows(_shadow_doc(missing=9_000, lost=9_000))}
+    assert rows[f"shadow, {ring}: 10,000 gets"] == \
+        "1,000 recorded, 9,000 lost (MISSED); the reader drained none while the loop ran"
+
+
+def test_a_shadow_only_run_reports_the_shadow_figures_alone_and_a_full_run_adds_them() -> None:
+    d = {**_doc(shadow=_shadow_doc()), "only": "shadow"}
+    assert [f for f, _v, _t in run.figures(d)] == [f for f, _v, _t in run.shadow_rows(
+        _shadow_doc())]
+    assert run.markdown([d], "2025-01-01 00:00 UTC").startswith(
+        "# klptrace benchmark results: shadow only\n\nWritten by `bench/run.py --only shadow`")
+    full = [f for f, _v, _t in run.figures(_doc(shadow=_shadow_doc()))]
+    assert full[-2:] == ["  the recorder's lost_events, all bursts / its exit / its CPU",
+                         "shadow, ring buffer 8192 pages (32,768 KiB)"]
+    assert not any(f.startswith("shadow") for f, _v, _t in run.figures(_doc()))
+    err = run.figures(_doc(shadow={"error": "CalledProcessError: insmod"}))
+    assert err[-1] == ("shadow: klp_shadow_get() bursts under `klptrace trace`",
+                       "CalledProcessError: insmod", "lost 0")
