@@ -3,7 +3,7 @@
     python3 bench/bigring.py PAGES trace ...     (PAGES a power of two)
 
 The ring buffer's size is the macro KLPT_RINGBUF_PAGES of bpf/klptrace.bpf.c,
-64 pages unless the compile defines it; klptrace passes no -D flag for it, so
+8192 pages unless the compile defines it; klptrace passes no -D flag for it, so
 this appends one to the flags record/compiler.py's cflags() returns (Build
 calls it by name) and runs klptrace's command line as `python3 -m klptrace`.
 """

@@ -200,11 +200,13 @@ def test_shadow_bursts_count_the_bench_gets_inside_each_window() -> None:
     assert shadow.highest_clean(bs[1:]) is None
 
 
-def test_shadow_big_ring_is_a_power_of_two_and_holds_the_largest_burst() -> None:
-    assert shadow.BIG_PAGES & (shadow.BIG_PAGES - 1) == 0
+def test_shadow_default_ring_is_bpf_s_a_power_of_two_and_holds_the_largest_burst() -> None:
+    src = (REPO / "bpf" / "klptrace.bpf.c").read_text()
+    assert f"#define KLPT_RINGBUF_PAGES {shadow.DEFAULT_PAGES}\n" in src
+    assert shadow.DEFAULT_PAGES & (shadow.DEFAULT_PAGES - 1) == 0
     # 224 bytes an event: struct klpt_event and the ring buffer's 8-byte record header
-    assert shadow.BIG_PAGES * 4096 // 224 > max(shadow.BURSTS)
-    assert shadow.DEFAULT_PAGES * 4096 // 224 < max(shadow.BURSTS)
+    assert shadow.DEFAULT_PAGES * 4096 // 224 > max(shadow.BURSTS)
+    assert shadow.SMALL_PAGES * 4096 // 224 < max(shadow.BURSTS)
     bigring = _load("bigring")
     with pytest.raises(SystemExit, match="not a power of two"):
         bigring.with_pages(100)
