@@ -101,11 +101,15 @@ test-all:
 bench: test-kernels
 	$(VENV)/bin/python bench/run.py $(foreach k,$(TEST_KERNELS),--kernel $(k))
 
-# The README's picture: the HTML report of busy-target-module from the saved
-# run, drawn by headless Chromium.
+# The README's pictures: the HTML report of busy-target-module and of two state and
+# shadow scenarios from the saved runs, drawn by headless Chromium.
 screenshot: venv test-deb-packages
 	$(VENV)/bin/python tests/browser.py tests/data/run-busy-6.1.json busy-target-module \
 		docs/busy-target-module.png
+	$(VENV)/bin/python tests/browser.py tests/data/run-shadow-6.1.json \
+		state-taken-over-by-replace docs/state-taken-over-by-replace.png
+	$(VENV)/bin/python tests/browser.py tests/data/run-shadow-6.1.json \
+		shadow-leak-reported docs/shadow-leak-reported.png
 
 # Lint (ruff), types (mypy --strict on the whole package, and on the kernel tests, which
 # run only inside a guest: this is what checks them offline) and every test that boots

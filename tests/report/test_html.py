@@ -355,12 +355,15 @@ def test_matrix_has_a_column_per_kernel() -> None:
     assert row.index("✓ PASS") < row.index("✗ FAIL") < row.index("</tr>")
 
 
-def test_readme_shows_the_screenshot() -> None:
-    png = REPO / "docs" / "busy-target-module.png"
+@pytest.mark.parametrize("name", ["busy-target-module", "state-taken-over-by-replace",
+                                  "shadow-leak-reported"])
+def test_readme_shows_the_screenshot(name: str) -> None:
+    png = REPO / "docs" / f"{name}.png"
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert 10_000 < len(data) < 300_000
-    assert "docs/busy-target-module.png" in (REPO / "README.md").read_text()
+    assert 10_000 < len(data) < 400_000
+    assert f"docs/{name}.png" in (REPO / "README.md").read_text()
+    assert f"docs/{name}.png" in (REPO / "Makefile").read_text()  # `make screenshot` draws it
 
 
 # ---- in a real browser ----
