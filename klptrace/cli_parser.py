@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 EPILOG = """\
 examples:
-  sudo klptrace run                    run the 11 callback scenarios on this kernel
+  sudo klptrace run                    run every scenario (klptrace list) on this kernel
   klptrace run --vm                    the same in the lab VM (this Debian's stock kernel)
   klptrace run --vm --kernel latest    the same on the newest kernel Debian carries
   klptrace run --vm --kernel sid       ... on sid's (also: 6.1, 6.12, trixie, 7.3, a release)

@@ -33,7 +33,7 @@ def lab_kernel() -> Any:
 
 
 def saved_run() -> dict[str, Any]:
-    """A real run of all 11 scenarios recorded in the lab guest (6.1)."""
+    """A real run of the first 11 scenarios recorded in the lab guest (6.1)."""
     doc: dict[str, Any] = json.loads((DATA / "run-6.1.json").read_text())
     return doc
 
