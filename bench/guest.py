@@ -148,16 +148,21 @@ def _transition(patch: str) -> str | None:
         return None
 
 
-def _blocked_tids(func: str) -> set[int]:
-    """Threads whose kernel stack has func on it (the truth, from /proc)."""
+def _tids_where(name: str, ok: Any) -> set[int]:
+    """Threads whose /proc/<pid>/task/<tid>/<name> text ok() accepts (the truth, from /proc)."""
     out = set()
-    for stack in Path("/proc").glob("[0-9]*/task/[0-9]*/stack"):
+    for f in Path("/proc").glob(f"[0-9]*/task/[0-9]*/{name}"):
         try:
-            if func in stack.read_text():
-                out.add(int(stack.parent.name))
+            if ok(f.read_text()):
+                out.add(int(f.parent.name))
         except (OSError, ValueError):
             continue
     return out
+
+
+def _blocked_tids(func: str) -> set[int]:
+    """Threads whose kernel stack has func on it."""
+    return _tids_where("stack", lambda text: func in text)
 
 
 def _tids_in(doc: Any) -> set[int]:
@@ -217,14 +222,8 @@ def _param(module: str, name: str) -> str | None:
 
 
 def _comm_tids(comm: str) -> set[int]:
-    out = set()
-    for f in Path("/proc").glob("[0-9]*/task/[0-9]*/comm"):
-        try:
-            if f.read_text().strip() == comm:
-                out.add(int(f.parent.name))
-        except (OSError, ValueError):
-            continue
-    return out
+    """Threads named comm."""
+    return _tids_where("comm", lambda text: text.strip() == comm)
 
 
 def named_right(doc: Any, k: Kind, truth: set[int]) -> str | None:
