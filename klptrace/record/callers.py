@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
-from klptrace.kernel.kallsyms import KALLSYMS, addresses
+from klptrace.kernel import kallsyms
 
 VMLINUX = "vmlinux"
 #: past a snapshot module's last text symbol, how far its code may still reach: the
@@ -43,17 +43,16 @@ class Callers:
             self._last[m] = max(a, self._last.get(m, 0))
 
     @classmethod
-    def snapshot(cls, path: str = KALLSYMS) -> Callers:
-        """From /proc/kallsyms now; without it (or without root: addresses read 0), an
-        empty table that names only modules loaded from now on."""
+    def snapshot(cls, path: str = kallsyms.KALLSYMS) -> Callers:
+        """From /proc/kallsyms now, read once; without it (or without root: addresses read
+        0), an empty table that names only modules loaded from now on."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = kallsyms.read(path)
         except OSError:
             return cls()
-        ends = addresses(("_stext", "_etext"), path)
+        ends = kallsyms.addresses_in(data, ("_stext", "_etext"))
         vmlinux = (ends["_stext"], ends["_etext"]) if len(ends) == 2 else None
-        return cls(vmlinux, module_text_symbols(data))
+        return cls(vmlinux, kallsyms.module_text_symbols(data))
 
     def loaded(self, module: str, core: tuple[int, int], init: tuple[int, int]) -> None:
         """A module's do_init_module: its core and init text, as (start, size)."""
@@ -87,27 +86,3 @@ class Callers:
             if addr < self._last[module] + LAST_FUNCTION_MAX:
                 return module
         return ""
-
-
-def module_text_symbols(kallsyms: bytes) -> list[tuple[int, str]]:
-    """(address, module) of every module text symbol in /proc/kallsyms text.
-
-    Modules' lines ("ADDR t name\\t[module]") follow all of vmlinux's, so only the tail
-    from the first "\\t[" is split into lines (the whole file is ~10 MB under emulation).
-    """
-    at = kallsyms.find(b"\t[")
-    if at < 0:
-        return []
-    out = []
-    for line in kallsyms[kallsyms.rfind(b"\n", 0, at) + 1:].splitlines():
-        parts = line.split()
-        if (len(parts) == 4 and parts[1] in (b"t", b"T") and parts[3].startswith(b"[")
-                and parts[3].endswith(b"]")):
-            try:
-                addr = int(parts[0], 16)
-            except ValueError:
-                continue
-            module = parts[3][1:-1].decode("utf-8", "replace")
-            if addr and module not in ("bpf", "__builtin__kprobes", "__builtin__ftrace"):
-                out.append((addr, module))
-    return out
