@@ -280,7 +280,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "from /proc and sysfs, at once; --watch adds BPF and follows the transition to its "
         "end, with each signal round and the tasks that switched after it. klptrace never "
         "writes force. Exit status: 0 answered (with --watch: the transition completed), 1 "
-        "still in transition when --watch timed out, or an error, 2 a usage error, 4 "
+        "still in transition when --watch timed out, a watch whose recording lost events or "
+        "missed a probe, or an error, 2 a usage error, 4 "
         "nothing could run here (no root, no livepatch, no kprobes).",
         epilog=_NO_SIGNAL + _examples("sudo klptrace stall",
                                       "sudo klptrace stall klptrace_lp --format json",

@@ -440,11 +440,15 @@ class StallWatch:
     watched_s: float = 0.0
     kernel: str = ""
     rounds: list[SignalRound] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)  # why not to trust it
 
     def to_json(self) -> dict[str, Any]:
-        d = {"patch": self.patch, "direction": self.direction, "completed": self.completed,
-             "result": self.result, "timeline": [s.to_json() for s in self.timeline],
-             "tasks": [t.to_json() for t in self.tasks]}
+        d: dict[str, Any] = {
+            "patch": self.patch, "direction": self.direction, "completed": self.completed,
+            "result": self.result, "timeline": [s.to_json() for s in self.timeline],
+            "tasks": [t.to_json() for t in self.tasks]}
         if self.rounds:  # a watch that saw no signal round reads as before
             d["rounds"] = [r.to_json() for r in self.rounds]
+        if self.problems:  # and one whose recording is whole
+            d["problems"] = list(self.problems)
         return d

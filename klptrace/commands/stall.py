@@ -47,7 +47,8 @@ class StallOptions:
 
 def run(opts: StallOptions) -> int:
     """Explain the livepatch transition in progress (exit 0), or follow it with --watch
-    (exit 0 once it completed, 1 if it was still in transition at the timeout)."""
+    (exit 0 once it completed, 1 if it was still in transition at the timeout or the
+    watch's recording cannot be trusted)."""
     from klptrace import stall as st
     from klptrace.kernel import stall as live
 
@@ -132,12 +133,16 @@ def rounds(patch: str, watched: Watched, events: Sequence[Event],
     return out, after
 
 
-def summary(patch: str, watched: Watched, events: Sequence[Event], attached_ns: int,
+def summary(patch: str, watched: Watched, rec: Recording, attached_ns: int,
             completed: bool, watched_s: float = 0.0) -> StallWatch:
     """The watch's answer: the direction, whether it completed, the timeline, each task
-    and the signal round it switched after; and for its page, what was recorded, the
-    last report, watched_s (how long it watched)."""
+    and the signal round it switched after, and why its recording cannot be trusted, if
+    it cannot (lost events, a probe not attached: checker.integrity); and for its page,
+    what was recorded, the last report, watched_s (how long it watched)."""
     from klptrace import stall as st
+    from klptrace.checker import integrity
+
+    events = rec.events
     from klptrace.events import KLP_PATCHED, EventKind
 
     done = [e.state for e in events if e.kind == EventKind.TRANSITION_DONE and e.patch == patch]
@@ -153,7 +158,7 @@ def summary(patch: str, watched: Watched, events: Sequence[Event], attached_ns: 
                      round(watched.latency[tid], 3) if tid in watched.latency else None,
                      after.get(tid))
          for tid, (t, _s) in watched.seen.items()],
-        Recording(list(events)), last, watched_s, os.uname().release, sent)
+        rec, last, watched_s, os.uname().release, sent, integrity(rec))
 
 
 def render_summary(s: StallWatch) -> str:
@@ -213,11 +218,12 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
         except KeyboardInterrupt as e:  # Ctrl-C ends the watch: what was seen is still told
             stopped = e
             line("stopped watching; what was seen so far:")
-        rec.drain()
-        events = list(rec.events)
+        recording = rec.recording()  # drained, with the lost count and each probe
     completed = kmod.patch_attr(patch, "transition") != "1"
-    s = summary(patch, watched, events, int(t_attach * 1e9), completed,
+    s = summary(patch, watched, recording, int(t_attach * 1e9), completed,
                 time.monotonic() - t_attach)
+    for problem in s.problems:
+        line(f"the watch's recording cannot be trusted: {problem}")
     if opts.format == "json":
         _write(opts, json.dumps(s.to_json(), indent=1, allow_nan=False) + "\n")
     elif opts.format == "html":
@@ -228,4 +234,4 @@ def _watch(opts: StallOptions, patch: str | None, deadline: float) -> int:
         _write(opts, terminal(render_summary(s)))
     if stopped is not None:
         raise stopped
-    return 0 if completed else 1
+    return 0 if completed and not s.problems else 1

@@ -400,8 +400,12 @@ def watch(w: StallWatch) -> str:
     of one section, the watch, with its timeline, its stall report and what was recorded."""
     name, rec = f"stall {w.patch}", w.recording
     anchor = _anchor("", name)
-    status = Status.PASS if w.completed else Status.FAIL  # as the command's exit status says
-    why = "" if w.completed else f"{w.patch} was still in transition when the watch ended"
+    # as the command's exit status says
+    status = (Status.ERROR if w.problems else Status.PASS if w.completed else Status.FAIL)
+    why = "; ".join([*(["the recording cannot be trusted: " + "; ".join(w.problems)]
+                       if w.problems else []),
+                     *([] if w.completed
+                       else [f"{w.patch} was still in transition when the watch ended"])])
     recorded = transcript(rec.events)
     seconds = round(w.watched_s, 3)
     section = _section_head(anchor, name, status, seconds, len(rec.events), "", why, (),

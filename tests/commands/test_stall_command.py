@@ -13,6 +13,7 @@ from klptrace import cli
 from klptrace.commands import stall as stall_cmd
 from klptrace.events import Event, EventKind
 from klptrace.kernel import kmod, stall
+from klptrace.results import Probe, Recording
 
 WORKER_STACK = ("[<0>] msleep+0x2d/0x40\n"
                 "[<0>] klptrace_busy_work_func+0x3f/0x70 [klptrace_busy]\n"
@@ -104,7 +105,8 @@ def test_a_watch_s_summary_and_page(machine: Path) -> None:
               Event(EventKind.TASK_BLOCKED, 9 * s + 1, tid=61, comm="kworker/1:1", ret=-98,
                     patch="klptrace_lp", object="klptrace_busy_work_func"),
               Event(EventKind.TRANSITION_DONE, 12 * s, patch="klptrace_lp", state=1)]
-    summary = stall_cmd.summary("klptrace_lp", watched, events, 8 * s, completed=True)
+    summary = stall_cmd.summary("klptrace_lp", watched, Recording(events), 8 * s,
+                                completed=True)
     assert summary.result == "patched complete" and summary.completed
     assert [i.what for i in summary.timeline] == [
         "klptrace attached (the transition had started)", "try 4", "complete (patching)"]
@@ -130,6 +132,31 @@ def test_a_watch_s_summary_and_page(machine: Path) -> None:
                                       for i in summary.timeline))
 
 
+def test_a_watch_whose_recording_lost_events_is_not_trusted(machine: Path) -> None:
+    # a watch that saw the transition complete, but whose ring buffer overflowed and one of
+    # whose probes did not attach: its story may miss a signal round or a switch
+    from klptrace.report import html
+
+    rep = stall.snapshot("klptrace_lp")
+    watched = stall_cmd.Watched()
+    watched.update(rep, 10.0)
+    watched.update(None, 11.0)
+    events = [Event(EventKind.TRANSITION_DONE, 9 * 10**9, patch="klptrace_lp", state=1)]
+    rec = Recording(events, 3, [Probe("kprobe:klp_shadow_get", "klp_shadow_get", False,
+                                      "not attached: no such symbol")])
+    s = stall_cmd.summary("klptrace_lp", watched, rec, 8 * 10**9, completed=True)
+    assert s.completed and s.problems == [
+        "3 events were lost (the BPF ring buffer was full)",
+        "probe kprobe:klp_shadow_get did not attach: not attached: no such symbol"]
+    assert s.to_json()["problems"] == s.problems
+    page = html.watch(s)
+    assert '<section class="scenario error" id="stall-klptrace_lp">' in page
+    assert "the recording cannot be trusted: 3 events were lost" in page
+    # a whole recording says nothing of it
+    whole = stall_cmd.summary("klptrace_lp", watched, Recording(events), 8 * 10**9, True)
+    assert not whole.problems and "problems" not in whole.to_json()
+
+
 def test_a_watch_that_ended_in_transition_has_a_failed_page(machine: Path) -> None:
     from klptrace.report import html
 
@@ -138,7 +165,7 @@ def test_a_watch_that_ended_in_transition_has_a_failed_page(machine: Path) -> No
     watched.update(rep, 10.0)
     events = [Event(EventKind.TRANSITION_START, 8 * 10**9, patch="klptrace_lp", state=1),
               Event(EventKind.TRANSITION_TRY, 9 * 10**9, patch="klptrace_lp", state=1, ret=3)]
-    s = stall_cmd.summary("klptrace_lp", watched, events, 8 * 10**9, completed=False)
+    s = stall_cmd.summary("klptrace_lp", watched, Recording(events), 8 * 10**9, completed=False)
     page = html.watch(s)
     assert '<section class="scenario fail" id="stall-klptrace_lp">' in page
     assert ('<div class="explain">klptrace_lp was still in transition when the watch '
@@ -156,7 +183,8 @@ def test_a_watch_s_json_is_the_typed_answer_s(machine: Path) -> None:
     watched.update(None, 12.5)
     s = 1_000_000_000
     events = [Event(EventKind.TRANSITION_TRY, 9 * s, patch="klptrace_lp", state=1, ret=0)]
-    doc = stall_cmd.summary("klptrace_lp", watched, events, 8 * s, completed=False).to_json()
+    doc = stall_cmd.summary("klptrace_lp", watched, Recording(events), 8 * s,
+                            completed=False).to_json()
     assert list(doc) == ["patch", "direction", "completed", "result", "timeline", "tasks"]
     assert (doc["direction"], doc["completed"], doc["result"]) == ("patching", False,
                                                                    "in transition")
@@ -173,7 +201,7 @@ def test_a_watch_that_never_saw_the_transition_in_progress(machine: Path) -> Non
     watched = stall_cmd.Watched()
     watched.update(None, 1.0)
     events = [Event(EventKind.TRANSITION_DONE, 5, patch="klptrace_lp", state=1)]
-    s = stall_cmd.summary("klptrace_lp", watched, events, 1, completed=True)
+    s = stall_cmd.summary("klptrace_lp", watched, Recording(events), 1, completed=True)
     assert s.direction is None and s.tasks == [] and s.result == "patched complete"
     assert s.report is None
     assert "<b>klptrace_lp: ? transition</b>" in html.watch(s)
@@ -209,8 +237,10 @@ class _Recorder:
             self.events.append(Event(EventKind.TRANSITION_DONE, now, patch="klptrace_lp",
                                      state=1))
 
-    def drain(self) -> None:
-        pass
+    def recording(self) -> Recording:
+        """What was recorded, whole: nothing lost, every probe attached."""
+        return Recording(list(self.events), 0, [Probe("kprobe:klp_enable_patch",
+                                                      "klp_enable_patch", True)])
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "html"])
@@ -340,7 +370,7 @@ def test_a_watch_records_each_signal_round_and_who_switched_after_it(two: Path) 
             events.append(Event(EventKind.TASK_BLOCKED, n * s + 2, tid=61,
                                 comm="kworker/1:1", ret=-98, patch="klptrace_lp",
                                 object="klptrace_busy_work_func"))
-    summary = stall_cmd.summary("klptrace_lp", watched, events, 0, completed=True)
+    summary = stall_cmd.summary("klptrace_lp", watched, Recording(events), 0, completed=True)
     assert [(r.number, r.t_s, r.try_number, r.switched) for r in summary.rounds] == [
         (1, 16.0, 16, ["kworker/1:1:61"]), (2, 31.0, 31, ["cat:400"])]
     by_tid = {t.tid: t for t in summary.tasks}
