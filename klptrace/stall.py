@@ -133,7 +133,7 @@ def timeline(events: Sequence[Event], patch: str,
             out.append(StallStep(t, f"try {m.tried.number}", len(blocked), [
                 f"{b.comm}:{b.tid} {REASONS.get(b.ret or 0, 'other')}"
                 + (f" {b.object}" if b.object else "") for b in blocked] if blocked else None))
-            if m.tried.signals:
+            if m.tried.signals and blocked:  # a try that completed sends none
                 out.append(StallStep(t, "fake signals to the remaining tasks"))
         elif e.kind == EventKind.TRANSITION_REVERSE:
             out.append(StallStep(t, "reversed"))

@@ -361,3 +361,16 @@ def test_read_stack_of_a_task_preempted_in_a_function_twice() -> None:
     fake = _FakeProc([("R", 3, spin, "R", 4), ("R", 5, spin[1:], "R", 6),
                       ("R", 7, spin, "S", 8), ("S", 8, spin, "R", 9)])
     assert not live.read_stack("/proc/1/task/2", fake.read, fake.sleeps.append, tries=4).stable
+
+
+def test_a_16th_try_that_completes_sends_no_signals() -> None:
+    # klp_try_complete_transition() signals only when tasks are left (transition.c)
+    s = 1_000_000_000
+    evs = [_ev(EventKind.TRANSITION_START, 0, state=1),
+           _ev(EventKind.TRANSITION_TRY, 1, ret=0),
+           _ev(EventKind.TASK_BLOCKED, 2, tid=7, comm="cat", ret=-98, object="f"),
+           _ev(EventKind.TRANSITION_TRY, 15 * s, ret=15),
+           _ev(EventKind.TRANSITION_DONE, 15 * s + 5, state=1)]
+    assert [i.what for i in stall.timeline(evs, "p")] == [
+        "start (patching)", "try 1", "try 16", "complete (patching)"]
+    assert stall.signal_rounds(evs, "p") == []
