@@ -31,6 +31,9 @@ def module_spec(spec: str) -> str:
     """spec if it names a module as trace takes it, a path to an existing .ko or a module
     name; UsageError otherwise (said before anything looks at the kernel)."""
     if os.sep in spec or spec.endswith((".ko", *_COMPRESSED)):
+        if "\0" in spec:  # no file has such a name (os.stat raises ValueError)
+            raise UsageError(f"{spec!r} is not a path: it holds a NUL byte",
+                             "name the module's .ko file, or the module by its name")
         try:
             st = os.stat(spec)
         except OSError as e:

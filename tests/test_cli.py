@@ -403,3 +403,12 @@ def test_a_character_device_is_never_the_same_file_twice(tmp_path: Path) -> None
     assert cli._same_file(str(a), str(tmp_path / "hard"))
     assert cli._same_file(str(tmp_path / "new"), str(tmp_path / "." / "new"))
     assert not cli._same_file(str(a), str(tmp_path / "new"))
+
+
+def test_a_module_path_with_a_nul_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # argv cannot hold a NUL, but cli.main can be given one: os.stat raises ValueError
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["trace", "--module", "dir/a\0b.ko", "--", "true"])
+    assert exit_.value.code == 2
+    assert "'dir/a\\x00b.ko' is not a path: it holds a NUL byte" in \
+        one_error(capsys.readouterr().err)
